@@ -1,0 +1,14 @@
+"""xray_hf: Xray-Visual vision encoders and their training recipe, Hugging Face native.
+
+Importing the package registers every config, model and processor with the
+transformers Auto factories, so `AutoModel.from_pretrained` needs no remote code.
+"""
+
+__version__ = "0.1.0"
+
+# -- backbone --
+from .configuration.visual import XrayVisualConfig
+from .modeling.visual import XrayVisualModel, XrayVisualPreTrainedModel
+
+# -- registrations (one block per module) --
+from . import registration as _registration  # noqa: E402,F401

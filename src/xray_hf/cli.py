@@ -1,0 +1,39 @@
+"""The `xray-hf` command: argument parsing only; the work lives in the package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from .demo import embed_image
+
+    pooled = embed_image(args.image, preset=args.preset, model_path=args.model)
+    print(f"embedding shape: {tuple(pooled.shape)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xray-hf", description="Xray-Visual models and their training recipe.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("embed", help="embed an image and print the embedding shape")
+    p.add_argument("image", nargs="?", default=None, help="image path (default: a bundled scikit-image photo)")
+    p.add_argument("--preset", default="tiny", help="XrayVisualConfig preset, random init (default: tiny)")
+    p.add_argument("--model", default=None, help="a saved model directory instead of a preset")
+    p.set_defaults(func=_embed)
+
+    # -- more subcommands (train, convert, ...) are added below, one block each --
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Configuration of the XrayVisual backbone: one ViT for images and videos (paper section 3)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+from transformers import PreTrainedConfig
+
+POOLING_TYPES = ("cls", "mean", "attention")
+
+
+def uniform_evit_layers(num_hidden_layers: int, num_layers: int = 3) -> list[int]:
+    """`num_layers` uniformly spaced EViT layers (EViT protocol: 3, 6, 9 for a 12-layer ViT)."""
+    step = num_hidden_layers / (num_layers + 1)
+    return [round(step * (i + 1)) for i in range(num_layers)]
+
+
+# The paper's shapes (section 3.2 and 5). EViT-2B is our choice of a ~2B shape: width 1792,
+# 48 layers, 16 heads of 112, MLP 8192 (ViT-bigG/14 family proportions), 336 px, keep rate 0.5.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        image_size=32, patch_size=8, tubelet_size=2, num_frames=4, hidden_size=64, num_hidden_layers=4,
+        num_attention_heads=4, intermediate_size=128, num_register_tokens=2,
+    ),
+    "vit-b16": dict(
+        image_size=224, patch_size=16, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072,
+    ),
+    "vit-l16": dict(
+        image_size=224, patch_size=16, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+        intermediate_size=4096,
+    ),
+    "vit-h14": dict(
+        image_size=336, patch_size=14, hidden_size=1280, num_hidden_layers=32, num_attention_heads=16,
+        intermediate_size=5120,
+    ),
+    "evit-2b": dict(
+        image_size=336, patch_size=14, hidden_size=1792, num_hidden_layers=48, num_attention_heads=16,
+        intermediate_size=8192, evit_layers=uniform_evit_layers(48), keep_rate=0.5,
+    ),
+}
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name} must be an int or a (height, width) pair of ints, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+class XrayVisualConfig(PreTrainedConfig):
+    r"""
+    Configuration of an [`XrayVisualModel`]: a ViT whose tokens are 3D tubelets, so images and videos
+    share one backbone (paper section 3.1), with registers, EViT token pruning and ToMe token merging.
+
+    Args:
+        image_size (`int` or `tuple[int, int]`, *optional*, defaults to 224):
+            Native input resolution; the position embeddings are learned at this size and interpolated
+            for any other size.
+        patch_size (`int`, *optional*, defaults to 16):
+            Spatial size of a patch.
+        tubelet_size (`int`, *optional*, defaults to 2):
+            Temporal size of a tubelet. An image is repeated along time to fill one tubelet.
+        num_frames (`int`, *optional*, defaults to 16):
+            Native number of video frames; must be divisible by `tubelet_size`.
+        num_channels (`int`, *optional*, defaults to 3):
+            Number of input channels.
+        hidden_size (`int`, *optional*, defaults to 768):
+            Width of the transformer.
+        num_hidden_layers (`int`, *optional*, defaults to 12):
+            Depth of the transformer.
+        num_attention_heads (`int`, *optional*, defaults to 12):
+            Number of attention heads.
+        intermediate_size (`int`, *optional*):
+            Width of the MLP; defaults to `mlp_ratio * hidden_size`.
+        mlp_ratio (`float`, *optional*, defaults to 4.0):
+            Used only when `intermediate_size` is not given.
+        hidden_act (`str`, *optional*, defaults to `"gelu"`):
+            MLP activation.
+        qkv_bias (`bool`, *optional*, defaults to `True`):
+            Bias in the query/key/value projection.
+        num_register_tokens (`int`, *optional*, defaults to 4):
+            Learnable tokens after CLS, independent of the input and without position embedding
+            (paper section 4.4). Dropped from `last_hidden_state`, returned as `register_tokens`.
+        pooling (`str`, *optional*, defaults to `"cls"`):
+            `"cls"`, `"mean"` (size-weighted mean of patch tokens) or `"attention"` (a learned query).
+        evit_layers (`list[int]`, *optional*, defaults to `[]`):
+            0-based indices of the layers that reorganise tokens with EViT (keep the patch tokens with the
+            highest CLS attention, fuse the rest into one token). The paper uses 3 uniformly spaced layers,
+            see [`uniform_evit_layers`].
+        keep_rate (`float` or `list[float]`, *optional*, defaults to 1.0):
+            Fraction of patch tokens kept at each EViT layer (one value for all, or one per layer);
+            0.7 for ViT-B/16 at 288 px, 0.5 at 336 px in the paper. 1.0 equals the dense model.
+        tome_r (`int`, *optional*, defaults to 0):
+            Tokens merged per layer by ToMe bipartite soft matching (paper section 4.7). 0 disables it.
+        tome_in_training (`bool`, *optional*, defaults to `False`):
+            ToMe is applied at inference only (as in the paper) unless this is set.
+        layer_norm_eps (`float`, *optional*, defaults to 1e-6):
+            Epsilon of the layer norms.
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the truncated normal initialisation.
+        drop_path_rate (`float`, *optional*, defaults to 0.0):
+            Stochastic depth rate, increasing linearly over the layers.
+    """
+
+    model_type = "xray_visual"
+
+    def __init__(
+        self,
+        image_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        num_frames: int = 16,
+        num_channels: int = 3,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int | None = None,
+        mlp_ratio: float = 4.0,
+        hidden_act: str = "gelu",
+        qkv_bias: bool = True,
+        num_register_tokens: int = 4,
+        pooling: str = "cls",
+        evit_layers: Sequence[int] | None = None,
+        keep_rate: float | Sequence[float] = 1.0,
+        tome_r: int = 0,
+        tome_in_training: bool = False,
+        layer_norm_eps: float = 1e-6,
+        initializer_range: float = 0.02,
+        drop_path_rate: float = 0.0,
+        **kwargs,
+    ):
+        self.image_size = list(_pair(image_size, "image_size")) if not isinstance(image_size, int) else image_size
+        self.patch_size = patch_size
+        self.tubelet_size = tubelet_size
+        self.num_frames = num_frames
+        self.num_channels = num_channels
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size if intermediate_size is not None else int(mlp_ratio * hidden_size)
+        self.hidden_act = hidden_act
+        self.qkv_bias = qkv_bias
+        self.num_register_tokens = num_register_tokens
+        self.pooling = pooling
+        self.evit_layers = sorted(int(i) for i in (evit_layers or []))
+        self.keep_rate = list(keep_rate) if isinstance(keep_rate, (list, tuple)) else float(keep_rate)
+        self.tome_r = tome_r
+        self.tome_in_training = tome_in_training
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.drop_path_rate = drop_path_rate
+        super().__init__(**kwargs)
+        self.validate_xray()
+
+    @property
+    def mlp_ratio(self) -> float:
+        return self.intermediate_size / self.hidden_size
+
+    @property
+    def image_size_hw(self) -> tuple[int, int]:
+        return _pair(self.image_size, "image_size")
+
+    @property
+    def grid_size(self) -> tuple[int, int, int]:
+        """Native token grid (time, height, width)."""
+        h, w = self.image_size_hw
+        return (self.num_frames // self.tubelet_size, h // self.patch_size, w // self.patch_size)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """CLS plus registers: the tokens that are never pruned or merged."""
+        return 1 + self.num_register_tokens
+
+    def keep_rate_for_layer(self, layer: int) -> float:
+        """EViT keep rate at `layer`, 1.0 where the layer does not reorganise tokens."""
+        if layer not in self.evit_layers:
+            return 1.0
+        if isinstance(self.keep_rate, list):
+            return float(self.keep_rate[self.evit_layers.index(layer)])
+        return float(self.keep_rate)
+
+    def validate_xray(self) -> None:
+        """Raise a `ValueError` naming the first inconsistent setting."""
+        h, w = self.image_size_hw
+        for name, value in (("patch_size", self.patch_size), ("tubelet_size", self.tubelet_size),
+                            ("num_frames", self.num_frames), ("num_channels", self.num_channels),
+                            ("hidden_size", self.hidden_size), ("num_hidden_layers", self.num_hidden_layers),
+                            ("num_attention_heads", self.num_attention_heads),
+                            ("intermediate_size", self.intermediate_size)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(f"image_size {(h, w)} must be divisible by patch_size {self.patch_size}")
+        if self.num_frames % self.tubelet_size:
+            raise ValueError(f"num_frames {self.num_frames} must be divisible by tubelet_size {self.tubelet_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} must be divisible by num_attention_heads {self.num_attention_heads}"
+            )
+        if not isinstance(self.num_register_tokens, int) or self.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be an int >= 0, got {self.num_register_tokens!r}")
+        if self.pooling not in POOLING_TYPES:
+            raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {self.pooling!r}")
+        for layer in self.evit_layers:
+            if not 0 <= layer < self.num_hidden_layers:
+                raise ValueError(f"evit_layers entry {layer} is outside [0, {self.num_hidden_layers})")
+        if len(set(self.evit_layers)) != len(self.evit_layers):
+            raise ValueError(f"evit_layers has duplicates: {self.evit_layers}")
+        rates = self.keep_rate if isinstance(self.keep_rate, list) else [self.keep_rate]
+        if isinstance(self.keep_rate, list) and len(self.keep_rate) != len(self.evit_layers):
+            raise ValueError(
+                f"keep_rate has {len(self.keep_rate)} values but evit_layers has {len(self.evit_layers)} layers"
+            )
+        for rate in rates:
+            if not 0.0 < float(rate) <= 1.0:
+                raise ValueError(f"keep_rate must be in (0, 1], got {rate}")
+        if not isinstance(self.tome_r, int) or self.tome_r < 0:
+            raise ValueError(f"tome_r must be an int >= 0, got {self.tome_r!r}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "XrayVisualConfig":
+        """A config with one of the paper's shapes: `tiny`, `vit-b16`, `vit-l16`, `vit-h14`, `evit-2b`."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kwargs = copy.deepcopy(PRESETS[name])
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+
+__all__ = ["XrayVisualConfig", "PRESETS", "uniform_evit_layers"]
