@@ -25,10 +25,10 @@ class VariableAspectRatioParams(NamedTuple):
 
 
 def _as_size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, bool):
-        raise TypeError(f"size must be an int or a (height, width) pair, got {size!r}")
-    if isinstance(size, int):
+    if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
+    if not isinstance(size, Sequence) or isinstance(size, str):
+        raise TypeError(f"size must be an int or a (height, width) pair, got {size!r}")
     size = tuple(size)
     if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) for s in size):
         raise TypeError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
@@ -78,6 +78,29 @@ def _apply(inpt: Any, params: VariableAspectRatioParams, fill, interpolation, an
     return inpt
 
 
+def resize_and_center_crop(
+    inpt: Any,
+    size: int | Sequence[int],
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+    antialias: bool = True,
+) -> Any:
+    """The usual alternative to VAR: resize so the input covers `size` (aspect ratio kept), then centre crop.
+
+    For a square target this is "resize the shortest side to `size`, centre crop"; rectangles work the same way.
+    """
+    target_h, target_w = _as_size(size)
+    height, width = F.get_size(inpt)
+    if height < 1 or width < 1:
+        raise ValueError(f"cannot resize an empty image of size {height}x{width}")
+    if height * target_w <= width * target_h:  # height is the limiting side: it matches, width overflows
+        new_h, new_w = target_h, max(target_w, (2 * width * target_h + height) // (2 * height))
+    else:
+        new_h, new_w = max(target_h, (2 * height * target_w + width) // (2 * width)), target_w
+    if [new_h, new_w] != [height, width]:
+        inpt = F.resize(inpt, [new_h, new_w], interpolation=interpolation, antialias=antialias)
+    return F.center_crop(inpt, [target_h, target_w])
+
+
 class VariableAspectRatioResize(Transform):
     """Resize to fit `size` keeping the aspect ratio, then centre on a black (`fill`) canvas of exactly `size`.
 
@@ -119,5 +142,6 @@ __all__ = [
     "VariableAspectRatioParams",
     "VariableAspectRatioResize",
     "get_variable_aspect_ratio_params",
+    "resize_and_center_crop",
     "variable_aspect_ratio_resize",
 ]
