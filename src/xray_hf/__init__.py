@@ -10,5 +10,10 @@ __version__ = "0.1.0"
 from .configuration.visual import XrayVisualConfig
 from .modeling.visual import XrayVisualModel, XrayVisualPreTrainedModel
 
+# -- processors --
+from .processing.image_processing import XrayVisualImageProcessor
+from .processing.transforms import VariableAspectRatioResize
+from .processing.video_processing import XrayVisualVideoProcessor
+
 # -- registrations (one block per module) --
 from . import registration as _registration  # noqa: E402,F401

@@ -11,3 +11,14 @@ from .modeling.visual import XrayVisualModel
 # -- backbone --
 AutoConfig.register(XrayVisualConfig.model_type, XrayVisualConfig, exist_ok=True)
 AutoModel.register(XrayVisualConfig, XrayVisualModel, exist_ok=True)
+
+# -- processors --
+from transformers import AutoImageProcessor, AutoVideoProcessor  # noqa: E402
+
+from .processing.image_processing import XrayVisualImageProcessor  # noqa: E402
+from .processing.video_processing import XrayVisualVideoProcessor  # noqa: E402
+
+AutoImageProcessor.register(
+    XrayVisualConfig, image_processor_classes={"torchvision": XrayVisualImageProcessor}, exist_ok=True
+)
+AutoVideoProcessor.register(XrayVisualConfig, XrayVisualVideoProcessor, exist_ok=True)

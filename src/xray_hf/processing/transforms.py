@@ -135,7 +135,10 @@ class VariableAspectRatioResize(Transform):
         return _apply(inpt, params["params"], self.fill, self.interpolation, self.antialias)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, fill={self.fill}, interpolation={self.interpolation.value}, antialias={self.antialias}"
+        return (
+            f"size={self.size}, fill={self.fill}, interpolation={self.interpolation.value}, "
+            f"antialias={self.antialias}"
+        )
 
 
 __all__ = [
