@@ -233,7 +233,9 @@ class XrayVisualEncoder(nn.Module):
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        sizes = None
+        # Sizes (for ToMe's proportional attention) are tracked only while ToMe runs; EViT alone, as in
+        # its paper, fuses tokens without re-weighting attention.
+        sizes = hidden_states.new_ones(*hidden_states.shape[:2], 1, dtype=torch.float32) if tome_r > 0 else None
         for layer in self.layer:
             hidden_states, sizes = layer(hidden_states, sizes, num_prefix_tokens=num_prefix_tokens, tome_r=tome_r)
             if output_hidden_states:
@@ -288,11 +290,6 @@ class XrayVisualPreTrainedModel(PreTrainedModel):
                 init.trunc_normal_(param, mean=0.0, std=std)
         elif isinstance(module, XrayVisualAttentionPooling):
             init.trunc_normal_(module.query, mean=0.0, std=std)
-
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Non-reentrant checkpointing unless asked otherwise (reentrant loses gradients of frozen inputs)."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class XrayVisualModel(XrayVisualPreTrainedModel):

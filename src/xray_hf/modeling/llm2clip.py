@@ -1,0 +1,321 @@
+"""The LLM2CLIP text tower (paper section 4.6.2): a bidirectional LLM, pooled, then adapter and projection.
+
+The LLM is any LLaMA-architecture model from transformers, built from the nested `config.llm_config`.
+It is made bidirectional the way transformers >= 5 supports it: `is_causal=False` (passed on every call and
+stored in the nested config), which gives a padding-only attention mask and a non-causal SDPA call. A
+stock class built from the nested config is therefore bidirectional as well; nothing here patches modules.
+
+`XrayLLM2CLIPTextForMNTP` is the same LLM with its LM head, for masked next-token prediction (LLM2Vec): its
+parameter names match `XrayLLM2CLIPTextModel` (`llm.*`), so a LoRA adapter trained on one loads on the other.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedModel
+from transformers import initialization as init
+from transformers.loss.loss_utils import fixed_cross_entropy
+from transformers.utils import ModelOutput
+
+from ..configuration.text import XrayLLM2CLIPTextConfig
+from .text import XrayTextModelOutput
+from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
+
+# Attention implementations for which `is_causal=False` is honoured with our padding-only mask.
+BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class XrayLLM2CLIPAdapterBlock(nn.Module):
+    """Pre-norm residual MLP block: `x + fc2(act(fc1(norm(x))))`."""
+
+    def __init__(self, dim: int, mlp_ratio: float, dropout: float, eps: float):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.fc2(self.dropout(self.act(self.fc1(self.norm(x))))))
+
+
+class XrayLLM2CLIPAdapter(nn.Module):
+    """The trainable part after the frozen LLM (LLM2CLIP): optional input projection, residual blocks, norm."""
+
+    def __init__(self, config: XrayLLM2CLIPTextConfig):
+        super().__init__()
+        dim = config.adapter_hidden_size
+        self.input_projection = (
+            nn.Linear(config.llm_hidden_size, dim) if dim != config.llm_hidden_size else nn.Identity()
+        )
+        self.blocks = nn.ModuleList(
+            XrayLLM2CLIPAdapterBlock(dim, config.adapter_mlp_ratio, config.adapter_dropout, config.layer_norm_eps)
+            for _ in range(config.adapter_depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = self.input_projection(pooled)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def _refuse_remote_code_llm(llm_config, source: str) -> None:
+    auto_map = getattr(llm_config, "auto_map", None)
+    if auto_map:
+        raise ValueError(
+            f"{source} ships its own modeling code (auto_map={auto_map}); its attention may differ from "
+            "transformers' class for the same model_type (e.g. LLM2Vec/LLM2CLIP checkpoints are bidirectional "
+            "but load silently as causal). Refusing: convert it to a plain checkpoint of a stock architecture."
+        )
+
+
+class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
+    config: XrayLLM2CLIPTextConfig
+    config_class = XrayLLM2CLIPTextConfig
+    base_model_prefix = "llm"
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _build_llm(self, config: XrayLLM2CLIPTextConfig) -> None:
+        """Create `self.llm` from the nested config (random weights; `from_pretrained`/`from_llm` load them)."""
+        _refuse_remote_code_llm(config.llm_config, "llm_config")
+        llm_config = config.llm_config
+        if llm_config._attn_implementation is None:
+            llm_config._attn_implementation = config._attn_implementation or "sdpa"
+        if config.bidirectional and llm_config._attn_implementation not in BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention implementation {llm_config._attn_implementation!r} is not supported for bidirectional "
+                f"attention here; use one of {BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS}"
+            )
+        self.llm = AutoModel.from_config(llm_config)
+        # One config object for the LLM's modules and our nested config: settings can never drift apart.
+        config.llm_config = self.llm.config
+        self._no_split_modules = list(self.llm._no_split_modules or [])
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.llm.set_input_embeddings(value)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Non-reentrant checkpointing unless asked otherwise (reentrant loses gradients of frozen inputs)."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def freeze_llm(self, frozen: bool = True) -> None:
+        """Stop (or restart) training the LLM's own weights; recorded in `config.freeze_llm`."""
+        self.config.freeze_llm = bool(frozen)
+        for param in self.llm.parameters():
+            param.requires_grad_(not frozen)
+
+    def llm_hidden_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states of the LLM, bidirectional if configured, positions independent of padding."""
+        outputs = self.llm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_attention_mask(attention_mask),
+            is_causal=not self.config.bidirectional,
+            use_cache=False,
+        )
+        return outputs.last_hidden_state
+
+    @classmethod
+    def from_llm(
+        cls,
+        llm_name_or_path: str | os.PathLike,
+        dtype: torch.dtype | str | None = None,
+        **config_kwargs,
+    ) -> "XrayLLM2CLIPTextPreTrainedModel":
+        """
+        Build the tower around a plain LLM checkpoint (e.g. the output of `xray-hf convert smollm2`).
+
+        The LLM's weights are loaded; the adapter and projection are newly initialised. `config_kwargs` go to
+        [`XrayLLM2CLIPTextConfig`]. Checkpoints with remote code (`auto_map`) are refused.
+        """
+        llm_config = AutoConfig.from_pretrained(llm_name_or_path)
+        _refuse_remote_code_llm(llm_config, str(llm_name_or_path))
+        if getattr(llm_config, "model_type", None) == XrayLLM2CLIPTextConfig.model_type:
+            raise ValueError(f"{llm_name_or_path} is already an xray_llm2clip_text checkpoint: use from_pretrained")
+        config = XrayLLM2CLIPTextConfig(llm_config=llm_config, **config_kwargs)
+        model = cls(config)
+        loader = AutoModelForCausalLM if isinstance(model, XrayLLM2CLIPTextForMNTP) else AutoModel
+        source = loader.from_pretrained(llm_name_or_path, dtype=dtype or torch.float32)
+        base = source.get_decoder() if loader is AutoModelForCausalLM else source
+        model.llm.load_state_dict(base.state_dict(), strict=True)
+        if isinstance(model, XrayLLM2CLIPTextForMNTP) and model.lm_head is not None:
+            model.lm_head.load_state_dict(source.get_output_embeddings().state_dict())
+        if dtype is not None:
+            model.to(dtype=dtype)
+        model.freeze_llm(config.freeze_llm)
+        return model
+
+
+class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
+    """
+    LLM2CLIP text encoder: `input_ids`, `attention_mask` -> bidirectional LLM -> pooling -> 4-block residual MLP
+    adapter -> linear projection -> `text_embeds` (batch, projection_dim).
+
+    With `config.freeze_llm` the LLM runs without gradients; the CLIP stage then trains only the adapter and
+    projection, and can feed cached pooled LLM outputs (`llm_pooled_output`) instead of tokens.
+    """
+
+    # an MNTP checkpoint has the same `llm.*` weights plus an LM head, which the text tower does not use
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    def __init__(self, config: XrayLLM2CLIPTextConfig):
+        super().__init__(config)
+        self._build_llm(config)
+        self.adapter = XrayLLM2CLIPAdapter(config)
+        self.text_projection = nn.Linear(config.adapter_hidden_size, config.projection_dim, bias=False)
+        self.post_init()
+        if config.freeze_llm:
+            self.freeze_llm(True)
+
+    def get_llm_pooled_output(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled LLM output `(batch, llm_hidden_size)` in fp32: what the embedding cache stores."""
+        attention_mask = check_attention_mask(input_ids, attention_mask)
+        llm_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters())
+        with torch.set_grad_enabled(llm_trains):
+            hidden = self.llm_hidden_states(input_ids, attention_mask)
+            return pool_tokens(hidden, attention_mask, self.config.pooling)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        llm_pooled_output: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> XrayTextModelOutput | tuple:
+        if (input_ids is None) == (llm_pooled_output is None):
+            raise ValueError("pass exactly one of input_ids (tokens) or llm_pooled_output (cached pooled LLM output)")
+        hidden = None
+        if input_ids is not None:
+            attention_mask = check_attention_mask(input_ids, attention_mask)
+            llm_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters())
+            with torch.set_grad_enabled(llm_trains):
+                hidden = self.llm_hidden_states(input_ids, attention_mask)
+                pooled = pool_tokens(hidden, attention_mask, self.config.pooling)
+        else:
+            expected = self.config.llm_hidden_size
+            if llm_pooled_output.dim() != 2 or llm_pooled_output.shape[1] != expected:
+                raise ValueError(
+                    f"llm_pooled_output must have shape (batch, {expected}), got {tuple(llm_pooled_output.shape)}"
+                )
+            pooled = llm_pooled_output.float()
+        dtype = self.text_projection.weight.dtype
+        text_embeds = self.text_projection(self.adapter(pooled.to(dtype))).float()
+        output = XrayTextModelOutput(text_embeds=text_embeds, pooler_output=pooled, last_hidden_state=hidden)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        llm_pooled_output: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The projected text embedding `(batch, projection_dim)`, fp32, not normalised."""
+        return self(
+            input_ids=input_ids, attention_mask=attention_mask, llm_pooled_output=llm_pooled_output, return_dict=True
+        ).text_embeds
+
+
+@dataclass
+class XrayMNTPOutput(ModelOutput):
+    """
+    Output of [`XrayLLM2CLIPTextForMNTP`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Cross-entropy of the masked tokens, each predicted from the previous position's output (fp32).
+        logits (`torch.FloatTensor`):
+            With `labels`: `(num_masked, vocab_size)`, only at the positions that predict a masked token (the LM
+            head is not run elsewhere). Without: `(batch_size, sequence_length, vocab_size)`.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+
+
+class XrayLLM2CLIPTextForMNTP(XrayLLM2CLIPTextPreTrainedModel):
+    """
+    The bidirectional LLM with its LM head, for masked next-token prediction (LLM2Vec): input tokens are masked
+    and token `i` is predicted from position `i - 1`'s output, as the LM head was trained to.
+    Tied LLMs (SmolLM2, LLaMA-3.2) reuse the input embeddings as the head; untied ones keep `lm_head`.
+    """
+
+    # a text-tower checkpoint has the same `llm.*` weights plus the adapter and projection, unused here
+    _keys_to_ignore_on_load_unexpected = [r"^adapter\.", r"^text_projection\."]
+
+    def __init__(self, config: XrayLLM2CLIPTextConfig):
+        super().__init__(config)
+        self._build_llm(config)
+        tied = getattr(config.llm_config, "tie_word_embeddings", False)
+        self.lm_head = None if tied else nn.Linear(config.llm_hidden_size, config.llm_config.vocab_size, bias=False)
+        self.post_init()
+        if config.freeze_llm:
+            self.freeze_llm(True)
+
+    def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            return nn.functional.linear(hidden, self.llm.get_input_embeddings().weight)
+        return self.lm_head(hidden)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> XrayMNTPOutput | tuple:
+        attention_mask = check_attention_mask(input_ids, attention_mask)
+        hidden = self.llm_hidden_states(input_ids, attention_mask)
+        loss = None
+        if labels is None:
+            logits = self._lm_logits(hidden).float()
+        else:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels shape {tuple(labels.shape)} differs from input_ids {tuple(input_ids.shape)}")
+            target = labels[:, 1:]
+            selected = target != -100
+            if not bool(selected.any()):
+                raise ValueError("labels mark no token to predict (all -100 after the first position)")
+            logits = self._lm_logits(hidden[:, :-1][selected]).float()
+            loss = fixed_cross_entropy(logits, target[selected], num_items_in_batch=num_items_in_batch)
+        output = XrayMNTPOutput(loss=loss, logits=logits)
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "XrayLLM2CLIPTextPreTrainedModel",
+    "XrayLLM2CLIPTextModel",
+    "XrayLLM2CLIPTextForMNTP",
+    "XrayLLM2CLIPAdapter",
+    "XrayMNTPOutput",
+]
