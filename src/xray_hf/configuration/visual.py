@@ -104,6 +104,20 @@ class XrayVisualConfig(PreTrainedConfig):
             Standard deviation of the truncated normal initialisation.
         drop_path_rate (`float`, *optional*, defaults to 0.0):
             Stochastic depth rate, increasing linearly over the layers.
+        decoder_hidden_size (`int`, *optional*, defaults to 512):
+            Width of the MAE decoder (stage 1 only; dropped with the decoder after pretraining).
+        decoder_num_hidden_layers (`int`, *optional*, defaults to 8):
+            Depth of the MAE decoder.
+        decoder_num_attention_heads (`int`, *optional*, defaults to 16):
+            Attention heads of the MAE decoder.
+        decoder_intermediate_size (`int`, *optional*):
+            MLP width of the MAE decoder; defaults to 4 x `decoder_hidden_size`.
+        mask_ratio (`float`, *optional*, defaults to 0.75):
+            Fraction of image patches the MAE masks (paper 4.2.1).
+        video_mask_ratio (`float`, *optional*, defaults to 0.9):
+            Fraction of video tubelets the MAE masks (paper 4.2.1, after Feichtenhofer et al. 2022).
+        norm_pix_loss (`bool`, *optional*, defaults to `True`):
+            MAE targets are pixels normalised by each patch's mean and standard deviation.
     """
 
     model_type = "xray_visual"
@@ -131,6 +145,13 @@ class XrayVisualConfig(PreTrainedConfig):
         layer_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         drop_path_rate: float = 0.0,
+        decoder_hidden_size: int = 512,
+        decoder_num_hidden_layers: int = 8,
+        decoder_num_attention_heads: int = 16,
+        decoder_intermediate_size: int | None = None,
+        mask_ratio: float = 0.75,
+        video_mask_ratio: float = 0.9,
+        norm_pix_loss: bool = True,
         **kwargs,
     ):
         self.image_size = list(_pair(image_size, "image_size")) if not isinstance(image_size, int) else image_size
@@ -153,6 +174,15 @@ class XrayVisualConfig(PreTrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.drop_path_rate = drop_path_rate
+        self.decoder_hidden_size = decoder_hidden_size
+        self.decoder_num_hidden_layers = decoder_num_hidden_layers
+        self.decoder_num_attention_heads = decoder_num_attention_heads
+        self.decoder_intermediate_size = (
+            decoder_intermediate_size if decoder_intermediate_size is not None else 4 * decoder_hidden_size
+        )
+        self.mask_ratio = mask_ratio
+        self.video_mask_ratio = video_mask_ratio
+        self.norm_pix_loss = norm_pix_loss
         super().__init__(**kwargs)
         self.validate_xray()
 
@@ -222,6 +252,24 @@ class XrayVisualConfig(PreTrainedConfig):
             raise ValueError(f"tome_r must be an int >= 0, got {self.tome_r!r}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        self.validate_mae()
+
+    def validate_mae(self) -> None:
+        """Raise a `ValueError` for an inconsistent MAE decoder or mask setting."""
+        for name in ("decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+                     "decoder_intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.decoder_hidden_size % self.decoder_num_attention_heads:
+            raise ValueError(
+                f"decoder_hidden_size {self.decoder_hidden_size} must be divisible by "
+                f"decoder_num_attention_heads {self.decoder_num_attention_heads}"
+            )
+        for name in ("mask_ratio", "video_mask_ratio"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be a float in [0, 1), got {value!r}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "XrayVisualConfig":
