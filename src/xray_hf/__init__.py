@@ -15,5 +15,9 @@ from .processing.image_processing import XrayVisualImageProcessor
 from .processing.transforms import VariableAspectRatioResize
 from .processing.video_processing import XrayVisualVideoProcessor
 
+# -- stages 1 and 2: MAE and hashtags --
+from .modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
+from .modeling.mae import XrayVisualForPreTraining
+
 # -- registrations (one block per module) --
 from . import registration as _registration  # noqa: E402,F401

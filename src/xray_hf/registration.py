@@ -22,3 +22,12 @@ AutoImageProcessor.register(
     XrayVisualConfig, image_processor_classes={"torchvision": XrayVisualImageProcessor}, exist_ok=True
 )
 AutoVideoProcessor.register(XrayVisualConfig, XrayVisualVideoProcessor, exist_ok=True)
+
+# -- stages 1 and 2: MAE and hashtags --
+from transformers import AutoModelForImageClassification, AutoModelForPreTraining  # noqa: E402
+
+from .modeling.hashtag import XrayVisualForHashtagClassification  # noqa: E402
+from .modeling.mae import XrayVisualForPreTraining  # noqa: E402
+
+AutoModelForPreTraining.register(XrayVisualConfig, XrayVisualForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(XrayVisualConfig, XrayVisualForHashtagClassification, exist_ok=True)
