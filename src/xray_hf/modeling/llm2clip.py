@@ -183,6 +183,8 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
 
     # an MNTP checkpoint has the same `llm.*` weights plus an LM head, which the text tower does not use
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+    # forward has no per-token loss: Trainer must not pass `num_items_in_batch`
+    accepts_loss_kwargs = False
 
     def __init__(self, config: XrayLLM2CLIPTextConfig):
         super().__init__(config)
@@ -269,6 +271,8 @@ class XrayLLM2CLIPTextForMNTP(XrayLLM2CLIPTextPreTrainedModel):
 
     # a text-tower checkpoint has the same `llm.*` weights plus the adapter and projection, unused here
     _keys_to_ignore_on_load_unexpected = [r"^adapter\.", r"^text_projection\."]
+    # the loss is a sum over masked tokens divided by `num_items_in_batch` (correct under gradient accumulation)
+    accepts_loss_kwargs = True
 
     def __init__(self, config: XrayLLM2CLIPTextConfig):
         super().__init__(config)

@@ -1,0 +1,291 @@
+"""Training the LLM side of LLM2CLIP (paper section 4.6.2): LLM2Vec's MNTP, then supervised SimCSE, with LoRA.
+
+Stages, each from the last checkpoint (every checkpoint is an `xray_llm2clip_text` one, so no stage's output
+can be loaded as a plain causal LLM by mistake):
+
+```python
+text = XrayLLM2CLIPTextModel.from_llm("smollm2/")             # bidirectional LLM, new adapter + projection
+text.save_pretrained("run/text_base")
+mntp = add_lora(XrayLLM2CLIPTextForMNTP.from_pretrained("run/text_base"))
+MNTPTrainer(model=mntp, args=..., train_dataset=texts, data_collator=MNTPCollator(tokenizer)).train()
+mntp.save_pretrained("run/mntp_lora")                          # adapter only, keys relative to the base
+text = load_lora(XrayLLM2CLIPTextModel.from_pretrained("run/text_base"), "run/mntp_lora")  # merged
+text.save_pretrained("run/mntp")                               # merged: the base of the next stage
+simcse = add_lora(XrayLLM2CLIPTextModel.from_pretrained("run/mntp"))
+SimCSETrainer(model=simcse, ..., data_collator=SimCSECollator(tokenizer)).train()
+simcse.save_pretrained("run/simcse_lora")
+text = XrayLLM2CLIPTextModel.from_pretrained("run/simcse_lora")  # one call: base + adapter (unmerged)
+text.freeze_llm()                                              # CLIP stage: adapter + projection only
+```
+
+LoRA sits on the LLM's attention and MLP projections (`LORA_TARGET_MODULES`); the saved adapter's keys are
+relative to the base model (`llm.layers.N...`), and the adapter config names the base checkpoint, so
+`from_pretrained(adapter_dir)` (ours or `AutoModel`'s) resolves base + adapter in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+
+from ..configuration.text import XrayLLM2CLIPTextConfig
+from ..losses import simcse_loss
+from ..modeling.llm2clip import XrayLLM2CLIPTextPreTrainedModel
+
+# Attention (q, k, v, o) and MLP (gate, up, down) projections of every LLM layer, matched on full module names
+# from the base model, so an adapter can only attach to an `llm.*` LLM inside our models.
+LORA_TARGET_MODULES = r"llm\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LoRA: add, merge, load
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _check_xray_text_checkpoint(path: str | os.PathLike) -> None:
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"LoRA base {str(path)!r} is not a saved checkpoint: save the model with save_pretrained and load it "
+            "with from_pretrained first, so the adapter names a base that from_pretrained can resolve"
+        )
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != XrayLLM2CLIPTextConfig.model_type:
+        raise ValueError(
+            f"LoRA base {str(path)!r} is a {model_type!r} checkpoint; an LLM2Vec adapter must name an "
+            f"{XrayLLM2CLIPTextConfig.model_type!r} checkpoint (a plain LLM would load it causally)"
+        )
+
+
+def add_lora(
+    model: XrayLLM2CLIPTextPreTrainedModel,
+    r: int = 16,
+    lora_alpha: int = 32,
+    lora_dropout: float = 0.05,
+    base_model_name_or_path: str | os.PathLike | None = None,
+) -> PeftModel:
+    """
+    Wrap `model` with LoRA on the LLM's attention and MLP projections (LLM2Vec's r=16, alpha=32, dropout 0.05).
+
+    Only the LoRA weights train. `model` must come from `from_pretrained` on an `xray_llm2clip_text` checkpoint
+    (or name one in `base_model_name_or_path`): the adapter records it as its base.
+    """
+    if not isinstance(model, XrayLLM2CLIPTextPreTrainedModel):
+        raise TypeError(f"add_lora expects an XrayLLM2CLIPText model, got {type(model).__name__}")
+    base = str(base_model_name_or_path or model.name_or_path or "")
+    _check_xray_text_checkpoint(base)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=LORA_TARGET_MODULES,
+        base_model_name_or_path=base,
+    )
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = base
+    return peft_model
+
+
+def merge_lora(peft_model: PeftModel) -> XrayLLM2CLIPTextPreTrainedModel:
+    """Fold the LoRA weights into the LLM (`merge_and_unload`); restores `config.freeze_llm` for the rest."""
+    if not isinstance(peft_model, PeftModel):
+        raise TypeError(f"merge_lora expects a peft PeftModel, got {type(peft_model).__name__}")
+    model = peft_model.merge_and_unload()
+    for param in model.parameters():
+        param.requires_grad_(True)
+    model.freeze_llm(model.config.freeze_llm)
+    return model
+
+
+def load_lora(
+    model: XrayLLM2CLIPTextPreTrainedModel, adapter_dir: str | os.PathLike, merge: bool = True
+) -> XrayLLM2CLIPTextPreTrainedModel | PeftModel:
+    """Attach a saved LoRA adapter to `model`, merged into the weights by default (the next stage's base)."""
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir))
+    return merge_lora(peft_model) if merge else peft_model
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Collators
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, padding_side: str, **kwargs):
+    if not texts or not all(isinstance(t, str) and t.strip() for t in texts):
+        raise ValueError("every example needs a non-empty caption string")
+    return tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        padding_side=padding_side,
+        return_tensors="pt",
+        **kwargs,
+    )
+
+
+@dataclass
+class MNTPCollator:
+    """
+    Masked next-token prediction batches: tokenize `text_column`, mask `mask_probability` of the tokens (at least
+    one per caption, never the first: nothing precedes it), labels = original ids at masked positions, -100
+    elsewhere. BERT's 80/10/10: a masked token becomes `mask_token`, a random token, or stays.
+
+    `mask_token` defaults to the tokenizer's mask token, else `"_"` (LLM2Vec's choice for LLaMA-family models).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 128
+    mask_probability: float = 0.2
+    mask_token: str | None = None
+    padding_side: str = "right"
+    text_column: str = "text"
+    mask_token_id: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError(f"mask_probability must be in (0, 1), got {self.mask_probability}")
+        token = self.mask_token or self.tokenizer.mask_token or "_"
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"mask token {token!r} is not a single token of this tokenizer (ids {ids})")
+        self.mask_token_id = ids[0]
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [f[self.text_column] for f in features]
+        batch = _tokenize(
+            self.tokenizer, texts, self.max_length, self.padding_side, return_special_tokens_mask=True
+        )
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        real = attention_mask.bool() & ~batch["special_tokens_mask"].bool()
+        # a token can be predicted only if some real token precedes it
+        eligible = real & (attention_mask.cumsum(dim=1) > 1)
+        masked = torch.bernoulli(torch.full(input_ids.shape, self.mask_probability)).bool() & eligible
+        for row in torch.nonzero(~masked.any(dim=1) & eligible.any(dim=1)).flatten().tolist():
+            choices = torch.nonzero(eligible[row]).flatten()
+            masked[row, choices[torch.randint(len(choices), (1,))]] = True
+        if not bool(masked.any()):
+            raise ValueError("no caption in the batch has a token that can be masked (captions of one token?)")
+        labels = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
+        replaced = masked & torch.bernoulli(torch.full(input_ids.shape, 0.8)).bool()
+        randomized = masked & ~replaced & torch.bernoulli(torch.full(input_ids.shape, 0.5)).bool()
+        input_ids = input_ids.masked_fill(replaced, self.mask_token_id)
+        random_ids = torch.randint(len(self.tokenizer), input_ids.shape)
+        input_ids = torch.where(randomized, random_ids, input_ids)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class SimCSECollator:
+    """
+    Supervised SimCSE batches: each example holds several captions of one item (`captions_column`, >= 2); two
+    distinct ones are drawn as anchor and positive. Returns `input_ids`/`attention_mask` of shape `(2B, L)`
+    (anchors first, then positives) and `group_ids` `(B,)` from `id_column`, so two examples of the same item
+    in a batch are not treated as negatives of each other.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 128
+    padding_side: str = "right"
+    captions_column: str = "captions"
+    id_column: str | None = "id"
+    seed: int | None = None
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        anchors, positives, ids = [], [], []
+        for i, feature in enumerate(features):
+            captions = feature[self.captions_column]
+            if isinstance(captions, str) or len(captions) < 2:
+                raise ValueError(f"SimCSE needs at least two captions per item, example {i} has {captions!r}")
+            first, second = self._rng.sample(range(len(captions)), 2)
+            anchors.append(captions[first])
+            positives.append(captions[second])
+            ids.append(feature[self.id_column] if self.id_column and self.id_column in feature else f"#row{i}")
+        batch = _tokenize(self.tokenizer, anchors + positives, self.max_length, self.padding_side)
+        index: dict[Any, int] = {}
+        group_ids = torch.tensor([index.setdefault(item, len(index)) for item in ids])
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "group_ids": group_ids}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trainers
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LLM2VecTrainingArguments(TrainingArguments):
+    """`TrainingArguments` for the MNTP and SimCSE stages."""
+
+    simcse_temperature: float = field(default=0.05, metadata={"help": "SimCSE softmax temperature."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collators read raw text columns."}
+    )
+
+
+class MNTPTrainer(Trainer):
+    """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA)."""
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=inputs["labels"],
+            num_items_in_batch=num_items_in_batch,
+        )
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+class SimCSETrainer(Trainer):
+    """
+    Supervised SimCSE (LLM2Vec stage 2) on an `XrayLLM2CLIPTextModel` (usually with LoRA): InfoNCE on the
+    pooled LLM outputs of two captions of each item, in-batch negatives, `args.simcse_temperature`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the loss is a batch mean, not a per-token sum: let Trainer divide it over gradient accumulation
+        self.model_accepts_loss_kwargs = False
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        anchors, positives = outputs.pooler_output.chunk(2, dim=0)
+        temperature = getattr(self.args, "simcse_temperature", 0.05)
+        loss = simcse_loss(anchors, positives, temperature=temperature, group_ids=inputs.get("group_ids"))
+        return (loss, outputs) if return_outputs else loss
+
+
+__all__ = [
+    "LORA_TARGET_MODULES",
+    "add_lora",
+    "merge_lora",
+    "load_lora",
+    "MNTPCollator",
+    "SimCSECollator",
+    "LLM2VecTrainingArguments",
+    "MNTPTrainer",
+    "SimCSETrainer",
+]
