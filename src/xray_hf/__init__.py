@@ -15,6 +15,11 @@ from .processing.image_processing import XrayVisualImageProcessor
 from .processing.transforms import VariableAspectRatioResize
 from .processing.video_processing import XrayVisualVideoProcessor
 
+# -- text towers (LLM2CLIP and CLIP-style) --
+from .configuration.text import XrayLLM2CLIPTextConfig, XrayTextConfig
+from .modeling.llm2clip import XrayLLM2CLIPTextForMNTP, XrayLLM2CLIPTextModel
+from .modeling.text import XrayTextModel
+
 # -- stages 1 and 2: MAE and hashtags --
 from .modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
 from .modeling.mae import XrayVisualForPreTraining

