@@ -46,6 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer-only", action="store_true", help="only extract the tokenizer")
     c.set_defaults(func=_convert_smollm2)
 
+    # -- train: one stage from a YAML run config (stages 1 and 2: mae, hashtag; later stages add theirs) --
+    def _train(args: argparse.Namespace) -> int:
+        from .trainers.run import train_from_file
+
+        overrides = {}
+        if args.output_dir is not None:
+            overrides["output_dir"] = args.output_dir
+        if args.max_steps is not None:
+            overrides["max_steps"] = args.max_steps
+        resume = True if args.resume == "last" else args.resume
+        results = train_from_file(args.stage, args.config, overrides=overrides, resume_from_checkpoint=resume)
+        summary = {k: v for k, v in results.items() if k not in ("log_history",)}
+        print(f"{args.stage} finished: {summary}")
+        return 0
+
+    p = sub.add_parser("train", help="train one stage of the recipe from a YAML run config")
+    train_sub = p.add_subparsers(dest="stage", required=True)
+    for stage, help_text in (("mae", "stage 1: masked autoencoding on images and videos"),
+                             ("hashtag", "stage 2: hashtag classification")):
+        t = train_sub.add_parser(stage, help=help_text)
+        t.add_argument("--config", required=True, help=f"run config, e.g. configs/{stage}_tiny.yaml")
+        t.add_argument("--output-dir", default=None, help="override training.output_dir")
+        t.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
+        t.add_argument("--resume", default=None, help="checkpoint directory to resume from, or 'last'")
+        t.set_defaults(func=_train)
+
     return parser
 
 

@@ -181,7 +181,6 @@ class XrayVisualForHashtagClassification(XrayVisualPreTrainedModel):
         label_smoothing: float = 0.0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> XrayVisualHashtagOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor`):

@@ -204,7 +204,6 @@ class XrayVisualForPreTraining(XrayVisualPreTrainedModel):
         mask_ratio: float | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> XrayVisualForPreTrainingOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor`):

@@ -1,0 +1,150 @@
+"""What every xray_hf stage trainer shares: optimizer choice (Lion / AdamW, layer-wise decay) and resumable
+streaming input (a `MultimodalLoader` or `StreamingDataLoader` whose position is saved with each checkpoint).
+
+`transformers.Trainer` resumes a map-style dataset by replaying the sampler and skipping batches. A streaming
+loader cannot be replayed cheaply, so `XrayTrainer` saves its `state_dict()` (one file per rank) in every
+checkpoint and restores it on resume; the loader then continues with the batch that followed the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .optim import OPTIMIZERS, build_optimizer, param_groups
+
+DATA_STATE_NAME = "data_state-rank{rank}.pt"
+
+
+@dataclass
+class XrayTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the recipe's optimizer settings. `optimizer` replaces transformers' `optim`."""
+
+    optimizer: str = field(default="lion", metadata={"help": f"one of {OPTIMIZERS}; Lion is the paper's (4.5)"})
+    lion_beta1: float = field(default=0.9, metadata={"help": "Lion beta1 (paper: 0.9)"})
+    lion_beta2: float = field(default=0.99, metadata={"help": "Lion beta2 (paper: 0.99)"})
+    layer_decay: float | None = field(
+        default=None, metadata={"help": "layer-wise lr decay for fine-tuning, e.g. 0.75; None disables it"}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "kept False: xray_hf collators and losses pick their own columns"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+
+
+class ResumableLoader:
+    """Wrap a stateful loader for the Trainer: keeps a restored position through the Trainer's `set_epoch` call
+    at the start of the resumed epoch (which would otherwise rewind the epoch)."""
+
+    def __init__(self, loader: Any):
+        for method in ("state_dict", "load_state_dict", "__iter__", "__len__"):
+            if not hasattr(loader, method):
+                raise TypeError(f"train_loader must have {method}() (a StreamingDataLoader or MultimodalLoader)")
+        self.loader = loader
+        self.epoch: int | None = None
+        self._resumed_epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch == self._resumed_epoch:
+            self._resumed_epoch = None
+            return
+        self._resumed_epoch = None
+        self.epoch = epoch
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "loader": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.epoch = self._resumed_epoch = state["epoch"]
+
+
+class _SaveDataState(TrainerCallback):
+    def __init__(self, loader: ResumableLoader):
+        self.loader = loader
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        torch.save(self.loader.state_dict(), os.path.join(folder, DATA_STATE_NAME.format(rank=args.process_index)))
+        return control
+
+
+class XrayTrainer(Trainer):
+    """`Trainer` with the recipe's optimizers and resumable streaming input.
+
+    Args (beyond `Trainer`'s):
+        train_loader: a stateful loader (`xray_hf.data` `MultimodalLoader` or `StreamingDataLoader`) used instead
+            of `train_dataset`; it shards ranks itself, so accelerate does not wrap it.
+    """
+
+    def __init__(self, *args: Any, train_loader: Any | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        # xray_hf losses are per-batch means; the Trainer must not rescale them by token counts
+        self.model_accepts_loss_kwargs = False
+        self.train_loader = ResumableLoader(train_loader) if train_loader is not None else None
+        if self.train_loader is not None:
+            self.args.ignore_data_skip = True  # the loader's own state positions the data
+            self.add_callback(_SaveDataState(self.train_loader))
+
+    # ------------------------------------------------------------------ data
+    def get_train_dataloader(self):
+        if self.train_loader is not None:
+            return self.train_loader
+        return super().get_train_dataloader()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            if resume_from_checkpoint is None:
+                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r}")
+        if resume_from_checkpoint and self.train_loader is not None:
+            path = os.path.join(resume_from_checkpoint, DATA_STATE_NAME.format(rank=self.args.process_index))
+            if not os.path.isfile(path):
+                raise ValueError(
+                    f"{resume_from_checkpoint} has no {os.path.basename(path)}: it was not written by a run with a "
+                    "train_loader on this rank, so the data position cannot be restored"
+                )
+            self.train_loader.load_state_dict(torch.load(path, weights_only=False))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ------------------------------------------------------------- optimizer
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            args = self.args
+            if not isinstance(args, XrayTrainingArguments):
+                return super().create_optimizer(model)
+            groups = param_groups(self.model if model is None else model, args.learning_rate, args.weight_decay,
+                                  args.layer_decay)
+            betas = (args.lion_beta1, args.lion_beta2) if args.optimizer == "lion" else (args.adam_beta1, args.adam_beta2)
+            self.optimizer = build_optimizer(args.optimizer, groups, args.learning_rate, betas, args.adam_epsilon)
+        return self.optimizer
+
+    @staticmethod
+    def model_inputs(inputs: dict[str, Any]) -> torch.Tensor:
+        """The `pixel_values` of a batch, with a clear error when the collator did not provide them."""
+        if "pixel_values" not in inputs:
+            raise ValueError(f"batch has no 'pixel_values' (keys: {sorted(inputs)}); check the collator")
+        return inputs["pixel_values"]
+
+
+__all__ = ["DATA_STATE_NAME", "ResumableLoader", "XrayTrainer", "XrayTrainingArguments"]

@@ -1,0 +1,227 @@
+"""Input pipelines of the stage trainers, built from the `data:` block of a run config.
+
+A source is an embedded dataset (`name:` of `xray_hf.data.load_embedded`) or a local/Hub source (`path:` for
+`xray_hf.data.load_source`). Training reads it as a stream (`DecodedStream` -> `StreamingDataLoader`); with an
+image and a video source, a `MultimodalLoader` interleaves their batches (paper 4.1). Evaluation reads a
+map-style, deterministically decoded copy.
+
+```yaml
+data:
+  resolution: 32
+  image: {name: mnist, split: train, batch_size: 64}
+  video: {name: moving-shapes, split: train, batch_size: 8, num_frames: 4, stride: 2}
+  eval:  {name: mnist, split: validation, batch_size: 128}
+  augment: {flip_p: 0.0, blur_p: 0.0}   # TrainTransform arguments
+  num_workers: 0
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from ..data import (
+    DecodedStream,
+    EvalTransform,
+    ImageDecoder,
+    ModalitySchedule,
+    MultimodalLoader,
+    SampleCollator,
+    StreamingDataLoader,
+    TrainTransform,
+    VideoDecoder,
+    load_embedded,
+    load_source,
+)
+from ..data.sources import undecoded
+
+
+@dataclass
+class SourceSpec:
+    """One input source of a run config. Exactly one of `name` (embedded dataset) or `path` (`load_source`)."""
+
+    name: str | None = None
+    path: str | None = None
+    split: str = "train"
+    batch_size: int = 32
+    modality: str | None = None  # inferred from the columns when not given
+    column: str | None = None  # the media column; "image" / "video" by default
+    num_samples: int | None = None  # needed for `path` sources (epoch length); counted for embedded ones
+    num_frames: int = 4
+    stride: int = 2
+    num_shards: int = 8
+    max_samples: int | None = None  # use only the first samples (embedded sources), e.g. MNIST-5k subsets
+    hashtags_from: list[str] | None = None  # build a "hashtags" column from these ClassLabel columns' names
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "SourceSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"unknown data source keys {sorted(unknown)}; known: {sorted(known)}")
+        out = cls(**spec)
+        if (out.name is None) == (out.path is None):
+            raise ValueError(f"a data source needs exactly one of 'name' or 'path', got {spec}")
+        if out.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {out.batch_size}")
+        return out
+
+
+@dataclass
+class DataSpec:
+    """The `data:` block of a run config."""
+
+    resolution: int | list[int] = 224
+    image: SourceSpec | None = None
+    video: SourceSpec | None = None
+    eval: SourceSpec | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "DataSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(spec) - known
+        if unknown:
+            raise ValueError(f"unknown data keys {sorted(unknown)}; known: {sorted(known)}")
+        spec = dict(spec)
+        for key in ("image", "video", "eval"):
+            if spec.get(key) is not None:
+                spec[key] = SourceSpec.from_dict(spec[key])
+        out = cls(**spec)
+        if out.image is None and out.video is None:
+            raise ValueError("data needs an 'image' or a 'video' source (or both)")
+        return out
+
+
+def _map_dataset(spec: SourceSpec) -> datasets.Dataset:
+    if spec.name is None:
+        raise ValueError("map-style access (evaluation, vocabularies) needs an embedded dataset 'name'")
+    dataset = load_embedded(spec.name, spec.split)
+    if spec.max_samples is not None:
+        dataset = dataset.select(range(min(spec.max_samples, len(dataset))))
+    if spec.hashtags_from:
+        dataset = with_label_hashtags(dataset, spec.hashtags_from)
+    return dataset
+
+
+def with_label_hashtags(dataset: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
+    """Add a `hashtags` column holding the class names of `columns` (e.g. moving-shapes' shape and direction)."""
+    for column in columns:
+        if not isinstance(dataset.features.get(column), datasets.ClassLabel):
+            raise ValueError(f"hashtags_from column {column!r} is not a ClassLabel column of {dataset.column_names}")
+    names = {column: dataset.features[column].names for column in columns}
+    tags = [[names[c][row[i]] for i, c in enumerate(columns)] for row in zip(*(dataset[c] for c in columns))]
+    if "hashtags" in dataset.column_names:
+        dataset = dataset.remove_columns("hashtags")
+    return dataset.add_column("hashtags", tags, feature=datasets.List(datasets.Value("string")))
+
+
+def media_column(spec: SourceSpec, column_names: list[str] | None) -> tuple[str, str]:
+    """(column, modality) of a source."""
+    if spec.column is not None:
+        modality = spec.modality or ("video" if spec.column == "video" else "image")
+        return spec.column, modality
+    names = column_names or []
+    if spec.modality in ("image", "video"):
+        return spec.modality, spec.modality
+    for modality in ("image", "video"):
+        if modality in names:
+            return modality, modality
+    raise ValueError(f"cannot tell the media column of source {spec}: columns {names}; set 'column'")
+
+
+def open_stream_source(spec: SourceSpec) -> tuple[datasets.IterableDataset, int]:
+    """Undecoded streaming source and its number of samples."""
+    if spec.name is not None:
+        full = _map_dataset(spec)
+        return undecoded(full.to_iterable_dataset(num_shards=min(spec.num_shards, len(full)))), len(full)
+    if spec.num_samples is None:
+        raise ValueError(f"source {spec.path!r} needs 'num_samples' (the epoch length) in the run config")
+    return load_source(spec.path, split=spec.split), spec.num_samples
+
+
+def make_decoder(spec: SourceSpec, column: str, modality: str, transform: Callable, train: bool) -> Callable:
+    if modality == "video":
+        return VideoDecoder(
+            column=column, num_frames=spec.num_frames, stride=spec.stride,
+            sampling="random" if train else "center", transform=transform,
+        )
+    return ImageDecoder(column=column, transform=transform)
+
+
+def build_train_loader(
+    data: DataSpec, seed: int, collate_fn: Callable | None = None, rank: int = 0, world_size: int = 1,
+) -> StreamingDataLoader | MultimodalLoader:
+    """The training loader: one `StreamingDataLoader`, or a `MultimodalLoader` over an image and a video one."""
+    transform = TrainTransform(data.resolution, **data.augment)
+    loaders, counts = {}, {}
+    for modality, spec in (("image", data.image), ("video", data.video)):
+        if spec is None:
+            continue
+        source, num = open_stream_source(spec)
+        column, kind = media_column(spec, source.column_names)
+        if kind != modality:
+            raise ValueError(f"the {modality!r} source {spec} holds {kind}s")
+        stream = DecodedStream(
+            source, make_decoder(spec, column, kind, transform, train=True), rank=rank, world_size=world_size,
+            seed=seed, shuffle_buffer=data.shuffle_buffer,
+            allow_example_split=source.num_shards < world_size * max(1, data.num_workers),
+        )
+        steps = num // world_size // spec.batch_size
+        if steps < 1:
+            raise ValueError(f"the {modality} source has {num} samples: fewer than one batch of {spec.batch_size}")
+        loaders[modality] = StreamingDataLoader(
+            stream, spec.batch_size, num_workers=data.num_workers, collate_fn=collate_fn or SampleCollator(),
+            drop_last=True, steps_per_epoch=steps,
+        )
+        counts[modality] = steps
+    if len(loaders) == 1:
+        return next(iter(loaders.values()))
+    schedule = ModalitySchedule(counts["image"], counts["video"], seed=seed)
+    return MultimodalLoader(loaders["image"], loaders["video"], schedule)
+
+
+class DecodedDataset(torch.utils.data.Dataset):
+    """Map-style, deterministic decoding of a `datasets.Dataset` for evaluation (no augmentation)."""
+
+    def __init__(self, dataset: datasets.Dataset, decoder: Callable, seed: int = 0):
+        column = getattr(decoder, "column", None)
+        if column is not None and column in dataset.column_names:
+            feature = dataset.features[column]
+            if isinstance(feature, datasets.Image):
+                dataset = dataset.cast_column(column, datasets.Image(decode=False))
+            elif isinstance(feature, datasets.Video):
+                dataset = dataset.cast_column(column, datasets.Video(decode=False))
+        self.dataset, self.decoder, self.seed = dataset, decoder, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.decoder(self.dataset[index], np.random.default_rng([self.seed, index]))
+
+
+def build_eval_dataset(data: DataSpec, spec: SourceSpec | None = None) -> DecodedDataset | None:
+    """The evaluation set (`data.eval`, or `spec`), decoded with the evaluation transform."""
+    spec = spec or data.eval
+    if spec is None:
+        return None
+    dataset = _map_dataset(spec)
+    column, modality = media_column(spec, dataset.column_names)
+    transform = EvalTransform(data.resolution, **{k: v for k, v in data.augment.items()
+                                                 if k in ("image_mean", "image_std")})
+    return DecodedDataset(dataset, make_decoder(spec, column, modality, transform, train=False))
+
+
+__all__ = [
+    "DataSpec", "DecodedDataset", "SourceSpec", "build_eval_dataset", "build_train_loader", "media_column",
+    "open_stream_source",
+]

@@ -1,0 +1,114 @@
+"""Stage 2 trainer: hashtag classification on image and video batches (paper 4.2.2).
+
+Batches carry `pixel_values` and the multi-hot `labels` that [`HashtagCollator`] builds from each sample's
+hashtag list. Evaluation reports mean average precision over the hashtags present in the evaluation set
+(`eval_mAP`) and precision at 1 and 5 ([`hashtag_metrics`]).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import EvalPrediction
+
+from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
+from .base import XrayTrainer, XrayTrainingArguments
+
+
+@dataclass
+class HashtagTrainingArguments(XrayTrainingArguments):
+    """Stage 2 settings; `label_smoothing_factor` (from `TrainingArguments`) smooths the hashtag target."""
+
+    hashtag_loss: str = field(
+        default="softmax", metadata={"help": "'softmax' over the normalised multi-hot target (Mahajan et al.) or 'bce'"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hashtag_loss not in HASHTAG_LOSSES:
+            raise ValueError(f"hashtag_loss must be one of {HASHTAG_LOSSES}, got {self.hashtag_loss!r}")
+
+
+class HashtagCollator:
+    """Wrap a sample collator: add multi-hot `labels` from each sample's hashtag list (`column`).
+
+    `base` collates the samples (e.g. `xray_hf.data.loader.SampleCollator()`); by default tensors are stacked.
+    """
+
+    def __init__(self, vocabulary: HashtagVocabulary, column: str = "hashtags", base: Callable | None = None):
+        self.vocabulary = vocabulary
+        self.column = column
+        self.base = base
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        if self.column not in samples[0]:
+            raise ValueError(f"samples have no {self.column!r} column (keys: {sorted(samples[0])})")
+        tags = [sample[self.column] for sample in samples]
+        if self.base is not None:
+            batch = self.base([{k: v for k, v in s.items() if k != self.column} for s in samples])
+        else:
+            batch = {"pixel_values": torch.stack([torch.as_tensor(s["pixel_values"]) for s in samples])}
+        batch["labels"] = self.vocabulary.encode(tags)
+        return batch
+
+
+def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """`mAP`: mean over hashtags with at least one positive of the average precision (ranking the samples by the
+    hashtag's score); `precision@k`: fraction of each sample's top-k hashtags that are correct, averaged over samples
+    with at least one label."""
+    from sklearn.metrics import average_precision_score
+
+    scores = np.asarray(eval_pred.predictions, dtype=np.float64)
+    labels = np.asarray(eval_pred.label_ids) > 0.5
+    present = labels.any(axis=0)
+    if not present.any():
+        raise ValueError("no hashtag of the vocabulary occurs in the evaluation labels")
+    ap = average_precision_score(labels[:, present], scores[:, present], average=None)
+    metrics = {"mAP": float(np.mean(ap))}
+    labelled = labels.any(axis=1)
+    order = np.argsort(-scores[labelled], axis=1)
+    for k in ks:
+        k = min(k, scores.shape[1])
+        hits = np.take_along_axis(labels[labelled], order[:, :k], axis=1)
+        metrics[f"precision@{k}"] = float(hits.mean())
+    return metrics
+
+
+class HashtagTrainer(XrayTrainer):
+    """`Trainer` for [`XrayVisualForHashtagClassification`] with the loss chosen by `args.hashtag_loss`."""
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        pixel_values = self.model_inputs(inputs)
+        if "labels" not in inputs:
+            raise ValueError("hashtag batches need multi-hot 'labels'; use HashtagCollator")
+        args = self.args
+        loss_type = getattr(args, "hashtag_loss", "softmax")
+        outputs = model(
+            pixel_values=pixel_values, labels=inputs["labels"], loss_type=loss_type,
+            label_smoothing=args.label_smoothing_factor,
+        )
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), outputs.logits.detach(), inputs["labels"].detach()
+
+
+__all__ = ["HashtagCollator", "HashtagTrainer", "HashtagTrainingArguments", "hashtag_metrics"]
