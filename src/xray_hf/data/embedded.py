@@ -461,6 +461,7 @@ def _load_all(name: str) -> datasets.DatasetDict:
             finally:
                 if bars_were_on:
                     datasets.utils.enable_progress_bars()
+            os.chmod(staging, 0o755)  # mkdtemp makes it private
             os.rename(staging, target)  # atomic: concurrent builders (pytest-xdist) keep one copy
         except OSError:
             if not os.path.isdir(target):

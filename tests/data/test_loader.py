@@ -1,0 +1,160 @@
+"""Tests for xray_hf.data.loader: sharding over ranks x workers, exact resume (twice), equal steps per rank."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from xray_hf.data.decoding import ImageDecoder
+from xray_hf.data.loader import SampleCollator, StreamingDataLoader, steps_per_epoch
+from xray_hf.data.sources import DecodedStream, ShardCountError, load_source
+from xray_hf.data.transforms import Resolution, TrainTransform
+
+
+def _loader(source, rank=0, world_size=1, num_workers=0, batch_size=4, **stream_kwargs):
+    stream_kwargs.setdefault("shuffle_buffer", 5)
+    decoder = ImageDecoder(transform=TrainTransform(8, blur_p=0.5))
+    stream = DecodedStream(source, decoder, rank=rank, world_size=world_size, seed=7, **stream_kwargs)
+    return StreamingDataLoader(stream, batch_size=batch_size, num_workers=num_workers)
+
+
+@pytest.mark.parametrize("allow_example_split", [False, True])
+def test_two_ranks_two_workers_see_each_sample_once(make_parquet_shards, allow_example_split):
+    source = load_source(make_parquet_shards(8, 6))
+    per_rank, steps = [], []
+    for rank in range(2):
+        loader = _loader(source, rank, 2, num_workers=2, allow_example_split=allow_example_split)
+        batches = list(loader)
+        per_rank.append([i for batch in batches for i in batch["id"]])
+        steps.append(len(batches))
+        assert loader.last_epoch_stats.samples == len(per_rank[-1]) and loader.last_epoch_stats.skipped == {}
+    everything = per_rank[0] + per_rank[1]
+    assert len(everything) == 48 and Counter(everything).most_common(1)[0][1] == 1
+    assert set(per_rank[0]).isdisjoint(per_rank[1])
+    assert steps[0] == steps[1] == 6  # 24 samples per rank in batches of 4 (2 workers x 3 full batches)
+
+
+def test_too_few_shards_raise_unless_example_split(make_parquet_shards):
+    source = load_source(make_parquet_shards(3, 4))
+    stream = DecodedStream(source, ImageDecoder(), rank=0, world_size=1)
+    with pytest.raises(ShardCountError, match=r"3 shards but 1 ranks x 4 workers"):
+        StreamingDataLoader(stream, batch_size=2, num_workers=4)
+    with pytest.raises(ShardCountError, match="2 ranks x 2 workers"):
+        _loader(source, 0, 2, num_workers=2)
+    ids = []
+    for rank in range(2):
+        ids += [i for b in _loader(source, rank, 2, num_workers=2, allow_example_split=True) for i in b["id"]]
+    assert sorted(ids) == sorted(f"s{s}-{i}" for s in range(3) for i in range(4))
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("num_workers, epoch", [(0, 0), (2, 0), (2, 1)])
+def test_resume_twice_at_random_steps_matches_uninterrupted_run(make_parquet_shards, num_workers, epoch):
+    source = load_source(make_parquet_shards(4, 9))
+    reference = _loader(source, num_workers=num_workers)
+    reference.set_epoch(epoch)
+    full = list(reference)
+    total = len(full)  # 36 samples, 2 workers x 18 -> 5 batches each (last one of 2)
+    rng = np.random.default_rng(100 * num_workers + epoch)
+    first_stop, second_stop = sorted(rng.choice(np.arange(1, total - 1), size=2, replace=False).tolist())
+
+    run = _loader(source, num_workers=num_workers)
+    run.set_epoch(epoch)
+    got = _take(iter(run), first_stop)
+    state = run.state_dict()
+    del run
+
+    resumed = _loader(source, num_workers=num_workers)
+    resumed.load_state_dict(state)
+    got += _take(iter(resumed), second_stop - first_stop)
+    state = resumed.state_dict()  # a state written by a resumed run: the 'second resume' case
+    del resumed
+
+    resumed_again = _loader(source, num_workers=num_workers)
+    resumed_again.load_state_dict(state)
+    got += list(resumed_again)
+
+    assert [b["id"] for b in got] == [b["id"] for b in full]
+    for mine, theirs in zip(got, full):  # augmentations are seeded per sample: pixels match too
+        assert torch.equal(mine["pixel_values"], theirs["pixel_values"])
+    assert resumed_again.last_epoch_stats.steps == total
+    # the next epoch after a resumed one starts from the beginning of that epoch
+    resumed_again.set_epoch(epoch + 1)
+    assert sum(len(b["id"]) for b in resumed_again) == 36
+
+
+def test_steps_per_epoch_caps_and_len(make_parquet_shards):
+    loader = _loader(load_source(make_parquet_shards(2, 10)), batch_size=3)
+    loader.steps_per_epoch = 4
+    assert len(list(loader)) == 4 == len(loader)
+    assert steps_per_epoch(100, 8, world_size=3) == 4 and steps_per_epoch(100, 8, 3, drop_last=False) == 5
+
+
+def test_collator_stacks_tensors_and_keeps_lists():
+    samples = [
+        {"pixel_values": torch.zeros(3, 4, 4), "id": "a", "label": 1, "hashtags": ["x", "y"], "score": 0.5},
+        {"pixel_values": torch.ones(3, 4, 4), "id": "b", "label": 2, "hashtags": ["z"], "score": 1.5},
+    ]
+    batch = SampleCollator()(samples)
+    assert batch["pixel_values"].shape == (2, 3, 4, 4) and batch["id"] == ["a", "b"]
+    assert torch.equal(batch["label"], torch.tensor([1, 2])) and batch["hashtags"] == [["x", "y"], ["z"]]
+    assert batch["score"].dtype == torch.float32
+    samples[1]["pixel_values"] = torch.ones(3, 8, 8)
+    with pytest.raises(ValueError, match="cannot stack"):
+        SampleCollator()(samples)
+    mixed = SampleCollator(resolution=Resolution(8))(samples)  # a batch straddling a resolution change
+    assert mixed["pixel_values"].shape == (2, 3, 8, 8)
+
+
+_RANK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch.distributed as dist
+    from xray_hf.data.decoding import ImageDecoder
+    from xray_hf.data.loader import StreamingDataLoader
+    from xray_hf.data.sources import DecodedStream, load_source
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    stream = DecodedStream(load_source(sys.argv[1]), ImageDecoder(), rank=rank, world_size=2, shuffle=False)
+    loader = StreamingDataLoader(stream, batch_size=4)
+    steps = [len(b["id"]) for b in loader]
+    with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
+        json.dump({"steps": len(steps), "sync": loader.sync_ranks}, f)
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_ranks_with_unequal_data_take_equal_steps(tmp_path, make_parquet_shards):
+    # shards 0 and 2 (rank 0) hold 8 + 8 samples, shards 1 and 3 (rank 1) 8 + 2: without syncing, rank 0 would
+    # take 4 steps and rank 1 3 (and DDP would hang waiting for the missing one)
+    folder = make_parquet_shards(4, 8, name="uneven")
+    os.remove(os.path.join(folder, "shard-00003.parquet"))
+    small = make_parquet_shards(1, 2, name="uneven-small")
+    os.replace(os.path.join(small, "shard-00000.parquet"), os.path.join(folder, "shard-00003.parquet"))
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+        processes.append(subprocess.Popen([sys.executable, str(script), folder, str(tmp_path)], env=env))
+    for process in processes:
+        assert process.wait(timeout=240) == 0
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert results[0] == results[1] == {"steps": 3, "sync": True}
