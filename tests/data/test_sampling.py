@@ -69,8 +69,9 @@ def test_stratified_schedule_counts_runs_and_finish(num_images, image_batch, num
         for chunk in np.array_split(np.array(sequence) == "image", 10):
             assert abs(chunk.mean() - p_image) <= 2.5 / len(chunk)
     assert list(schedule.iterate(0)) != list(schedule.iterate(1))
-    assert list(schedule.iterate(0)) == list(ModalitySchedule.from_samples(
-        num_images, image_batch, num_videos, video_batch, seed=5).iterate(0))
+    assert list(schedule.iterate(0)) == list(
+        ModalitySchedule.from_samples(num_images, image_batch, num_videos, video_batch, seed=5).iterate(0)
+    )
 
 
 def test_schedule_is_random_access_and_resumable():

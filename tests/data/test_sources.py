@@ -31,12 +31,20 @@ def small_images() -> datasets.Dataset:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (12, 10, 3), dtype=np.uint8) for _ in range(24)]
     features = datasets.Features(
-        {"image": datasets.Image(), "caption": datasets.Value("string"), "label": datasets.Value("int64"),
-         "id": datasets.Value("string")}
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "label": datasets.Value("int64"),
+            "id": datasets.Value("string"),
+        }
     )
     return datasets.Dataset.from_dict(
-        {"image": images, "caption": [f"c{i}" for i in range(24)], "label": [i % 3 for i in range(24)],
-         "id": [f"img{i:02d}" for i in range(24)]},
+        {
+            "image": images,
+            "caption": [f"c{i}" for i in range(24)],
+            "label": [i % 3 for i in range(24)],
+            "id": [f"img{i:02d}" for i in range(24)],
+        },
         features=features,
     )
 

@@ -83,8 +83,16 @@ def test_simclr_views_of_an_image_differ():
 def test_simclr_views_of_a_clip_are_two_different_frames():
     # frame t is filled with the value 10 * t, and the augmentation keeps values: the views name their frames
     clip = tv_tensors.Video(torch.arange(8, dtype=torch.uint8).mul(10).view(8, 1, 1, 1).expand(8, 3, 12, 12).clone())
-    identity = TrainTransform(12, crop_scale=(1, 1), flip_p=0, brightness=0, saturation=0, blur_p=0,
-                              image_mean=(0, 0, 0), image_std=(1, 1, 1))
+    identity = TrainTransform(
+        12,
+        crop_scale=(1, 1),
+        flip_p=0,
+        brightness=0,
+        saturation=0,
+        blur_p=0,
+        image_mean=(0, 0, 0),
+        image_std=(1, 1, 1),
+    )
     views = SimCLRViews(identity)
     seen = set()
     for seed in range(10):

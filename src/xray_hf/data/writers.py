@@ -7,6 +7,7 @@ lets ranks and DataLoader workers split a stream, so write at least ranks x work
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,19 @@ import numpy as np
 import PIL.Image
 
 from .sources import media_columns
+
+
+@contextlib.contextmanager
+def quiet_progress_bars():
+    """Hide `datasets` progress bars inside the block (restoring the caller's setting)."""
+    were_on = not datasets.utils.are_progress_bars_disabled()
+    datasets.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if were_on:
+            datasets.utils.enable_progress_bars()
+
 
 FORMATS = ("parquet", "webdataset", "folder")
 
@@ -97,13 +111,18 @@ def write_shards(
         for index in range(num_shards):
             path = os.path.join(output_dir, f"shard-{index:05d}.parquet")
             # embed_external_files (default) puts path-only media bytes into the file
-            dataset.shard(num_shards, index, contiguous=True).to_parquet(path)
+            with quiet_progress_bars():
+                dataset.shard(num_shards, index, contiguous=True).to_parquet(path)
             paths.append(path)
         return paths
-    (column, kind), = media.items()
-    raw = dataset.cast_column(column, datasets.Image(decode=False) if kind == "image" else datasets.Video(decode=False))
+    ((column, kind),) = media.items()
+    raw = dataset.cast_column(
+        column, datasets.Image(decode=False) if kind == "image" else datasets.Video(decode=False)
+    )
     keys = _keys(dataset, key_column)
-    return (_write_webdataset if format == "webdataset" else _write_folder)(raw, column, kind, keys, output_dir, num_shards)
+    return (_write_webdataset if format == "webdataset" else _write_folder)(
+        raw, column, kind, keys, output_dir, num_shards
+    )
 
 
 def _shard_bounds(n: int, num_shards: int) -> list[tuple[int, int]]:
