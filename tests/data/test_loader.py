@@ -158,3 +158,27 @@ def test_ranks_with_unequal_data_take_equal_steps(tmp_path, make_parquet_shards)
         assert process.wait(timeout=240) == 0
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert results[0] == results[1] == {"steps": 3, "sync": True}
+
+
+def test_resume_with_persistent_workers_then_full_next_epoch(make_parquet_shards):
+    # datasets#7447: with persistent workers a resumed epoch's state must not shorten the following epochs
+    source = load_source(make_parquet_shards(4, 9))
+
+    def make():
+        stream = DecodedStream(source, ImageDecoder(), seed=7, shuffle_buffer=5)
+        return StreamingDataLoader(stream, batch_size=4, num_workers=2, persistent_workers=True)
+
+    reference = make()
+    epochs = [[b["id"] for b in reference]]
+    reference.set_epoch(1)
+    epochs.append([b["id"] for b in reference])
+    interrupted = make()
+    iterator = iter(interrupted)
+    got = [next(iterator)["id"] for _ in range(3)]
+    state = interrupted.state_dict()
+    del iterator, interrupted
+    resumed = make()
+    resumed.load_state_dict(state)
+    got += [b["id"] for b in resumed]
+    resumed.set_epoch(1)
+    assert got == epochs[0] and [b["id"] for b in resumed] == epochs[1]
