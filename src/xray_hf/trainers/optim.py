@@ -73,7 +73,9 @@ def build_optimizer(
 
         return Lion(clean, lr=learning_rate, betas=betas or (0.9, 0.99))
     if name == "adamw":
-        return torch.optim.AdamW(clean, lr=learning_rate, betas=betas or (0.9, 0.999), eps=eps)
+        # the fused kernel (CPU and accelerators) is several times faster than the per-tensor loop
+        fused = all(p.is_floating_point() for g in clean for p in g["params"])
+        return torch.optim.AdamW(clean, lr=learning_rate, betas=betas or (0.9, 0.999), eps=eps, fused=fused or None)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
