@@ -337,11 +337,6 @@ class DecodedStream(torch.utils.data.IterableDataset):
         """Start `epoch` (new shard order and shuffle); call before iterating, on every rank."""
         self._epoch.fill_(int(epoch))
 
-    def streams(self, num_workers: int) -> list[int]:
-        """Global stream ids (one per worker) of this rank."""
-        workers = max(1, num_workers)
-        return [self.rank * workers + w for w in range(workers)]
-
     def node_dataset(self, worker_id: int, num_workers: int) -> datasets.IterableDataset:
         """The part of the source read by `worker_id` of `num_workers` on this rank."""
         workers = max(1, num_workers)
