@@ -1,0 +1,84 @@
+"""HashtagTrainer on real data: OpenMoji images and moving-shapes clips tagged with their shape and direction."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import EvalPrediction
+
+from xray_hf import HashtagVocabulary, XrayVisualConfig, XrayVisualForHashtagClassification
+from xray_hf.data import SampleCollator
+from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
+from xray_hf.trainers.data import DataSpec, _map_dataset, build_eval_dataset, build_train_loader
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_collator_builds_multi_hot_labels():
+    vocab = HashtagVocabulary(["cat", "dog"])
+    samples = [{"pixel_values": torch.zeros(3, 4, 4), "hashtags": ["dog", "x"], "id": "a"},
+               {"pixel_values": torch.ones(3, 4, 4), "hashtags": [], "id": "b"}]
+    batch = HashtagCollator(vocab)(samples)
+    assert batch["pixel_values"].shape == (2, 3, 4, 4) and batch["labels"].tolist() == [[0, 1], [0, 0]]
+    batch = HashtagCollator(vocab, base=SampleCollator())(samples)
+    assert batch["id"] == ["a", "b"] and "hashtags" not in batch
+    with pytest.raises(ValueError, match="tags"):
+        HashtagCollator(vocab, column="tags")(samples)
+
+
+def test_metrics_match_a_hand_computation():
+    scores = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.1], [0.7, 0.6, 0.5], [0.1, 0.2, 0.4]])
+    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
+    m = hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels))
+    # label 0: one positive ranked first -> AP 1; label 1: positives ranked 1st and 2nd -> AP 1; label 2 absent
+    assert m["mAP"] == pytest.approx(1.0)
+    assert m["precision@1"] == pytest.approx(2 / 3)  # rows 0, 1 right; row 2 ranks label 0 first; row 3 unlabelled
+    labels[0] = [1, 0, 1]  # label 2's only positive (score 0.3) is ranked 3rd of 4 -> AP 1/3
+    m = hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels))
+    assert m["mAP"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+    assert m["precision@3"] == pytest.approx((2 / 3 + 1 / 3 + 1 / 3) / 3)  # k=5 is capped at the 3 labels
+
+
+def test_hashtag_trainer_learns_on_images_and_videos(tmp_path):
+    data = DataSpec.from_dict({
+        "resolution": 16,
+        "image": {"name": "openmoji", "batch_size": 32, "max_samples": 256},
+        "video": {"name": "moving-shapes", "batch_size": 8, "max_samples": 64, "num_frames": 4,
+                  "hashtags_from": ["shape", "direction"]},
+        "eval": {"name": "moving-shapes", "split": "train", "max_samples": 32, "num_frames": 4,
+                 "hashtags_from": ["shape", "direction"]},
+        "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0},
+    })
+    tags = [t for spec in (data.image, data.video) for t in _map_dataset(spec)["hashtags"]]
+    vocab = HashtagVocabulary.from_tag_lists(tags, min_count=3)
+    assert {"circle", "square", "triangle", "left", "right", "up", "down"} <= set(vocab.labels)
+    torch.manual_seed(0)
+    config = XrayVisualConfig.from_preset(
+        "tiny", image_size=16, patch_size=4, num_frames=4, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, **vocab.config_kwargs())
+    args = HashtagTrainingArguments(
+        output_dir=str(tmp_path), max_steps=48, learning_rate=2e-3, warmup_steps=4, logging_steps=8,
+        optimizer="adamw", report_to=[], disable_tqdm=True, save_strategy="no", seed=0, label_smoothing_factor=0.1,
+        per_device_eval_batch_size=32,
+    )
+    trainer = HashtagTrainer(
+        model=XrayVisualForHashtagClassification(config), args=args, data_collator=HashtagCollator(vocab),
+        train_loader=build_train_loader(data, 0, collate_fn=HashtagCollator(vocab, base=SampleCollator())),
+        eval_dataset=build_eval_dataset(data), compute_metrics=hashtag_metrics,
+    )
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[-1] < losses[0]
+    assert after["eval_loss"] < before["eval_loss"]
+    assert after["eval_mAP"] > before["eval_mAP"]
+    with pytest.raises(ValueError, match="hashtag_loss"):
+        HashtagTrainingArguments(output_dir=str(tmp_path), hashtag_loss="focal")
+    with pytest.raises(ValueError, match="labels"):
+        trainer.compute_loss(trainer.model, {"pixel_values": torch.zeros(1, 3, 16, 16)})
