@@ -142,6 +142,16 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
         return outputs.last_hidden_state
 
     @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` (also resolves base + LoRA adapter from an adapter folder), then
+        re-applies `config.freeze_llm`: loading materialises fresh, trainable parameters."""
+        model = super().from_pretrained(*args, **kwargs)
+        inner = model[0] if isinstance(model, tuple) else model  # output_loading_info=True returns a tuple
+        if inner.config.freeze_llm:
+            inner.freeze_llm(True)
+        return model
+
+    @classmethod
     def from_llm(
         cls,
         llm_name_or_path: str | os.PathLike,
