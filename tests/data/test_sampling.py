@@ -141,3 +141,37 @@ def test_multimodal_loader_when_a_loader_runs_dry_early():
     assert sorted(batches) == sorted([f"i{k}" for k in range(10)] + [f"v{k}" for k in range(4)])
     with pytest.raises(TypeError):
         MultimodalLoader(_ListLoader("i", 1), _ListLoader("v", 1), schedule=[("image",)])
+
+
+def test_multimodal_loader_over_real_streams_resumes():
+    from xray_hf.data import DecodedStream, ImageDecoder, StreamingDataLoader, VideoDecoder, load_embedded
+
+    def make():
+        images = DecodedStream(load_embedded("mnist", "validation", streaming=True, num_shards=4), ImageDecoder())
+        videos = DecodedStream(
+            load_embedded("moving-shapes", "validation", streaming=True, num_shards=4),
+            VideoDecoder(num_frames=4, stride=2),
+        )
+        schedule = ModalitySchedule.from_samples(500, 50, 24, 4, seed=3)
+        return MultimodalLoader(StreamingDataLoader(images, 50), StreamingDataLoader(videos, 4), schedule)
+
+    loader = make()
+    full = []
+    for batch in loader:
+        full.append((loader.modality, tuple(batch["id"])))
+        assert batch["pixel_values"].ndim == (4 if loader.modality == "image" else 5)
+    assert [m for m, _ in full] == list(loader.schedule.iterate(0))
+    assert sum(len(ids) for m, ids in full if m == "image") == 500
+    assert sum(len(ids) for m, ids in full if m == "video") == 24
+
+    first = make()
+    iterator = iter(first)
+    got = []
+    for _ in range(7):
+        ids = tuple(next(iterator)["id"])
+        got.append((first.modality, ids))
+    state = first.state_dict()
+    resumed = make()
+    resumed.load_state_dict(state)
+    got += [(resumed.modality, tuple(batch["id"])) for batch in resumed]
+    assert got == full
