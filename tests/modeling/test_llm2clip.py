@@ -188,7 +188,8 @@ def test_llm_saved_on_its_own_reloads_bidirectional_in_stock_class(model, tokeni
 
 def test_remote_code_llm_is_refused(tokenizer, tmp_path):
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**{k: v for k, v in tiny_llm(64).items() if k != "model_type"})).save_pretrained(tmp_path)
+    llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in tiny_llm(64).items() if k != "model_type"}))
+    llama.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["auto_map"] = {"AutoModel": "modeling_llama_encoder.LlamaEncoderModel"}  # like LLM2Vec checkpoints
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -278,3 +279,18 @@ def test_mntp_loss_is_shifted_cross_entropy(tokenizer):
     assert out.logits.shape == (4, len(tokenizer))
     with pytest.raises(ValueError, match="no token to predict"):
         mntp(**batch, labels=torch.full_like(labels, -100))
+
+
+def test_gradient_checkpointing_and_bf16(tokenizer):
+    model = build(len(tokenizer), freeze_llm=False).train()
+    batch = tokens(tokenizer, CAPTIONS)
+    model(**batch).text_embeds.sum().backward()
+    reference = model.llm.layers[0].mlp.up_proj.weight.grad.clone()
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(**batch).text_embeds.sum().backward()
+    assert torch.allclose(model.llm.layers[0].mlp.up_proj.weight.grad, reference, atol=1e-6)
+    bf16 = build(len(tokenizer)).to(torch.bfloat16)
+    out = bf16(**batch)
+    assert out.text_embeds.dtype == torch.float32 and out.pooler_output.dtype == torch.float32
+    assert torch.isfinite(out.text_embeds).all()

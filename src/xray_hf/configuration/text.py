@@ -65,7 +65,9 @@ def _refuse_foreign_checkpoint(cls: type[PreTrainedConfig], config_dict: dict, s
     """Loading another model's config into ours would silently give a default-shaped model: refuse."""
     found = config_dict.get("model_type")
     if found is not None and found != cls.model_type:
-        hint = " (a plain LLM: build the tower with XrayLLM2CLIPTextModel.from_llm)" if found in BIDIRECTIONAL_LLM_TYPES else ""
+        hint = ""
+        if found in BIDIRECTIONAL_LLM_TYPES:
+            hint = " (a plain LLM: build the tower with XrayLLM2CLIPTextModel.from_llm)"
         raise ValueError(f"{source} holds a {found!r} checkpoint, not {cls.model_type!r}{hint}")
 
 

@@ -205,7 +205,9 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
         if config.freeze_llm:
             self.freeze_llm(True)
 
-    def get_llm_pooled_output(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_llm_pooled_output(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The pooled LLM output `(batch, llm_hidden_size)` in fp32: what the embedding cache stores."""
         attention_mask = check_attention_mask(input_ids, attention_mask)
         llm_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters())

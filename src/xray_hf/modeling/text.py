@@ -105,7 +105,9 @@ class XrayTextModel(XrayTextPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
-    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The projected text embedding `(batch, projection_dim)`, fp32, not normalised."""
         return self(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).text_embeds
 

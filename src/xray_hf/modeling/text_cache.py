@@ -198,7 +198,9 @@ class TextEmbeddingCache:
             raise FileNotFoundError(f"no text cache at {path} ({_METADATA_FILE} missing)")
         metadata = json.loads(metadata_file.read_text())
         if metadata.get("format") != CACHE_FORMAT:
-            raise StaleTextCacheError(f"text cache at {path} has format {metadata.get('format')}, expected {CACHE_FORMAT}")
+            raise StaleTextCacheError(
+                f"text cache at {path} has format {metadata.get('format')}, expected {CACHE_FORMAT}"
+            )
         stored = TextCacheFingerprint(**metadata["fingerprint"])
         current = _fingerprint or TextCacheFingerprint.of(model, tokenizer)
         changed = current.differences(stored)
