@@ -82,3 +82,12 @@ def test_hashtag_trainer_learns_on_images_and_videos(tmp_path):
         HashtagTrainingArguments(output_dir=str(tmp_path), hashtag_loss="focal")
     with pytest.raises(ValueError, match="labels"):
         trainer.compute_loss(trainer.model, {"pixel_values": torch.zeros(1, 3, 16, 16)})
+
+
+def test_freeze_backbone_is_a_linear_probe(tmp_path):
+    config = XrayVisualConfig.from_preset("tiny", num_labels=3)
+    args = HashtagTrainingArguments(output_dir=str(tmp_path), freeze_backbone=True, report_to=[], max_steps=1)
+    trainer = HashtagTrainer(model=XrayVisualForHashtagClassification(config), args=args)
+    trainer.create_optimizer()
+    trained = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(trainer.model.classifier.weight), id(trainer.model.classifier.bias)}

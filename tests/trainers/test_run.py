@@ -70,6 +70,7 @@ def test_cli_trains_mae_then_hashtag_from_its_checkpoint(tmp_path, capsys):
                  "video": {"name": "moving-shapes", "batch_size": 4, "max_samples": 8, "num_frames": 4},
                  "eval": {"name": "mnist", "split": "validation", "max_samples": 8}, "augment": augment},
         "training": {"output_dir": "unused", "max_steps": 100, "save_steps": 2, "logging_steps": 1,
+                     "eval_strategy": "steps", "eval_steps": 2,
                      "report_to": [], "disable_tqdm": True},
     }
     out = tmp_path / "mae"

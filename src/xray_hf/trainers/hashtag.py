@@ -27,6 +27,9 @@ class HashtagTrainingArguments(XrayTrainingArguments):
     hashtag_loss: str = field(
         default="softmax", metadata={"help": "'softmax' over the normalised multi-hot target (Mahajan et al.) or 'bce'"}
     )
+    freeze_backbone: bool = field(
+        default=False, metadata={"help": "train the hashtag head only (a linear probe of the backbone)"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,7 +85,16 @@ def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> 
 
 
 class HashtagTrainer(XrayTrainer):
-    """`Trainer` for [`XrayVisualForHashtagClassification`] with the loss chosen by `args.hashtag_loss`."""
+    """`Trainer` for [`XrayVisualForHashtagClassification`] with the loss chosen by `args.hashtag_loss`; with
+    `args.freeze_backbone` only the head trains (a linear probe)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if getattr(self.args, "freeze_backbone", False):
+            backbone = getattr(self.model, "xray_visual", None)
+            if backbone is None:
+                raise ValueError("freeze_backbone needs a model with an `xray_visual` backbone")
+            backbone.requires_grad_(False)
 
     def compute_loss(
         self,

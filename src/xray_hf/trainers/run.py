@@ -133,7 +133,7 @@ def run_stage(
         model = build_model(stage, config["model"])
         args = _training_args(MAETrainingArguments, training, seed)
         trainer = MAETrainer(
-            model=model, args=args, train_loader=build_train_loader(data, seed, rank=args.process_index,
+            model=model, args=args, data_collator=SampleCollator(), train_loader=build_train_loader(data, seed, rank=args.process_index,
                                                                     world_size=args.world_size),
             eval_dataset=build_eval_dataset(data),
         )
