@@ -49,7 +49,9 @@ def bench_preset(preset: str, batch: int, size: int, steps: int, optim: str, reg
     if registers is not None:
         overrides["num_register_tokens"] = registers
     if preset == "tiny":  # the 64-wide tiny backbone gets configs/mae_tiny.yaml's model, not a 8x512 decoder
-        overrides.update(patch_size=4, decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4)
+        overrides.update(
+            patch_size=4, decoder_hidden_size=64, decoder_num_hidden_layers=2, decoder_num_attention_heads=4
+        )
     config = XrayVisualConfig.from_preset(preset, **overrides)
     torch.manual_seed(0)
     model = XrayVisualForPreTraining(config).train()
@@ -93,7 +95,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode (after one warm-up each)")
-    parser.add_argument("--optim", choices=["lion", "adamw"], default="adamw", help="fused AdamW (default) or timm Lion")
+    parser.add_argument("--optim", choices=["lion", "adamw"], default="adamw", help="fused AdamW or timm Lion")
     parser.add_argument("--registers", type=int, default=None, help="override num_register_tokens")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()

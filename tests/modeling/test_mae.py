@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import AutoModelForPreTraining
 
 import xray_hf  # noqa: F401

@@ -75,7 +75,9 @@ def random_masking(
     if noise is None:
         noise = torch.rand(batch_size, num_patches, device=device)
     elif noise.shape != (batch_size, num_patches):
-        raise ValueError(f"noise must have shape {(batch_size, num_patches)} (batch, patches), got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must have shape {(batch_size, num_patches)} (batch, patches), got {tuple(noise.shape)}"
+        )
     ids_shuffle = torch.argsort(noise, dim=1)
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     ids_keep = ids_shuffle[:, :num_keep]

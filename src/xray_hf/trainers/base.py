@@ -135,7 +135,10 @@ class XrayTrainer(Trainer):
                 return super().create_optimizer(model)
             groups = param_groups(self.model if model is None else model, args.learning_rate, args.weight_decay,
                                   args.layer_decay)
-            betas = (args.lion_beta1, args.lion_beta2) if args.optimizer == "lion" else (args.adam_beta1, args.adam_beta2)
+            if args.optimizer == "lion":
+                betas = (args.lion_beta1, args.lion_beta2)
+            else:
+                betas = (args.adam_beta1, args.adam_beta2)
             self.optimizer = build_optimizer(args.optimizer, groups, args.learning_rate, betas, args.adam_epsilon)
         return self.optimizer
 

@@ -19,10 +19,10 @@ import yaml
 from transformers import set_seed
 
 from ..configuration.visual import XrayVisualConfig
+from ..data import SampleCollator
 from ..modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
 from ..modeling.mae import XrayVisualForPreTraining, masked_patch_loss, patchify
 from ..modeling.mae_visualization import save_reconstruction_grid
-from ..data import SampleCollator
 from ..processing.image_processing import XrayVisualImageProcessor
 from .data import DataSpec, SourceSpec, _map_dataset, build_eval_dataset, build_train_loader
 from .hashtag import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
@@ -98,13 +98,15 @@ def mae_eval(model: XrayVisualForPreTraining, dataset, batch_size: int = 128, se
     total = baseline = 0.0
     batches = 0
     for start in range(0, len(dataset), batch_size):
-        pixel_values = torch.stack([dataset[i]["pixel_values"] for i in range(start, min(len(dataset), start + batch_size))])
+        stop = min(len(dataset), start + batch_size)
+        pixel_values = torch.stack([dataset[i]["pixel_values"] for i in range(start, stop)])
         target = patchify(pixel_values, model.config.patch_size, model.config.tubelet_size)
         noise = torch.rand(target.shape[:2], generator=generator)
         out = model(pixel_values, noise=noise)
-        mean_prediction = (
-            torch.zeros_like(target) if model.config.norm_pix_loss else target.mean(dim=-1, keepdim=True).expand_as(target)
-        )
+        if model.config.norm_pix_loss:
+            mean_prediction = torch.zeros_like(target)
+        else:
+            mean_prediction = target.mean(dim=-1, keepdim=True).expand_as(target)
         total += float(out.loss)
         baseline += float(masked_patch_loss(mean_prediction, target, out.mask, model.config.norm_pix_loss))
         batches += 1
@@ -132,9 +134,9 @@ def run_stage(
     if stage == "mae":
         model = build_model(stage, config["model"])
         args = _training_args(MAETrainingArguments, training, seed)
+        loader = build_train_loader(data, seed, rank=args.process_index, world_size=args.world_size)
         trainer = MAETrainer(
-            model=model, args=args, data_collator=SampleCollator(), train_loader=build_train_loader(data, seed, rank=args.process_index,
-                                                                    world_size=args.world_size),
+            model=model, args=args, data_collator=SampleCollator(), train_loader=loader,
             eval_dataset=build_eval_dataset(data),
         )
     else:
@@ -146,10 +148,10 @@ def run_stage(
         vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
         model = build_model(stage, config["model"], **vocabulary.config_kwargs())
         args = _training_args(HashtagTrainingArguments, training, seed)
+        loader = build_train_loader(data, seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
+                                    rank=args.process_index, world_size=args.world_size)
         trainer = HashtagTrainer(
-            model=model, args=args, data_collator=HashtagCollator(vocabulary),
-            train_loader=build_train_loader(data, seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
-                                            rank=args.process_index, world_size=args.world_size),
+            model=model, args=args, data_collator=HashtagCollator(vocabulary), train_loader=loader,
             eval_dataset=build_eval_dataset(data), compute_metrics=hashtag_metrics,
         )
         results["vocabulary_size"] = len(vocabulary)
