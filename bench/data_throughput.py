@@ -204,7 +204,7 @@ def main() -> None:
                 f"(target >= 2x)"
             )
         if args.compare_decoders:
-            compare_decoders(videos, args.frames, args.stride, reps=5)
+            compare_decoders(videos, args.frames, args.stride, reps=10)
 
 
 if __name__ == "__main__":
