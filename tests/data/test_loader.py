@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import multiprocessing
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 from collections import Counter
 
 import numpy as np
@@ -118,46 +115,43 @@ def test_collator_stacks_tensors_and_keeps_lists():
     assert mixed["pixel_values"].shape == (2, 3, 8, 8)
 
 
-_RANK_SCRIPT = textwrap.dedent(
-    """
-    import json, os, sys
+def _rank_steps(rank: int, folder: str, port: int, results) -> None:
     import torch.distributed as dist
-    from xray_hf.data.decoding import ImageDecoder
-    from xray_hf.data.loader import StreamingDataLoader
-    from xray_hf.data.sources import DecodedStream, load_source
 
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    stream = DecodedStream(load_source(sys.argv[1]), ImageDecoder(), rank=rank, world_size=2, shuffle=False)
-    loader = StreamingDataLoader(stream, batch_size=4)
-    steps = [len(b["id"]) for b in loader]
-    with open(os.path.join(sys.argv[2], f"rank{rank}.json"), "w") as f:
-        json.dump({"steps": len(steps), "sync": loader.sync_ranks}, f)
-    dist.destroy_process_group()
-    """
-)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        stream = DecodedStream(load_source(folder), ImageDecoder(), rank=rank, world_size=2, shuffle=False)
+        loader = StreamingDataLoader(stream, batch_size=4)
+        steps = [len(batch["id"]) for batch in loader]
+        results.put((rank, len(steps), loader.sync_ranks))
+    finally:
+        dist.destroy_process_group()
 
 
-def test_ranks_with_unequal_data_take_equal_steps(tmp_path, make_parquet_shards):
+def test_ranks_with_unequal_data_take_equal_steps(make_parquet_shards):
     # shards 0 and 2 (rank 0) hold 8 + 8 samples, shards 1 and 3 (rank 1) 8 + 2: without syncing, rank 0 would
     # take 4 steps and rank 1 3 (and DDP would hang waiting for the missing one)
     folder = make_parquet_shards(4, 8, name="uneven")
     os.remove(os.path.join(folder, "shard-00003.parquet"))
     small = make_parquet_shards(1, 2, name="uneven-small")
     os.replace(os.path.join(small, "shard-00000.parquet"), os.path.join(folder, "shard-00003.parquet"))
-    script = tmp_path / "rank.py"
-    script.write_text(_RANK_SCRIPT)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    processes = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
-        processes.append(subprocess.Popen([sys.executable, str(script), folder, str(tmp_path)], env=env))
+    context = multiprocessing.get_context("fork")  # the children reuse this process's imports
+    results = context.Queue()
+    processes = [context.Process(target=_rank_steps, args=(r, folder, port, results)) for r in range(2)]
     for process in processes:
-        assert process.wait(timeout=240) == 0
-    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
-    assert results[0] == results[1] == {"steps": 3, "sync": True}
+        process.start()
+    try:
+        for process in processes:
+            process.join(timeout=240)
+            assert process.exitcode == 0
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+    assert sorted(results.get(timeout=5) for _ in range(2)) == [(0, 3, True), (1, 3, True)]
 
 
 def test_resume_with_persistent_workers_then_full_next_epoch(make_parquet_shards):
