@@ -220,7 +220,8 @@ class XrayVisualLayer(GradientCheckpointingLayer):
 class XrayVisualEncoder(nn.Module):
     def __init__(self, config: XrayVisualConfig):
         super().__init__()
-        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers).tolist()
+        depth = config.num_hidden_layers  # stochastic depth rising linearly (plain Python: safe on the meta device)
+        rates = [config.drop_path_rate * i / max(1, depth - 1) for i in range(depth)]
         self.layer = nn.ModuleList(
             [XrayVisualLayer(config, i, drop_path=rates[i]) for i in range(config.num_hidden_layers)]
         )
