@@ -285,8 +285,9 @@ def test_real_smollm2_mntp_then_simcse(tmp_path):
     simcse = add_lora(text)
     items = Dataset.from_dict({"id": TRAIN_CLASSES,
                                "captions": [[t.format(c) for t in TRAIN_TEMPLATES] for c in TRAIN_CLASSES]})
+    # every batch holds all 14 training classes; a high constant learning rate, so a few steps suffice
     trainer = SimCSETrainer(model=simcse, args=args(tmp_path / "simcse", per_device_train_batch_size=14,
-                                                    max_steps=25, learning_rate=5e-4, warmup_steps=2),
+                                                    max_steps=30, learning_rate=1e-3, lr_scheduler_type="constant"),
                             train_dataset=items, data_collator=SimCSECollator(tokenizer, seed=0))
     trainer.train()
     simcse_losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
@@ -298,5 +299,6 @@ def test_real_smollm2_mntp_then_simcse(tmp_path):
     print(f"caption->caption top-1, held-out templates, trained classes: {before[0]:.3f} -> {after[0]:.3f}")
     print(f"caption->caption top-1, held-out templates, unseen classes:  {before[1]:.3f} -> {after[1]:.3f}")
     print(f"time: {time.perf_counter() - start:.0f} s")
-    assert mntp_last < mntp_first
-    assert after[0] > before[0] + 0.1
+    assert mntp_last < mntp_first - 1.0
+    assert after[0] > before[0] + 0.3  # held-out templates of the trained classes
+    assert after[1] > before[1] + 0.1  # classes SimCSE never saw
