@@ -22,7 +22,7 @@ from transformers import initialization as init
 
 from ..configuration.visual import XrayVisualConfig
 from .outputs import XrayVisualForPreTrainingOutput
-from .visual import XrayVisualLayer, XrayVisualModel, XrayVisualPreTrainedModel, resize_position_table
+from .visual import XrayVisualLayer, XrayVisualModel, XrayVisualPreTrainedModel, factorised_position_embeddings
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
@@ -133,11 +133,9 @@ class XrayVisualMAEDecoder(nn.Module):
         self.pred = nn.Linear(width, config.tubelet_size * config.patch_size**2 * config.num_channels)
 
     def position_embeddings(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        grid_t, grid_h, grid_w = grid
-        pos_t = resize_position_table(self.position_embeddings_time, grid_t, "linear")
-        pos_h = resize_position_table(self.position_embeddings_height, grid_h, "bicubic")
-        pos_w = resize_position_table(self.position_embeddings_width, grid_w, "bicubic")
-        return (pos_t[:, :, None, None] + pos_h[:, None, :, None] + pos_w[:, None, None, :]).flatten(1, 3)
+        return factorised_position_embeddings(
+            self.position_embeddings_time, self.position_embeddings_height, self.position_embeddings_width, grid
+        )
 
     def predict(self, hidden_states: torch.Tensor, video: bool) -> torch.Tensor:
         """Pixel head: a tubelet per token for videos; for images the head averaged over the tubelet's frames."""

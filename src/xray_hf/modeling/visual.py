@@ -39,6 +39,17 @@ def resize_position_table(table: torch.Tensor, size: int, mode: str) -> torch.Te
     return x.transpose(1, 2).to(table.dtype)
 
 
+def factorised_position_embeddings(
+    time: torch.Tensor, height: torch.Tensor, width: torch.Tensor, grid: tuple[int, int, int]
+) -> torch.Tensor:
+    """(1, T'*H'*W', D) sum of per-axis tables (each (1, n, D)) resized to `grid`, in (time, height, width) order."""
+    grid_t, grid_h, grid_w = grid
+    pos_t = resize_position_table(time, grid_t, "linear")
+    pos_h = resize_position_table(height, grid_h, "bicubic")
+    pos_w = resize_position_table(width, grid_w, "bicubic")
+    return (pos_t[:, :, None, None] + pos_h[:, None, :, None] + pos_w[:, None, None, :]).flatten(1, 3)
+
+
 class XrayVisualPatchEmbeddings(nn.Module):
     """Conv3d tubelet tokenizer; images use the time-summed kernel (identical to repeating the image)."""
 
@@ -106,12 +117,9 @@ class XrayVisualEmbeddings(nn.Module):
 
     def position_embeddings(self, grid: tuple[int, int, int]) -> torch.Tensor:
         """(1, T'*H'*W', D) position embeddings for a token grid, interpolated per axis."""
-        grid_t, grid_h, grid_w = grid
-        pos_t = resize_position_table(self.position_embeddings_time, grid_t, "linear")
-        pos_h = resize_position_table(self.position_embeddings_height, grid_h, "bicubic")
-        pos_w = resize_position_table(self.position_embeddings_width, grid_w, "bicubic")
-        pos = pos_t[:, :, None, None] + pos_h[:, None, :, None] + pos_w[:, None, None, :]
-        return pos.flatten(1, 3)
+        return factorised_position_embeddings(
+            self.position_embeddings_time, self.position_embeddings_height, self.position_embeddings_width, grid
+        )
 
     def embed_patches(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
         """Patch tokens with position embeddings (B, N, D), and the grid; no CLS or registers."""
@@ -369,4 +377,4 @@ class XrayVisualModel(XrayVisualPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
 
-__all__ = ["XrayVisualPreTrainedModel", "XrayVisualModel", "resize_position_table"]
+__all__ = ["XrayVisualPreTrainedModel", "XrayVisualModel", "resize_position_table", "factorised_position_embeddings"]
