@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import tempfile
 import time
 from typing import Callable
 
 import torch
+from timing import timed_rounds  # bench/timing.py (the script's folder is on sys.path)
 import torch.nn.functional as F
 from datasets import Dataset
 from transformers import AutoTokenizer
@@ -40,20 +40,6 @@ TEMPLATES = ["a photo of a {}.", "a low resolution picture of a {} on a plain ba
              "there is a {} in the centre of this black and white image", "a close-up shot of a {}",
              "an old photograph showing a {} next to a wooden table in a bright room", "a cropped image of one {}",
              "a {}, seen from the front", "a blurry photograph of a {} taken outdoors on a sunny afternoon"]
-
-
-def timed_rounds(runners: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each runner, over interleaved rounds."""
-    for _ in range(warmup):
-        for run in runners.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:

@@ -11,30 +11,15 @@ the machine hit every model alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import Callable
 
 import torch
+from timing import timed_rounds  # bench/timing.py (the script's folder is on sys.path)
 
 import xray_hf  # noqa: F401  (registers the Auto classes)
 from xray_hf import XrayVisualConfig, XrayVisualModel
 from xray_hf.configuration.visual import uniform_evit_layers
 from xray_hf.modeling.token_reduction import evit_token_count, tome_num_merged
-
-
-def timed_rounds(runners: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each runner, over interleaved rounds."""
-    for _ in range(warmup):
-        for run in runners.values():
-            run()
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def ours(preset: str = "vit-b16", dtype: torch.dtype = torch.float32, **overrides) -> XrayVisualModel:
