@@ -7,8 +7,9 @@
    on held-out digits and clips against predicting each patch's mean, before and after; reconstruction grids;
    a linear probe (logistic regression on frozen features) of MNIST digits, MAE encoder vs random init.
 2. Hashtags with configs/hashtag_tiny.yaml (OpenMoji + moving-shapes tagged with shape and direction): mAP and
-   precision@1 on held-out items against the tag-frequency baseline; initialised from an MAE run on the same
-   training data vs random init, at the same step budget, fine-tuned and as a linear probe (frozen backbone).
+   precision@1 on held-out items (validation + test) against the tag-frequency baseline; initialised from an MAE
+   run on the same training data vs random init, at the same step budget, fine-tuned and as a linear probe
+   (frozen backbone), over several seeds.
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ def stage1(output: str, steps: int) -> dict:
     mean, std = data.augment.get("image_mean"), data.augment.get("image_std")
     kwargs = {} if mean is None else {"mean": mean, "std": std}
     torch.manual_seed(0)
-    save_reconstruction_grid(model, torch.stack([digits[i]["pixel_values"] for i in range(8)]),
+    spread = lambda n, k: torch.linspace(0, n - 1, k).long().tolist()  # noqa: E731  (validation sets are sorted)
+    save_reconstruction_grid(model, torch.stack([digits[i]["pixel_values"] for i in spread(len(digits), 10)]),
                              os.path.join(output, "mae_mnist_reconstruction.png"), **kwargs)
-    save_reconstruction_grid(model, torch.stack([clips[i]["pixel_values"] for i in range(4)]),
+    save_reconstruction_grid(model, torch.stack([clips[i]["pixel_values"] for i in spread(len(clips), 4)]),
                              os.path.join(output, "mae_video_reconstruction.png"), **kwargs)
     log(f"stage 1 after {steps} steps ({res['train_seconds']:.0f} s): {res['after']}; "
         f"MNIST linear probe, MAE: {res['probe_mae']}")
@@ -104,19 +106,29 @@ def frequency_baseline(vocab: HashtagVocabulary, eval_set) -> dict[str, float]:
     """Score every item with the training frequency of each hashtag (the same ranking for all items)."""
     from transformers import EvalPrediction
 
-    collate = HashtagCollator(vocab)
-    labels = collate([{"pixel_values": torch.zeros(1), "hashtags": eval_set.dataset[i]["hashtags"]}
-                      for i in range(len(eval_set))])["labels"].numpy()
+    labels = vocab.encode([eval_set[i]["hashtags"] for i in range(len(eval_set))]).numpy()
     freq = np.array([vocab.counts[t] for t in vocab.labels], dtype=np.float64)
-    scores = np.tile(freq, (len(labels), 1)) + 1e-9 * np.random.default_rng(0).random(labels.shape)
+    scores = np.tile(freq, (len(labels), 1)) + 1e-9 * np.random.default_rng(0).random(labels.shape)  # break ties
     return hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels))
 
 
-def stage2(output: str, mae_steps: int, steps: int) -> dict:
+def held_out(data: DataSpec, spec: SourceSpec) -> torch.utils.data.Dataset:
+    """Validation and test splits together (OpenMoji's validation split alone has ~70 tagged items)."""
+    parts = [build_eval_dataset(data, SourceSpec(**{**vars(spec), "split": split})) for split in ("validation", "test")]
+    return torch.utils.data.ConcatDataset(parts)
+
+
+def summarize(runs: list[dict]) -> dict:
+    keys = runs[0].keys()
+    return {k: {m: (float(np.mean([r[k][m] for r in runs])), float(np.std([r[k][m] for r in runs])))
+                for m in runs[0][k]} for k in keys}
+
+
+def stage2(output: str, mae_steps: int, steps: int, seeds: list[int]) -> dict:
     h_config = load_run_config(os.path.join(ROOT, "configs", "hashtag_tiny.yaml"))
     m_config = load_run_config(os.path.join(ROOT, "configs", "mae_tiny.yaml"))
     # stage 1 on stage 2's training media (as in the paper, where both stages read the same data)
-    m_config["data"]["image"] = {k: v for k, v in h_config["data"]["image"].items()}
+    m_config["data"]["image"] = dict(h_config["data"]["image"])
     m_config["data"]["eval"] = {"name": "openmoji", "split": "validation"}
     m_config["data"]["augment"] = h_config["data"]["augment"]
     m_config["training"].update(output_dir=os.path.join(output, "mae_openmoji"), max_steps=mae_steps, **QUIET)
@@ -126,40 +138,49 @@ def stage2(output: str, mae_steps: int, steps: int) -> dict:
     log(f"MAE on OpenMoji: {res['mae_pretraining']}")
 
     data = DataSpec.from_dict(h_config["data"])
-    video_eval = SourceSpec(name="moving-shapes", split="validation", num_frames=4, stride=2,
-                            hashtags_from=["shape", "direction"])
-    eval_sets = {"images": build_eval_dataset(data), "videos": build_eval_dataset(data, video_eval)}
+    eval_sets = {
+        "images": held_out(data, SourceSpec(name="openmoji")),
+        "videos": held_out(data, SourceSpec(name="moving-shapes", num_frames=4, stride=2,
+                                            hashtags_from=["shape", "direction"])),
+    }
     tags = [t for spec in (data.image, data.video) for t in _map_dataset(spec)["hashtags"]]
     vocab = HashtagVocabulary.from_tag_lists(tags, **{k: v for k, v in h_config["vocabulary"].items() if k != "column"})
     res["vocabulary_size"] = len(vocab)
+    res["eval_items"] = {name: len(ds) for name, ds in eval_sets.items()}
     res["frequency_baseline"] = {name: frequency_baseline(vocab, ds) for name, ds in eval_sets.items()}
     log(f"tag-frequency baseline: {res['frequency_baseline']}")
 
+    model_config = h_config["model"].get("config", {})  # e.g. pooling: mean, applied to both initialisations
+    mae_dir = m_config["training"]["output_dir"]
     variants = {
-        "finetune_from_mae": ({"from_pretrained": m_config["training"]["output_dir"]}, False),
-        "finetune_random_init": ({"preset": "tiny", "config": m_config["model"]["config"]}, False),
-        "probe_from_mae": ({"from_pretrained": m_config["training"]["output_dir"]}, True),
-        "probe_random_init": ({"preset": "tiny", "config": m_config["model"]["config"]}, True),
+        "finetune_from_mae": ({"from_pretrained": mae_dir, "config": model_config}, False),
+        "finetune_random_init": ({"preset": "tiny", "config": {**m_config["model"]["config"], **model_config}}, False),
+        "probe_from_mae": ({"from_pretrained": mae_dir, "config": model_config}, True),
+        "probe_random_init": ({"preset": "tiny", "config": {**m_config["model"]["config"], **model_config}}, True),
     }
     for name, (model_spec, frozen) in variants.items():
-        config = copy.deepcopy(h_config)
-        config["model"] = model_spec
-        config["training"].update(output_dir=os.path.join(output, f"hashtag_{name}"), max_steps=steps,
-                                  eval_strategy="no", freeze_backbone=frozen, **QUIET)
-        if frozen:
-            config["training"]["learning_rate"] = 3e-3  # a linear head alone takes a larger step
-        start = time.time()
-        run_stage("hashtag", config)
-        model = XrayVisualForHashtagClassification.from_pretrained(config["training"]["output_dir"])
-        args = HashtagTrainingArguments(output_dir=os.path.join(output, "eval_tmp"), report_to=[],
-                                        per_device_eval_batch_size=128, disable_tqdm=True)
-        trainer = HashtagTrainer(model=model, args=args, data_collator=HashtagCollator(vocab),
-                                 compute_metrics=hashtag_metrics)
-        res[name] = {ds: {k.removeprefix("eval_"): v for k, v in trainer.evaluate(eval_dataset=eval_set).items()
-                          if k in ("eval_mAP", "eval_precision@1", "eval_loss")}
-                     for ds, eval_set in eval_sets.items()}
-        res[name]["train_seconds"] = time.time() - start
-        log(f"{name} ({steps} steps): {res[name]}")
+        runs = []
+        for seed in seeds:
+            config = copy.deepcopy(h_config)
+            config["model"], config["seed"] = model_spec, seed
+            out = os.path.join(output, f"hashtag_{name}_seed{seed}")
+            config["training"].update(output_dir=out, max_steps=steps, eval_strategy="no", save_strategy="no",
+                                      freeze_backbone=frozen, **QUIET)
+            if frozen:
+                config["training"]["learning_rate"] = 3e-3  # a linear head alone takes a larger step
+            start = time.time()
+            run_stage("hashtag", config)
+            model = XrayVisualForHashtagClassification.from_pretrained(out)
+            args = HashtagTrainingArguments(output_dir=os.path.join(output, "eval_tmp"), report_to=[],
+                                            per_device_eval_batch_size=128, disable_tqdm=True)
+            trainer = HashtagTrainer(model=model, args=args, data_collator=HashtagCollator(vocab),
+                                     compute_metrics=hashtag_metrics)
+            runs.append({ds: {k.removeprefix("eval_"): v for k, v in trainer.evaluate(eval_dataset=eval_set).items()
+                              if k in ("eval_mAP", "eval_precision@1")}
+                         for ds, eval_set in eval_sets.items()})
+            log(f"{name} seed {seed} ({steps} steps, {time.time() - start:.0f} s): {runs[-1]}")
+        res[name] = {"runs": runs, "mean_std": summarize(runs)}
+        log(f"{name}: mean, std over seeds {seeds}: {res[name]['mean_std']}")
     return res
 
 
@@ -169,6 +190,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run, weaker numbers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
     parser.add_argument("--stages", nargs="+", default=["1", "2"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the stage 2 comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.output, exist_ok=True)
@@ -177,7 +199,7 @@ def main() -> None:
     if "1" in args.stages:
         results["stage1"] = stage1(args.output, mae_steps)
     if "2" in args.stages:
-        results["stage2"] = stage2(args.output, mae_steps, hashtag_steps)
+        results["stage2"] = stage2(args.output, mae_steps, hashtag_steps, args.seeds[:1] if args.quick else args.seeds)
     path = os.path.join(args.output, "learn_results.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)

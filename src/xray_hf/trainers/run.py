@@ -167,7 +167,8 @@ def run_stage(
             eval_set = build_eval_dataset(data)
             if eval_set is not None:
                 results["eval"] = mae_eval(trainer.model, eval_set, seed=seed)
-                samples = torch.stack([eval_set[i]["pixel_values"] for i in range(min(8, len(eval_set)))])
+                picks = torch.linspace(0, len(eval_set) - 1, min(8, len(eval_set))).long().tolist()  # spread classes
+                samples = torch.stack([eval_set[i]["pixel_values"] for i in picks])
                 mean, std = _normalization(data)
                 path = os.path.join(output_dir, "reconstruction.png")
                 save_reconstruction_grid(trainer.model, samples, path, mean=mean, std=std)
