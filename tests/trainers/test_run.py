@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from xray_hf import XrayVisualForHashtagClassification
+from xray_hf import HashtagVocabulary, XrayVisualForHashtagClassification
 from xray_hf.cli import main
 from xray_hf.trainers import HashtagTrainingArguments, MAETrainingArguments
 from xray_hf.trainers.data import DataSpec
@@ -99,6 +99,8 @@ def test_cli_trains_mae_then_hashtag_from_its_checkpoint(tmp_path, capsys):
     assert "eval_mAP" in results["eval"] and results["vocabulary_size"] > 1
     model = XrayVisualForHashtagClassification.from_pretrained(tmp_path / "hashtag")
     assert model.config.num_labels == results["vocabulary_size"]
+    vocab = HashtagVocabulary.load(tmp_path / "hashtag" / "hashtag_vocabulary.json")
+    assert vocab.labels == HashtagVocabulary.from_config(model.config).labels and vocab.counts
 
 
 def test_cli_reports_bad_configs(tmp_path, capsys):

@@ -173,8 +173,10 @@ def run_stage(
                 path = os.path.join(output_dir, "reconstruction.png")
                 save_reconstruction_grid(trainer.model, samples, path, mean=mean, std=std)
                 results["reconstruction"] = path
-        elif trainer.eval_dataset is not None:
-            results["eval"] = trainer.evaluate()
+        else:
+            vocabulary.save(os.path.join(output_dir, "hashtag_vocabulary.json"))  # with counts; labels are in config
+            if trainer.eval_dataset is not None:
+                results["eval"] = trainer.evaluate()
         with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, default=str)
     return results
