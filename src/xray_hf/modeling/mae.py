@@ -253,7 +253,9 @@ class XrayVisualForPreTraining(XrayVisualPreTrainedModel):
         """Predictions back in pixel space, shaped like `pixel_values`.
 
         With `norm_pix_loss` the predictions are per-patch normalised; they are mapped back with each patch's
-        own mean and standard deviation (taken from `pixel_values`). `paste_visible` puts the visible patches back.
+        own mean and standard deviation taken from `pixel_values`, as in the MAE paper's figures. So a masked
+        patch's mean colour and contrast come from the original (not predicted); only its structure is the
+        model's. `paste_visible` puts the visible patches back.
         """
         p, t, c = self.config.patch_size, self.config.tubelet_size, self.config.num_channels
         video = pixel_values.ndim == 5
