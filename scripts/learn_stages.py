@@ -191,10 +191,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
     parser.add_argument("--stages", nargs="+", default=["1", "2"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the stage 2 comparison")
+    parser.add_argument("--mae-steps", type=int, default=None, help="MAE steps (default 600, --quick 100)")
+    parser.add_argument("--hashtag-steps", type=int, default=None, help="hashtag steps (default 400, --quick 60)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.output, exist_ok=True)
     mae_steps, hashtag_steps = (100, 60) if args.quick else (600, 400)
+    mae_steps, hashtag_steps = args.mae_steps or mae_steps, args.hashtag_steps or hashtag_steps
     results = {}
     if "1" in args.stages:
         results["stage1"] = stage1(args.output, mae_steps)
