@@ -18,11 +18,10 @@ On a shared 2-core machine, 2-thread timings swing with other processes (OpenMP 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import timed_rounds  # bench/timing.py (the script's folder is on sys.path)
 
 from xray_hf import XrayVisualConfig, XrayVisualForPreTraining
 
@@ -54,19 +53,6 @@ def train_step(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim
         optimizer.zero_grad(set_to_none=True)
 
     return step
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Median seconds per step of each function, run round-robin after one warm-up each."""
-    for step in steps.values():
-        step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def ours(config: XrayVisualConfig, pixel_values: torch.Tensor, optim: str) -> dict[str, Callable[[], None]]:
@@ -116,7 +102,7 @@ def bench_preset(preset: str, batch: int, size: int, steps: int, optim: str, reg
     steps_fns = ours(config, pixel_values, optim)
     if with_peer:
         steps_fns.update(peer(config, pixel_values, optim))
-    t = time_interleaved(steps_fns, steps)
+    t = timed_rounds(steps_fns, rounds=steps, warmup=1)
     num_patches = (size // config.patch_size) ** 2
     result = {"preset": preset, "registers": config.num_register_tokens, "batch": batch, "size": size,
               "bound": token_bound(config, num_patches), **t, "ratio": t["dense"] / t["mae"]}
