@@ -1,3 +1,5 @@
+import os
+import shutil
 import subprocess
 import sys
 
@@ -31,5 +33,8 @@ def test_bad_image_gives_a_clean_error(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "xray_hf.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "embed" in result.stdout
+    script = shutil.which("xray-hf") or os.path.join(os.path.dirname(sys.executable), "xray-hf")
+    assert os.path.exists(script), "the xray-hf console script is not installed"
+    result = subprocess.run([script, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert all(name in result.stdout for name in ("embed", "train", "convert"))

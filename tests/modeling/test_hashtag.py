@@ -17,14 +17,6 @@ from xray_hf.modeling.hashtag import hashtag_loss
 TAGS = [["#Cat", "cute"], ["cat", "dog"], ["dog"], ["cat", "bird", "dog"], ["bird"], ["fish"]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make them much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 def tiny(**overrides) -> XrayVisualConfig:
     kwargs = dict(decoder_hidden_size=32, decoder_num_hidden_layers=2, decoder_num_attention_heads=4)
     kwargs.update(overrides)

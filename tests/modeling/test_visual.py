@@ -87,9 +87,14 @@ def test_native_position_embeddings_are_the_factorised_sum(model):
     assert torch.allclose(pos[0, 1 * h * w + 2 * w + 3], manual)
 
 
-def test_other_resolutions_change_output_smoothly(model):
+def test_non_native_rectangle_interpolates_each_axis(model):
     out = model(torch.randn(1, 3, 48, 40))
     assert out.last_hidden_state.shape == (1, 1 + 6 * 5, 64) and torch.isfinite(out.last_hidden_state).all()
+    emb = model.embeddings
+    pos = emb.position_embeddings((1, 6, 5)).reshape(6, 5, -1)
+    heights = resize_position_table(emb.position_embeddings_height, 6, "bicubic")[0]
+    widths = resize_position_table(emb.position_embeddings_width, 5, "bicubic")[0]
+    assert torch.allclose(pos[4, 2], emb.position_embeddings_time[0, 0] + heights[4] + widths[2], atol=1e-6)
 
 
 def test_save_pretrained_and_auto_model_give_identical_outputs(tmp_path, model):
@@ -179,10 +184,15 @@ def test_evit_keeps_highest_attention_tokens_and_fuses_the_rest():
 
 
 def test_evit_never_prunes_cls_or_registers():
-    model = build(evit_layers=[0], keep_rate=0.25)
-    out = model(torch.randn(1, 3, 32, 32), output_hidden_states=True)
-    after = out.hidden_states[1]
-    assert after.shape[1] == 3 + 4 + 1
+    x = torch.randn(2, 3, 32, 32)
+    evit = build(seed=6, evit_layers=[0], keep_rate=0.25)(x, output_hidden_states=True).hidden_states[1]
+    dense = build(seed=6)(x, output_hidden_states=True).hidden_states[1]
+    assert evit.shape[1] == 3 + 4 + 1
+    # CLS and registers come through the EViT layer exactly as through the dense one
+    assert torch.allclose(evit[:, :3], dense[:, :3], atol=1e-6)
+    # and every kept patch token is one of the dense layer's patch tokens
+    distance = torch.cdist(evit[:, 3:7], dense[:, 3:])
+    assert distance.min(dim=-1).values.max() < 1e-5
 
 
 # --- ToMe ----------------------------------------------------------------------------------------

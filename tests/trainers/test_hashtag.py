@@ -11,14 +11,6 @@ from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArg
 from xray_hf.trainers.data import DataSpec, _map_dataset, build_eval_dataset, build_train_loader
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_collator_builds_multi_hot_labels():
     vocab = HashtagVocabulary(["cat", "dog"])
     samples = [{"pixel_values": torch.zeros(3, 4, 4), "hashtags": ["dog", "x"], "id": "a"},

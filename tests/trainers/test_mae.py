@@ -21,15 +21,6 @@ DATA = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make them 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model() -> XrayVisualForPreTraining:
     torch.manual_seed(0)
     config = XrayVisualConfig.from_preset(

@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 
 from xray_hf import HashtagVocabulary, XrayVisualForHashtagClassification
@@ -14,14 +13,6 @@ from xray_hf.trainers.data import DataSpec
 from xray_hf.trainers.run import check_run_config, load_run_config, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("stage", ["mae", "hashtag"])

@@ -259,6 +259,19 @@ def _torch_threads(count: int):
             torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def _seeded_cpu_rng(seed: int):
+    # torchvision v2 draws from the global CPU generator: seed it per sample and restore it afterwards.
+    # (torch.manual_seed inside fork_rng cost ~50x more and also reseeded, without restoring, any GPU generator.)
+    generator = torch.random.default_generator
+    state = generator.get_state()
+    generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        generator.set_state(state)
+
+
 def _seed(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in keys]).generate_state(1)[0])
 
@@ -420,8 +433,7 @@ class DecodedStream(torch.utils.data.IterableDataset):
                 }
                 sample_seed = _seed(self.seed, epoch, stream_id, block, position, 1)
                 try:
-                    with torch.random.fork_rng(devices=[]), _torch_threads(self.decode_threads):
-                        torch.manual_seed(sample_seed)
+                    with _seeded_cpu_rng(sample_seed), _torch_threads(self.decode_threads):
                         sample = self.decoder(records[order[position]], np.random.default_rng(sample_seed))
                 except SampleDecodeError as error:
                     skipped[error.reason] += 1

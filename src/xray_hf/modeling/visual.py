@@ -207,19 +207,18 @@ class XrayVisualLayer(GradientCheckpointingLayer):
         tome_r: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         prune = self.keep_rate < 1.0
+        merge = tome_r > 0 and not prune  # EViT moves the tokens, so its layers do not also merge with ToMe
         out, cls_attention, metric = self.attention(
             self.norm1(hidden_states),
             attn_bias=size_bias(sizes, hidden_states.dtype),
             return_cls_attention=prune,
-            return_metric=tome_r > 0,
+            return_metric=merge,
         )
         hidden_states = hidden_states + self.drop_path(out)
         if prune:
             cls_attention = cls_attention[:, num_prefix_tokens:]
             hidden_states, sizes = evit_reorganize(hidden_states, cls_attention, num_prefix_tokens, self.keep_rate, sizes)
-            if metric is not None:  # EViT moved the tokens: ToMe cannot reuse this layer's keys
-                metric = None
-        if tome_r > 0 and metric is not None:
+        if merge:
             hidden_states, sizes = tome_merge(hidden_states, metric, num_prefix_tokens, tome_r, sizes)
         hidden_states = hidden_states + self.drop_path(self.mlp(self.norm2(hidden_states)))
         return hidden_states, sizes

@@ -42,6 +42,14 @@ from ..data import (
 from ..data.sources import undecoded
 
 
+def check_keys(spec_class: type, spec: dict[str, Any], what: str) -> None:
+    """Raise a `ValueError` naming the keys of a run-config block that `spec_class` (a dataclass) does not have."""
+    known = {f.name for f in fields(spec_class)}
+    unknown = set(spec) - known
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
+
+
 @dataclass
 class SourceSpec:
     """One input source of a run config. Exactly one of `name` (embedded dataset) or `path` (`load_source`)."""
@@ -61,10 +69,7 @@ class SourceSpec:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "SourceSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(spec) - known
-        if unknown:
-            raise ValueError(f"unknown data source keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, spec, "data source keys")
         out = cls(**spec)
         if (out.name is None) == (out.path is None):
             raise ValueError(f"a data source needs exactly one of 'name' or 'path', got {spec}")
@@ -87,10 +92,7 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "DataSpec":
-        known = {f.name for f in fields(cls)}
-        unknown = set(spec) - known
-        if unknown:
-            raise ValueError(f"unknown data keys {sorted(unknown)}; known: {sorted(known)}")
+        check_keys(cls, spec, "data keys")
         spec = dict(spec)
         for key in ("image", "video", "eval"):
             if spec.get(key) is not None:
