@@ -92,6 +92,29 @@ def test_resume_twice_at_random_steps_matches_uninterrupted_run(make_parquet_sha
     assert sum(len(b["id"]) for b in resumed_again) == 36
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_state_saved_after_the_epochs_last_step_resumes_into_a_full_next_epoch(make_parquet_shards, num_workers):
+    # a MultimodalLoader stops asking a loader once its share of the epoch is used, so a checkpoint can hold a
+    # loader that has yielded its last step but never finished; the resumed run only reads it in the next epoch
+    source = load_source(make_parquet_shards(4, 9))
+    reference = _loader(source, num_workers=num_workers)
+    reference.steps_per_epoch = 3
+    list(reference)
+    reference.set_epoch(1)
+    next_epoch = [b["id"] for b in reference]
+
+    run = _loader(source, num_workers=num_workers)
+    run.steps_per_epoch = 3
+    _take(iter(run), 3)
+    state = run.state_dict()
+    del run
+    resumed = _loader(source, num_workers=num_workers)
+    resumed.steps_per_epoch = 3
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert [b["id"] for b in resumed] == next_epoch and len(next_epoch) == 3
+
+
 def test_steps_per_epoch_caps_and_len(make_parquet_shards):
     loader = _loader(load_source(make_parquet_shards(2, 10)), batch_size=3)
     loader.steps_per_epoch = 4

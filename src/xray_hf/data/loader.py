@@ -151,17 +151,18 @@ class StreamingDataLoader:
         if sync_ranks is None:
             sync_ranks = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         self.sync_ranks = sync_ranks
-        self._loader = StatefulDataLoader(
-            stream,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=collate_fn or SampleCollator(),
-            drop_last=drop_last,
-            prefetch_factor=prefetch_factor if num_workers > 0 else None,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers and num_workers > 0,
-            multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
-        )
+        self._loader_kwargs = {
+            "batch_size": batch_size,
+            "num_workers": num_workers,
+            "collate_fn": collate_fn or SampleCollator(),
+            "drop_last": drop_last,
+            "prefetch_factor": prefetch_factor if num_workers > 0 else None,
+            "pin_memory": pin_memory,
+            "persistent_workers": persistent_workers and num_workers > 0,
+            "multiprocessing_context": multiprocessing_context if num_workers > 0 else None,
+        }
+        self._loader = StatefulDataLoader(stream, **self._loader_kwargs)
+        self._restored_epoch: int | None = None  # epoch of a loaded state that no iteration has consumed yet
         self._steps = 0
         self._samples = 0
         self.last_epoch_stats: EpochStats | None = None
@@ -171,7 +172,14 @@ class StreamingDataLoader:
         return self.stream.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Start `epoch`: the streams reshuffle and the step count restarts."""
+        """Start `epoch`: the streams reshuffle and the step count restarts.
+
+        A loaded state of another epoch that was never iterated is dropped: e.g. a checkpoint taken once a
+        `MultimodalLoader` had used this loader's share of the epoch, so nothing read it before the next epoch
+        (the `StatefulDataLoader` would otherwise resume it there, at the end of the old epoch's data)."""
+        if self._restored_epoch is not None and epoch != self._restored_epoch:
+            self._loader = StatefulDataLoader(self.stream, **self._loader_kwargs)
+            self._restored_epoch = None
         self.stream.set_epoch(epoch)
         self._steps = 0
         self._samples = 0
@@ -198,6 +206,7 @@ class StreamingDataLoader:
 
     def __iter__(self) -> Iterator[Any]:
         iterator = iter(self._loader)
+        self._restored_epoch = None
         dropped = 0
         while self.steps_per_epoch is None or self._steps < self.steps_per_epoch:
             try:
@@ -241,6 +250,7 @@ class StreamingDataLoader:
             raise ValueError(f"not a StreamingDataLoader state: missing {sorted(missing)}")
         self.stream.set_epoch(state["epoch"])
         self._loader.load_state_dict(state["loader"])
+        self._restored_epoch = state["epoch"]
         self._steps = state["steps"]
         self._samples = state["samples"]
 
