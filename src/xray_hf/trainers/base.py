@@ -13,12 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .optim import OPTIMIZERS, build_optimizer, param_groups
 
 DATA_STATE_NAME = "data_state-rank{rank}.pt"
+
+
+def _multi_process_without_accelerator() -> bool:
+    """A multi-process launch (`torchrun`, `accelerate launch`) on a machine with no accelerator."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available()
 
 
 @dataclass
@@ -36,6 +42,10 @@ class XrayTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if not self.use_cpu and _multi_process_without_accelerator():
+            # accelerate sets up gloo DDP for a CPU-only torchrun launch only with `use_cpu`; without it every rank
+            # trains alone as rank 0 of 1 (same data, same files) while torch.distributed is initialised
+            self.use_cpu = True
         super().__post_init__()
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
@@ -99,6 +109,12 @@ class XrayTrainer(Trainer):
 
     def __init__(self, *args: Any, train_loader: Any | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() != self.args.world_size:
+            raise ValueError(
+                f"torch.distributed has {dist.get_world_size()} processes but the Trainer sees world_size "
+                f"{self.args.world_size}: each rank would train alone on the same data. Without accelerators, "
+                "set use_cpu=True (accelerate then runs DDP over gloo)"
+            )
         # xray_hf losses are per-batch means; the Trainer must not rescale them by token counts
         self.model_accepts_loss_kwargs = False
         self.train_loader = ResumableLoader(train_loader) if train_loader is not None else None

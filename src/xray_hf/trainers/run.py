@@ -161,6 +161,8 @@ def run_stage(
     results["global_step"] = train_output.global_step
     results["log_history"] = trainer.state.log_history
     trainer.save_model(output_dir)
+    if stage == "hashtag" and trainer.eval_dataset is not None:
+        results["eval"] = trainer.evaluate()  # on every rank: it shards the set and gathers the predictions
     if trainer.is_world_process_zero():
         image_processor_for(data).save_pretrained(output_dir)
         if stage == "mae":
@@ -175,8 +177,6 @@ def run_stage(
                 results["reconstruction"] = path
         else:
             vocabulary.save(os.path.join(output_dir, "hashtag_vocabulary.json"))  # with counts; labels are in config
-            if trainer.eval_dataset is not None:
-                results["eval"] = trainer.evaluate()
         with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, default=str)
     return results
