@@ -1,6 +1,6 @@
 """Show on real data that stages 1 (MAE) and 2 (hashtags) learn; prints the numbers and writes PNG grids.
 
-    python scripts/learn_stages.py --output runs/learn          # ~15-20 minutes on 2 CPU cores
+    python scripts/learn_stages.py --output runs/learn          # ~50 minutes on 1 CPU core
     python scripts/learn_stages.py --output runs/learn --quick  # a few minutes, smaller budgets
 
 1. MAE with configs/mae_tiny.yaml (MNIST-5k digits + moving-shapes clips, 75% / 90% masking): masked-patch loss
@@ -8,8 +8,8 @@
    a linear probe (logistic regression on frozen features) of MNIST digits, MAE encoder vs random init.
 2. Hashtags with configs/hashtag_tiny.yaml (OpenMoji + moving-shapes tagged with shape and direction): mAP and
    precision@1 on held-out items (validation + test) against the tag-frequency baseline; initialised from an MAE
-   run on the same training data vs random init, at the same step budget, fine-tuned and as a linear probe
-   (frozen backbone), over several seeds.
+   run on the same training data vs random init, at the same step budget, fine-tuned (the config's layer-wise
+   lr decay; random init also with its best plain recipe) and as a linear probe (frozen backbone), over 3 seeds.
 """
 
 from __future__ import annotations
@@ -152,22 +152,26 @@ def stage2(output: str, mae_steps: int, steps: int, seeds: list[int]) -> dict:
 
     model_config = h_config["model"].get("config", {})  # e.g. pooling: mean, applied to both initialisations
     mae_dir = m_config["training"]["output_dir"]
+    from_mae = {"from_pretrained": mae_dir, "config": model_config}
+    random_init = {"preset": "tiny", "config": {**m_config["model"]["config"], **model_config}}
+    fine_tune = {}  # configs/hashtag_tiny.yaml's recipe: layer-wise lr decay
+    probe = {"freeze_backbone": True, "learning_rate": 3e-3, "layer_decay": None}  # a linear head, larger step
     variants = {
-        "finetune_from_mae": ({"from_pretrained": mae_dir, "config": model_config}, False),
-        "finetune_random_init": ({"preset": "tiny", "config": {**m_config["model"]["config"], **model_config}}, False),
-        "probe_from_mae": ({"from_pretrained": mae_dir, "config": model_config}, True),
-        "probe_random_init": ({"preset": "tiny", "config": {**m_config["model"]["config"], **model_config}}, True),
+        "finetune_from_mae": (from_mae, fine_tune),
+        "finetune_random_init": (random_init, fine_tune),
+        # the best from-scratch recipe of a small sweep (lr 1e-4/3e-4/1e-3/3e-3, with and without layer decay)
+        "finetune_random_init_no_layer_decay": (random_init, {"learning_rate": 1e-4, "layer_decay": None}),
+        "probe_from_mae": (from_mae, probe),
+        "probe_random_init": (random_init, probe),
     }
-    for name, (model_spec, frozen) in variants.items():
+    for name, (model_spec, recipe) in variants.items():
         runs = []
         for seed in seeds:
             config = copy.deepcopy(h_config)
             config["model"], config["seed"] = model_spec, seed
             out = os.path.join(output, f"hashtag_{name}_seed{seed}")
             config["training"].update(output_dir=out, max_steps=steps, eval_strategy="no", save_strategy="no",
-                                      freeze_backbone=frozen, **QUIET)
-            if frozen:
-                config["training"]["learning_rate"] = 3e-3  # a linear head alone takes a larger step
+                                      **QUIET, **recipe)
             start = time.time()
             run_stage("hashtag", config)
             model = XrayVisualForHashtagClassification.from_pretrained(out)
@@ -191,19 +195,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
     parser.add_argument("--stages", nargs="+", default=["1", "2"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the stage 2 comparison")
-    parser.add_argument("--mae-steps", type=int, default=None, help="MAE steps (default 600, --quick 100)")
+    parser.add_argument("--mae-steps", type=int, default=None, help="stage 1 MAE steps (default 600, --quick 100)")
+    parser.add_argument("--pretrain-steps", type=int, default=None,
+                        help="stage 2's MAE pretraining steps on its own media (default 3000, --quick 100)")
     parser.add_argument("--hashtag-steps", type=int, default=None, help="hashtag steps (default 400, --quick 60)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.output, exist_ok=True)
-    mae_steps, hashtag_steps = (100, 60) if args.quick else (600, 400)
-    mae_steps, hashtag_steps = args.mae_steps or mae_steps, args.hashtag_steps or hashtag_steps
+    mae_steps, pretrain_steps, hashtag_steps = (100, 100, 60) if args.quick else (600, 3000, 400)
+    mae_steps = args.mae_steps or mae_steps
+    pretrain_steps, hashtag_steps = args.pretrain_steps or pretrain_steps, args.hashtag_steps or hashtag_steps
     results = {}
     if "1" in args.stages:
         results["stage1"] = stage1(args.output, mae_steps)
     if "2" in args.stages:
-        results["stage2"] = stage2(args.output, mae_steps, hashtag_steps, args.seeds[:1] if args.quick else args.seeds)
-    path = os.path.join(args.output, "learn_results.json")
+        seeds = args.seeds[:1] if args.quick else args.seeds
+        results["stage2"] = stage2(args.output, pretrain_steps, hashtag_steps, seeds)
+    path = os.path.join(args.output, f"learn_results_stages{''.join(args.stages)}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     log(f"results in {path}")
