@@ -7,9 +7,15 @@ import time
 from typing import Callable
 
 
-def timed_rounds(runners: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per call of each runner over interleaved rounds (one call of each per round),
-    so a load change on the machine hits every runner alike."""
+def timed_rounds(
+    runners: dict[str, Callable[[], object]], rounds: int, warmup: int, statistic: str = "median"
+) -> dict[str, float]:
+    """Seconds per call of each runner over interleaved rounds (one call of each per round), so a load change on
+    the machine hits every runner alike. `statistic` is "median" or "min"; the minimum is the steadier estimate of
+    a runner's own cost when interference (other processes, page faults after the allocator returned memory to
+    the OS) only ever adds time."""
+    if statistic not in ("median", "min"):
+        raise ValueError(f"statistic must be 'median' or 'min', got {statistic!r}")
     for _ in range(warmup):
         for run in runners.values():
             run()
@@ -19,4 +25,5 @@ def timed_rounds(runners: dict[str, Callable[[], object]], rounds: int, warmup: 
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    reduce = statistics.median if statistic == "median" else min
+    return {name: reduce(ts) for name, ts in times.items()}

@@ -3,16 +3,18 @@
 A train step is forward + backward + optimizer step. The dense step runs the backbone on every patch with a loss on
 all output tokens; the MAE step is `XrayVisualForPreTraining` (75% of image patches masked, an 8-block 512-wide
 decoder). Both share one backbone (same weights, same optimizer class) and are timed interleaved in this process,
-so a machine-wide slowdown hits both alike; the ratio is median(dense) / median(MAE). `--peer` adds transformers'
+so a machine-wide slowdown hits both alike; the ratio is median(dense) / median(MAE) (or min, `--statistic min`). `--peer` adds transformers'
 `ViTMAEForPreTraining` vs `ViTModel` of the same shape, measured the same way in the same process.
 
     python bench/train_step.py                                  # tiny, vit-b16, vit-l16 at batch 4 @224
-    python bench/train_step.py --presets vit-b16 --steps 5 --threads 1 --peer
+    python bench/train_step.py --presets vit-b16 --steps 8 --threads 1 --peer --registers 0 --statistic min
 
 Token counting bounds the speed-up: dense runs 1 + R + N tokens through the encoder, MAE runs 1 + R + N/4 through
 the encoder and 1 + R + N through the decoder (per-token cost ~ depth x width^2); the bound is printed next to the
 measurement (R = 4 registers lower it: 2.84x instead of 2.97x for ViT-L/16, 1.77x instead of 1.83x for ViT-B/16).
 On a shared 2-core machine, 2-thread timings swing with other processes (OpenMP barriers); `--threads 1` is steadier.
+Single steps also swing by up to 30% with the allocator's state (the same GELU took 26 ms or 196 ms in two profiled
+steps: freshly mapped pages fault in), so take several rounds and prefer `--statistic min` there.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def peer(config: XrayVisualConfig, pixel_values: torch.Tensor, optim: str) -> di
 
 
 def bench_preset(preset: str, batch: int, size: int, steps: int, optim: str, registers: int | None,
-                 with_peer: bool) -> dict:
+                 with_peer: bool, statistic: str = "median") -> dict:
     overrides = {"image_size": size}
     if registers is not None:
         overrides["num_register_tokens"] = registers
@@ -102,7 +104,7 @@ def bench_preset(preset: str, batch: int, size: int, steps: int, optim: str, reg
     steps_fns = ours(config, pixel_values, optim)
     if with_peer:
         steps_fns.update(peer(config, pixel_values, optim))
-    t = timed_rounds(steps_fns, rounds=steps, warmup=1)
+    t = timed_rounds(steps_fns, rounds=steps, warmup=1, statistic=statistic)
     num_patches = (size // config.patch_size) ** 2
     result = {"preset": preset, "registers": config.num_register_tokens, "batch": batch, "size": size,
               "bound": token_bound(config, num_patches), **t, "ratio": t["dense"] / t["mae"]}
@@ -123,16 +125,18 @@ def main() -> None:
     parser.add_argument("--registers", type=int, default=None, help="override num_register_tokens")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--peer", action="store_true", help="also time transformers' ViTMAE vs ViT")
+    parser.add_argument("--statistic", choices=["median", "min"], default="median",
+                        help="per-mode step time over the rounds (min is steadier on a machine with interference)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, optimizer {args.optim}, "
-          f"{args.steps} timed steps each, interleaved (median)")
+          f"{args.steps} timed steps each, interleaved ({args.statistic})")
     for preset in args.presets:
         tiny = preset == "tiny"
         size = 32 if tiny and args.image_size == 224 else args.image_size
         r = bench_preset(preset, 64 if tiny else args.batch_size, size, max(args.steps, 20) if tiny else args.steps,
-                         args.optim, args.registers, args.peer and not tiny)
+                         args.optim, args.registers, args.peer and not tiny, args.statistic)
         line = (f"{preset:8s} ({r['registers']} registers, batch {r['batch']} @{size}): "
                 f"dense {r['dense'] * 1e3:8.1f} ms  MAE {r['mae'] * 1e3:8.1f} ms  "
                 f"speed-up {r['ratio']:.2f}x (token-count bound {r['bound']:.2f}x)")
