@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         resume = True if args.resume == "last" else args.resume
         results = train_from_file(args.stage, args.config, overrides=overrides, resume_from_checkpoint=resume)
         summary = {k: v for k, v in results.items() if k not in ("log_history",)}
-        print(f"{args.stage} finished: {summary}")
+        if int(os.environ.get("RANK", "0")) == 0:  # once per run under torchrun / accelerate launch
+            print(f"{args.stage} finished: {summary}")
         return 0
 
     p = sub.add_parser("train", help="train one stage of the recipe from a YAML run config")

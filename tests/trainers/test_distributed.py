@@ -123,6 +123,7 @@ def torchrun(folder, name: str, *commands: list[str]) -> list[dict]:
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300,
                           check=False)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
+    (folder / f"{name}.out").write_text(proc.stdout)
     return [json.loads((folder / f"{name}-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
@@ -180,6 +181,8 @@ def test_model_and_checkpoints_saved_once_with_per_rank_data_state(runs):
     results = json.loads((out / "results.json").read_text())
     assert results["global_step"] == 6 and set(results["eval"]) == {"masked_loss", "patch_mean_loss"}
     assert (out / "reconstruction.png").is_file()
+    printed = (folder / "full.out").read_text()
+    assert printed.count("mae finished") == printed.count("hashtag finished") == 1  # rank 0 reports, once
     for step in (3, 6):
         states = [torch.load(out / f"checkpoint-{step}" / DATA_STATE_NAME.format(rank=r), weights_only=False)
                   for r in (0, 1)]
