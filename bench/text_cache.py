@@ -24,9 +24,9 @@ import time
 from typing import Callable
 
 import torch
-from timing import timed_rounds  # bench/timing.py (the script's folder is on sys.path)
 import torch.nn.functional as F
 from datasets import Dataset
+from timing import timed_rounds  # bench/timing.py (the script's folder is on sys.path)
 from transformers import AutoTokenizer
 
 import xray_hf  # noqa: F401  (registers the Auto classes)

@@ -3,8 +3,9 @@
 A train step is forward + backward + optimizer step. The dense step runs the backbone on every patch with a loss on
 all output tokens; the MAE step is `XrayVisualForPreTraining` (75% of image patches masked, an 8-block 512-wide
 decoder). Both share one backbone (same weights, same optimizer class) and are timed interleaved in this process,
-so a machine-wide slowdown hits both alike; the ratio is median(dense) / median(MAE) (or min, `--statistic min`). `--peer` adds transformers'
-`ViTMAEForPreTraining` vs `ViTModel` of the same shape, measured the same way in the same process.
+so a machine-wide slowdown hits both alike; the ratio is median(dense) / median(MAE) (or min, `--statistic min`).
+`--peer` adds transformers' `ViTMAEForPreTraining` vs `ViTModel` of the same shape, measured the same way in the
+same process.
 
     python bench/train_step.py                                  # tiny, vit-b16, vit-l16 at batch 4 @224
     python bench/train_step.py --presets vit-b16 --steps 8 --threads 1 --peer --registers 0 --statistic min

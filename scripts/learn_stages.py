@@ -195,7 +195,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small budgets (a smoke run, weaker numbers)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
     parser.add_argument("--stages", nargs="+", default=["1", "2"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the stage 2 comparison")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds of the stage 2 comparison (default 0 1 2, --quick 0)")
     parser.add_argument("--mae-steps", type=int, default=None, help="stage 1 MAE steps (default 600, --quick 100)")
     parser.add_argument("--pretrain-steps", type=int, default=None,
                         help="stage 2's MAE pretraining steps on its own media (default 3000, --quick 100)")
@@ -210,7 +211,7 @@ def main() -> None:
     if "1" in args.stages:
         results["stage1"] = stage1(args.output, mae_steps)
     if "2" in args.stages:
-        seeds = args.seeds[:1] if args.quick else args.seeds
+        seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
         results["stage2"] = stage2(args.output, pretrain_steps, hashtag_steps, seeds)
     path = os.path.join(args.output, f"learn_results_stages{''.join(args.stages)}.json")
     with open(path, "w") as f:
