@@ -63,11 +63,18 @@ class HashtagCollator:
 
 
 def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """`mAP`: mean over hashtags with at least one positive of the average precision (ranking the samples by the
-    hashtag's score); `precision@k`: fraction of each sample's top-k hashtags that are correct, averaged over samples
-    with at least one label."""
+    """Hashtag retrieval metrics of an evaluation run.
+
+    `mAP`: mean over hashtags with at least one positive of the average precision (ranking the samples by the
+    hashtag's score). `precision@k`: fraction of each sample's top-k hashtags that are correct, averaged over
+    samples with at least one label. A vocabulary of `V < k` hashtags has no k-th hashtag: its top-k list is the
+    whole vocabulary, so `precision@k` is then the fraction of those `V` that are correct (equal to
+    `precision@V`). Names always keep the requested k, so `metric_for_best_model` holds for any vocabulary.
+    """
     from sklearn.metrics import average_precision_score
 
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty tuple of positive integers, got {ks!r}")
     scores = np.asarray(eval_pred.predictions, dtype=np.float64)
     labels = np.asarray(eval_pred.label_ids) > 0.5
     present = labels.any(axis=0)
@@ -78,9 +85,9 @@ def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> 
     labelled = labels.any(axis=1)
     order = np.argsort(-scores[labelled], axis=1)
     for k in ks:
-        k = min(k, scores.shape[1])
-        hits = np.take_along_axis(labels[labelled], order[:, :k], axis=1)
-        metrics[f"precision@{k}"] = float(hits.mean())
+        top = min(int(k), scores.shape[1])
+        hits = np.take_along_axis(labels[labelled], order[:, :top], axis=1)
+        metrics[f"precision@{int(k)}"] = float(hits.mean())
     return metrics
 
 
