@@ -238,6 +238,38 @@ def test_mntp_from_untied_llm_keeps_its_lm_head(tmp_path):
     llama.save_pretrained(tmp_path)
     mntp = XrayLLM2CLIPTextForMNTP.from_llm(tmp_path)
     assert torch.equal(mntp.lm_head.weight, llama.lm_head.weight)
+    assert torch.equal(mntp.llm.get_input_embeddings().weight, llama.model.embed_tokens.weight)
+
+
+def test_text_tower_carries_the_untied_head_frozen_and_unused(tmp_path):
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(**{**{k: v for k, v in tiny_llm(64).items() if k != "model_type"},
+                                            "tie_word_embeddings": False}))
+    llama.save_pretrained(tmp_path / "llm")
+    text = XrayLLM2CLIPTextModel.from_llm(tmp_path / "llm", projection_dim=8, freeze_llm=False)
+    assert torch.equal(text.lm_head.weight, llama.lm_head.weight)
+    assert not text.lm_head.weight.requires_grad  # never trains in the text tower, frozen LLM or not
+    ids = torch.randint(3, 64, (2, 5))
+    text(input_ids=ids).text_embeds.sum().backward()
+    assert text.lm_head.weight.grad is None
+    text.save_pretrained(tmp_path / "text")
+    loaded, info = XrayLLM2CLIPTextModel.from_pretrained(tmp_path / "text", output_loading_info=True)
+    assert not info["missing_keys"] and torch.equal(loaded.lm_head.weight, llama.lm_head.weight)
+
+
+def test_untied_llm_without_its_head_gives_no_random_head(tmp_path):
+    torch.manual_seed(0)
+    config = LlamaConfig(**{**{k: v for k, v in tiny_llm(64).items() if k != "model_type"},
+                            "tie_word_embeddings": False})
+    LlamaModel(config).save_pretrained(tmp_path / "llm")  # the base model only: no lm_head.weight
+    text = XrayLLM2CLIPTextModel.from_llm(tmp_path / "llm", projection_dim=8)
+    assert text.lm_head is None  # not needed by the text tower; a random one is never kept
+    with pytest.raises(ValueError, match="no LM head"):
+        XrayLLM2CLIPTextForMNTP.from_llm(tmp_path / "llm")
+    text.save_pretrained(tmp_path / "text")
+    assert XrayLLM2CLIPTextModel.from_pretrained(tmp_path / "text").lm_head is None
+    with pytest.raises(ValueError, match="no LM head"):
+        XrayLLM2CLIPTextForMNTP.from_pretrained(tmp_path / "text")
 
 
 # -- bad input --

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from peft import PeftModel
 from safetensors import safe_open
-from transformers import AutoModel, LlamaConfig, LlamaModel
+from transformers import AutoModel, LlamaConfig, LlamaForCausalLM, LlamaModel
 
 import xray_hf  # noqa: F401
 from xray_hf import XrayLLM2CLIPTextConfig, XrayLLM2CLIPTextForMNTP, XrayLLM2CLIPTextModel
@@ -194,6 +194,26 @@ def test_adapter_refuses_a_stock_causal_llm(base_dir, tmp_path):
     stock = LlamaModel(LlamaConfig(**{k: v for k, v in config.to_dict().items() if k != "is_causal"}))
     with pytest.raises(ValueError, match="not found in the base model|Target modules"):
         PeftModel.from_pretrained(stock, tmp_path)
+
+
+def test_documented_mntp_flow_keeps_the_head_of_an_untied_llm(tokenizer, tmp_path):
+    """Mistral, larger Qwen2 and LLaMA-3-8B have an LM head of their own: MNTP must train against it, not noise."""
+    torch.manual_seed(0)
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+    llm.save_pretrained(tmp_path / "llm")
+    # the module docstring's flow: text tower from the LLM, saved; the MNTP model from that saved base
+    XrayLLM2CLIPTextModel.from_llm(tmp_path / "llm", projection_dim=8).save_pretrained(tmp_path / "text_base")
+    mntp = XrayLLM2CLIPTextForMNTP.from_pretrained(tmp_path / "text_base")
+    assert torch.equal(mntp.lm_head.weight, llm.lm_head.weight)
+    assert not torch.equal(mntp.lm_head.weight, mntp.llm.get_input_embeddings().weight)
+    peft_model = add_lora(mntp, r=4)
+    assert torch.equal(peft_model.base_model.model.lm_head.weight, llm.lm_head.weight)
+    ids = torch.randint(3, 64, (2, 7))
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        reference = llm.lm_head(mntp.llm_hidden_states(ids, torch.ones_like(ids)))
+    assert torch.allclose(logits, reference, atol=1e-6)  # the LoRA starts as identity: the LLM's own head
 
 
 # -- the trainers --

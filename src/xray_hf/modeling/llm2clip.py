@@ -7,6 +7,13 @@ stock class built from the nested config is therefore bidirectional as well; not
 
 `XrayLLM2CLIPTextForMNTP` is the same LLM with its LM head, for masked next-token prediction (LLM2Vec): its
 parameter names match `XrayLLM2CLIPTextModel` (`llm.*`), so a LoRA adapter trained on one loads on the other.
+
+The LM head travels with the LLM. Tied LLMs (SmolLM2, LLaMA-3.2-1B) have none of their own: the input embeddings
+are the head. Untied ones (Mistral, larger Qwen2, LLaMA-3-8B) have `lm_head`, which both classes hold, so the
+documented MNTP flow (`XrayLLM2CLIPTextModel.from_llm(llm).save_pretrained(base)`, then
+`XrayLLM2CLIPTextForMNTP.from_pretrained(base)`) trains against the LLM's own head. The text tower never runs it
+and never trains it (it costs `vocab_size x llm_hidden_size` frozen parameters). A checkpoint without the head of
+its untied LLM loads into the text tower with no head at all (never a random one), and the MNTP model refuses it.
 """
 
 from __future__ import annotations
@@ -101,6 +108,9 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
         # One config object for the LLM's modules and our nested config: settings can never drift apart.
         config.llm_config = self.llm.config
         self._no_split_modules = list(self.llm._no_split_modules or [])
+        # The LLM's own output head, if it is not tied to the input embeddings (see the module docstring).
+        tied = getattr(config.llm_config, "tie_word_embeddings", False)
+        self.lm_head = None if tied else nn.Linear(config.llm_hidden_size, config.llm_config.vocab_size, bias=False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -124,11 +134,16 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
         kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
         super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
+    # whether forward runs `lm_head` (the MNTP model); the text tower only carries it, frozen
+    _uses_lm_head = False
+
     def freeze_llm(self, frozen: bool = True) -> None:
-        """Stop (or restart) training the LLM's own weights; recorded in `config.freeze_llm`."""
+        """Stop (or restart) training the LLM's own weights (and its LM head); recorded in `config.freeze_llm`."""
         self.config.freeze_llm = bool(frozen)
         for param in self.llm.parameters():
             param.requires_grad_(not frozen)
+        if self.lm_head is not None:
+            self.lm_head.requires_grad_(self._uses_lm_head and not frozen)
 
     def llm_hidden_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states of the LLM, bidirectional if configured, positions independent of padding."""
@@ -141,15 +156,29 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
         )
         return outputs.last_hidden_state
 
+    def _lm_head_missing(self, source: str) -> None:
+        """The checkpoint or LLM `source` lacks the head of an untied LLM: never keep a random one."""
+        if self._uses_lm_head:
+            raise ValueError(
+                f"{source} has no LM head (lm_head.weight) for its untied LLM, so MNTP would train against a random "
+                "head. Build the base from the source LLM, which keeps its head: "
+                "XrayLLM2CLIPTextModel.from_llm(llm).save_pretrained(base) or XrayLLM2CLIPTextForMNTP.from_llm(llm)"
+            )
+        self.lm_head = None  # the text tower does not use it; saved checkpoints then carry no random head
+
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, output_loading_info: bool = False, **kwargs):
         """`PreTrainedModel.from_pretrained` (also resolves base + LoRA adapter from an adapter folder), then
-        re-applies `config.freeze_llm`: loading materialises fresh, trainable parameters."""
-        model = super().from_pretrained(*args, **kwargs)
-        inner = model[0] if isinstance(model, tuple) else model  # output_loading_info=True returns a tuple
-        if inner.config.freeze_llm:
-            inner.freeze_llm(True)
-        return model
+        re-applies `config.freeze_llm` (loading materialises fresh, trainable parameters) and refuses (MNTP) or
+        drops (text tower) an LM head of an untied LLM that the checkpoint does not hold."""
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        if model.lm_head is not None and "lm_head.weight" in info["missing_keys"]:
+            model._lm_head_missing(str(pretrained_model_name_or_path))
+            info["missing_keys"] = {key for key in info["missing_keys"] if key != "lm_head.weight"}
+        model.freeze_llm(model.config.freeze_llm)
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def from_llm(
@@ -161,8 +190,9 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
         """
         Build the tower around a plain LLM checkpoint (e.g. the output of `xray-hf convert smollm2`).
 
-        The LLM's weights are loaded; the adapter and projection are newly initialised. `config_kwargs` go to
-        [`XrayLLM2CLIPTextConfig`]. Checkpoints with remote code (`auto_map`) are refused.
+        The LLM's weights are loaded, with its LM head if it is untied (see the module docstring); the adapter
+        and projection are newly initialised. `config_kwargs` go to [`XrayLLM2CLIPTextConfig`]. Checkpoints with
+        remote code (`auto_map`) are refused.
         """
         llm_config = AutoConfig.from_pretrained(llm_name_or_path)
         _refuse_remote_code_llm(llm_config, str(llm_name_or_path))
@@ -170,12 +200,15 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
             raise ValueError(f"{llm_name_or_path} is already an xray_llm2clip_text checkpoint: use from_pretrained")
         config = XrayLLM2CLIPTextConfig(llm_config=llm_config, **config_kwargs)
         model = cls(config)
-        loader = AutoModelForCausalLM if isinstance(model, XrayLLM2CLIPTextForMNTP) else AutoModel
-        source = loader.from_pretrained(llm_name_or_path, dtype=dtype or torch.float32)
-        base = source.get_decoder() if loader is AutoModelForCausalLM else source
-        model.llm.load_state_dict(base.state_dict(), strict=True)
-        if isinstance(model, XrayLLM2CLIPTextForMNTP) and model.lm_head is not None:
-            model.lm_head.load_state_dict(source.get_output_embeddings().state_dict())
+        source, info = AutoModelForCausalLM.from_pretrained(
+            llm_name_or_path, dtype=dtype or torch.float32, output_loading_info=True
+        )
+        model.llm.load_state_dict(source.get_decoder().state_dict(), strict=True)
+        if model.lm_head is not None:
+            if "lm_head.weight" in info["missing_keys"]:  # a base-model-only checkpoint of an untied LLM
+                model._lm_head_missing(str(llm_name_or_path))
+            else:
+                model.lm_head.load_state_dict(source.get_output_embeddings().state_dict())
         if dtype is not None:
             model.to(dtype=dtype)
         model.freeze_llm(config.freeze_llm)
@@ -191,8 +224,6 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
     projection, and can feed cached pooled LLM outputs (`llm_pooled_output`) instead of tokens.
     """
 
-    # an MNTP checkpoint has the same `llm.*` weights plus an LM head, which the text tower does not use
-    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
     # forward has no per-token loss: Trainer must not pass `num_items_in_batch`
     accepts_loss_kwargs = False
 
@@ -202,8 +233,7 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
         self.adapter = XrayLLM2CLIPAdapter(config)
         self.text_projection = nn.Linear(config.adapter_hidden_size, config.projection_dim, bias=False)
         self.post_init()
-        if config.freeze_llm:
-            self.freeze_llm(True)
+        self.freeze_llm(config.freeze_llm)
 
     def get_llm_pooled_output(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
@@ -278,22 +308,21 @@ class XrayLLM2CLIPTextForMNTP(XrayLLM2CLIPTextPreTrainedModel):
     """
     The bidirectional LLM with its LM head, for masked next-token prediction (LLM2Vec): input tokens are masked
     and token `i` is predicted from position `i - 1`'s output, as the LM head was trained to.
-    Tied LLMs (SmolLM2, LLaMA-3.2) reuse the input embeddings as the head; untied ones keep `lm_head`.
+    Tied LLMs (SmolLM2, LLaMA-3.2) reuse the input embeddings as the head; untied ones keep `lm_head`, which
+    `from_pretrained` and `from_llm` require to be in the checkpoint (a random head is refused).
     """
 
     # a text-tower checkpoint has the same `llm.*` weights plus the adapter and projection, unused here
     _keys_to_ignore_on_load_unexpected = [r"^adapter\.", r"^text_projection\."]
     # the loss is a sum over masked tokens divided by `num_items_in_batch` (correct under gradient accumulation)
     accepts_loss_kwargs = True
+    _uses_lm_head = True
 
     def __init__(self, config: XrayLLM2CLIPTextConfig):
         super().__init__(config)
         self._build_llm(config)
-        tied = getattr(config.llm_config, "tie_word_embeddings", False)
-        self.lm_head = None if tied else nn.Linear(config.llm_hidden_size, config.llm_config.vocab_size, bias=False)
         self.post_init()
-        if config.freeze_llm:
-            self.freeze_llm(True)
+        self.freeze_llm(config.freeze_llm)
 
     def _lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.lm_head is None:

@@ -5,8 +5,8 @@ can be loaded as a plain causal LLM by mistake):
 
 ```python
 text = XrayLLM2CLIPTextModel.from_llm("smollm2/")             # bidirectional LLM, new adapter + projection
-text.save_pretrained("run/text_base")
-mntp = add_lora(XrayLLM2CLIPTextForMNTP.from_pretrained("run/text_base"))
+text.save_pretrained("run/text_base")                          # with the LM head of an untied LLM
+mntp = add_lora(XrayLLM2CLIPTextForMNTP.from_pretrained("run/text_base"))  # the LLM's own head, frozen
 MNTPTrainer(model=mntp, args=..., train_dataset=texts, data_collator=MNTPCollator(tokenizer)).train()
 mntp.save_pretrained("run/mntp_lora")                          # adapter only, keys relative to the base
 text = load_lora(XrayLLM2CLIPTextModel.from_pretrained("run/text_base"), "run/mntp_lora")  # merged
