@@ -5,8 +5,16 @@ caption dataset (`datasets.map`, batched), store the pooled outputs as Arrow key
 CLIP step run only the adapter and projection (`XrayLLM2CLIPTextModel(llm_pooled_output=cache.lookup(ids))`).
 
 The cache records a fingerprint of everything that changes a pooled output: the LLM's weights, the tokenizer,
-and the embedding settings of the config (nested LLM config, pooling, bidirectional attention, max length,
-padding side). Opening it with a different model or tokenizer raises `StaleTextCacheError` naming what changed.
+the embedding settings of the config (nested LLM config, pooling, bidirectional attention, max length,
+padding side), and the caption texts themselves: each row stores the sha256 of the text it embedded
+(`text_sha256`) and the metadata a digest of all (id, text sha256) pairs. Opening it with a different model or
+tokenizer raises `StaleTextCacheError` naming what changed; opening it with `captions=` (the caption dataset
+about to be trained on) also raises if any of those captions' texts differ from the cached ones, or if any id
+is missing, and names the ids. A cache over a superset of the captions (e.g. all splits) is accepted.
+
+`build` keys its `datasets.map` call (`new_fingerprint`) on the model digest, the caption digest and the text
+and id column names, so a disk-backed dataset's `datasets` cache can only hand back rows embedded from the same
+texts by the same model; it then checks every stored text hash against the captions before returning.
 """
 
 from __future__ import annotations
@@ -25,13 +33,13 @@ from transformers import PreTrainedTokenizerBase
 
 from .llm2clip import XrayLLM2CLIPTextModel
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: per-row text_sha256 and a captions digest (format 1 caches were not keyed on texts)
 _METADATA_FILE = "xray_text_cache.json"
 _EMBEDDINGS_DIR = "embeddings"
 
 
 class StaleTextCacheError(ValueError):
-    """The cache was built with a different LLM, tokenizer or embedding settings than the model given."""
+    """The cache was built with a different LLM, tokenizer, embedding settings or caption texts than those given."""
 
 
 def _sha256_tensors(state_dict: dict[str, torch.Tensor]) -> str:
@@ -45,6 +53,39 @@ def _sha256_tensors(state_dict: dict[str, torch.Tensor]) -> str:
 
 def _sha256_json(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def text_sha256(text: str) -> str:
+    """The sha256 (hex) of one caption text, as stored beside its embedding."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _caption_hashes(captions: Dataset, text_column: str, id_column: str) -> dict[str, str]:
+    """`{caption id: sha256 of its text}` for every row of `captions`; raises `ValueError` on bad columns or ids."""
+    for column in (text_column, id_column):
+        if column not in captions.column_names:
+            raise ValueError(f"captions has no column {column!r} (columns: {captions.column_names})")
+    hashes: dict[str, str] = {}
+    rows = captions.select_columns(list(dict.fromkeys([id_column, text_column]))).with_format(None)
+    for batch in rows.iter(batch_size=10_000):
+        for caption_id, text in zip(batch[id_column], batch[text_column]):
+            caption_id = str(caption_id)
+            if not isinstance(text, str):
+                raise ValueError(f"caption {caption_id!r} in column {text_column!r} is {type(text).__name__}, not str")
+            if caption_id in hashes:
+                raise ValueError(f"caption ids in column {id_column!r} are not unique ({caption_id!r} repeats)")
+            hashes[caption_id] = text_sha256(text)
+    return hashes
+
+
+def _captions_digest(hashes: dict[str, str]) -> str:
+    """One digest of all (id, text sha256) pairs, independent of row order (the cache is keyed by id)."""
+    return _sha256_json(sorted(hashes.items()))
+
+
+def _examples(ids: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -98,10 +139,13 @@ def _tokenize_for(model: XrayLLM2CLIPTextModel, tokenizer: PreTrainedTokenizerBa
 class TextEmbeddingCache:
     """Pooled LLM outputs keyed by caption id, memory-mapped from Arrow; `lookup(ids)` gives a `(B, D)` tensor."""
 
-    def __init__(self, path: str | os.PathLike, dataset: Dataset, fingerprint: TextCacheFingerprint):
+    def __init__(
+        self, path: str | os.PathLike, dataset: Dataset, fingerprint: TextCacheFingerprint, captions_sha256: str
+    ):
         self.path = Path(path)
         self.dataset = dataset
         self.fingerprint = fingerprint
+        self.captions_sha256 = captions_sha256
         column = dataset.data.table.column("embedding")
         self.dim = column.type.list_size
         # Arrow fixed-size lists of float32: zero-copy (n, D) views over the memory-mapped file, one per chunk.
@@ -129,6 +173,29 @@ class TextEmbeddingCache:
             out[where] = self._chunks[chunk][rows[where] - self._offsets[chunk]]
         return torch.from_numpy(out).to(device or "cpu")
 
+    def check_captions(self, captions: Dataset, text_column: str = "caption", id_column: str = "caption_id") -> None:
+        """Raise `StaleTextCacheError` unless every caption of `captions` is cached, embedded from the same text."""
+        self._check_hashes(_caption_hashes(captions, text_column, id_column))
+
+    def _check_hashes(self, hashes: dict[str, str], every_row: bool = False) -> None:
+        """Compare texts by digest first (fast path); per row when it differs or `every_row` is set."""
+        if not every_row and _captions_digest(hashes) == self.captions_sha256:
+            return
+        stored = self.dataset.data.table.column("text_sha256").to_pylist()
+        missing = [i for i in hashes if i not in self._index]
+        changed = [i for i, digest in hashes.items() if i in self._index and stored[self._index[i]] != digest]
+        problems = []
+        if changed:
+            problems.append(f"{len(changed)} of {len(hashes)} caption texts changed since it was built "
+                            f"({_examples(changed)})")
+        if missing:
+            problems.append(f"{len(missing)} of {len(hashes)} caption ids are not in the cache ({_examples(missing)})")
+        if problems:
+            raise StaleTextCacheError(
+                f"text cache at {self.path} does not match the captions: {'; '.join(problems)}; "
+                "rebuild it with TextEmbeddingCache.build"
+            )
+
     @classmethod
     def build(
         cls,
@@ -140,14 +207,16 @@ class TextEmbeddingCache:
         id_column: str = "caption_id",
         batch_size: int = 64,
     ) -> "TextEmbeddingCache":
-        """Run the (frozen) LLM once over `captions` and save the pooled outputs to `output_dir`."""
-        for column in (text_column, id_column):
-            if column not in captions.column_names:
-                raise ValueError(f"captions has no column {column!r} (columns: {captions.column_names})")
-        ids = [str(i) for i in captions[id_column]]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"caption ids in column {id_column!r} are not unique")
+        """Run the (frozen) LLM once over `captions` and save the pooled outputs to `output_dir`.
+
+        The `datasets.map` result is keyed on the model, the caption texts and the column names, so a disk-backed
+        dataset reuses a previous result only when all of them are unchanged.
+        """
+        hashes = _caption_hashes(captions, text_column, id_column)
+        captions_sha256 = _captions_digest(hashes)
         fingerprint = TextCacheFingerprint.of(model, tokenizer)
+        map_key = _sha256_json({"format": CACHE_FORMAT, "model": fingerprint.digest, "captions": captions_sha256,
+                                "text_column": text_column, "id_column": id_column})
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
@@ -158,12 +227,15 @@ class TextEmbeddingCache:
                 pooled = model.get_llm_pooled_output(tokens["input_ids"], tokens["attention_mask"])
             return {
                 "caption_id": [str(i) for i in batch[id_column]],
+                "text_sha256": [text_sha256(text) for text in batch[text_column]],
                 "embedding": pooled.float().cpu().numpy(),
             }
 
-        features = Features(
-            {"caption_id": Value("string"), "embedding": List(Value("float32"), length=model.config.llm_hidden_size)}
-        )
+        features = Features({
+            "caption_id": Value("string"),
+            "text_sha256": Value("string"),
+            "embedding": List(Value("float32"), length=model.config.llm_hidden_size),
+        })
         try:
             embedded = captions.map(
                 embed,
@@ -171,17 +243,24 @@ class TextEmbeddingCache:
                 batch_size=batch_size,
                 remove_columns=captions.column_names,
                 features=features,
-                new_fingerprint=fingerprint.digest[:32] + _sha256_json(ids)[:32],
+                new_fingerprint=map_key,
                 desc="caching pooled LLM outputs",
             )
         finally:
             model.train(was_training)
         output_dir = Path(output_dir)
+        (output_dir / _METADATA_FILE).unlink(missing_ok=True)  # no metadata until the new rows are checked
         embedded.save_to_disk(output_dir / _EMBEDDINGS_DIR)
-        metadata = {"format": CACHE_FORMAT, "count": len(embedded), "dim": model.config.llm_hidden_size,
-                    "fingerprint": asdict(fingerprint)}
+        cache = cls(output_dir, load_from_disk(str(output_dir / _EMBEDDINGS_DIR)), fingerprint, captions_sha256)
+        # the stored per-row text hashes (of the texts actually embedded), not only the digest, must match
+        cache._check_hashes(hashes, every_row=True)
+        metadata = {
+            "format": CACHE_FORMAT, "count": len(embedded), "dim": model.config.llm_hidden_size,
+            "fingerprint": asdict(fingerprint),
+            "captions": {"sha256": captions_sha256, "text_column": text_column, "id_column": id_column},
+        }
         (output_dir / _METADATA_FILE).write_text(json.dumps(metadata, indent=2))
-        return cls.load(output_dir, model, tokenizer, _fingerprint=fingerprint)
+        return cache
 
     @classmethod
     def load(
@@ -189,27 +268,40 @@ class TextEmbeddingCache:
         path: str | os.PathLike,
         model: XrayLLM2CLIPTextModel,
         tokenizer: PreTrainedTokenizerBase,
-        _fingerprint: TextCacheFingerprint | None = None,
+        captions: Dataset | None = None,
+        text_column: str | None = None,
+        id_column: str | None = None,
     ) -> "TextEmbeddingCache":
-        """Open a cache for `model` + `tokenizer`; raise `StaleTextCacheError` if it was built with others."""
+        """Open a cache for `model` + `tokenizer`; raise `StaleTextCacheError` if it was built with others.
+
+        Pass `captions` (the caption dataset to look up) to also refuse a cache whose texts differ from the
+        dataset's or that lacks some of its ids; the column names default to those the cache was built from.
+        """
         path = Path(path)
         metadata_file = path / _METADATA_FILE
         if not metadata_file.is_file():
             raise FileNotFoundError(f"no text cache at {path} ({_METADATA_FILE} missing)")
         metadata = json.loads(metadata_file.read_text())
         if metadata.get("format") != CACHE_FORMAT:
+            why = " (format 1 caches were not keyed on the caption texts)" if metadata.get("format") == 1 else ""
             raise StaleTextCacheError(
-                f"text cache at {path} has format {metadata.get('format')}, expected {CACHE_FORMAT}"
+                f"text cache at {path} has format {metadata.get('format')}, expected {CACHE_FORMAT}{why}; "
+                "rebuild it with TextEmbeddingCache.build"
             )
         stored = TextCacheFingerprint(**metadata["fingerprint"])
-        current = _fingerprint or TextCacheFingerprint.of(model, tokenizer)
+        current = TextCacheFingerprint.of(model, tokenizer)
         changed = current.differences(stored)
         if changed:
             raise StaleTextCacheError(
                 f"text cache at {path} is stale: changed since it was built: {', '.join(changed)}; "
                 "rebuild it with TextEmbeddingCache.build"
             )
-        return cls(path, load_from_disk(str(path / _EMBEDDINGS_DIR)), stored)
+        built_from = metadata["captions"]
+        cache = cls(path, load_from_disk(str(path / _EMBEDDINGS_DIR)), stored, built_from["sha256"])
+        if captions is not None:
+            cache.check_captions(captions, text_column or built_from["text_column"],
+                                 id_column or built_from["id_column"])
+        return cache
 
 
-__all__ = ["TextEmbeddingCache", "TextCacheFingerprint", "StaleTextCacheError", "tokenizer_fingerprint"]
+__all__ = ["TextEmbeddingCache", "TextCacheFingerprint", "StaleTextCacheError", "text_sha256", "tokenizer_fingerprint"]
