@@ -22,8 +22,8 @@ class XrayVisualModelOutput(ModelOutput):
         register_tokens (`torch.FloatTensor` of shape `(batch_size, num_register_tokens, hidden_size)`, *optional*):
             Final-norm output of the register tokens.
         token_sizes (`torch.FloatTensor` of shape `(batch_size, num_tokens)`, *optional*):
-            Number of input patches each patch token stands for, when ToMe is active (EViT fusions after
-            that are counted too).
+            How many tokens each patch token stands for through ToMe merges, when ToMe is active (None
+            otherwise: all 1). EViT's fused token is a new token of size 1; tokens EViT keeps keep their sizes.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             Embedding output and each layer's output (full sequences: CLS, registers, patch tokens),
             returned with `output_hidden_states=True`.

@@ -241,8 +241,7 @@ class XrayVisualEncoder(nn.Module):
         output_hidden_states: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...] | None]:
         all_hidden_states = (hidden_states,) if output_hidden_states else None
-        # Sizes (for ToMe's proportional attention) are tracked only while ToMe runs; EViT alone, as in
-        # its paper, fuses tokens without re-weighting attention.
+        # Sizes count ToMe merges only (EViT's fused token has size 1), so they are tracked while ToMe runs.
         sizes = hidden_states.new_ones(*hidden_states.shape[:2], 1, dtype=torch.float32) if tome_r > 0 else None
         for layer in self.layer:
             hidden_states, sizes = layer(hidden_states, sizes, num_prefix_tokens=num_prefix_tokens, tome_r=tome_r)
