@@ -113,6 +113,58 @@ def test_simcse_collator_pairs_and_groups(tokenizer):
         collator([{"id": "x", "captions": ["only one"]}])
 
 
+def simcse_items(count: int, captions: int = 8) -> list[dict]:
+    return [{"id": f"item{i}", "captions": [f"a photo of item {i} seen from side {j}" for j in range(captions)]}
+            for i in range(count)]
+
+
+def drawn_pairs(tokenizer, batch, features) -> dict[str, tuple[int, int]]:
+    """The (anchor, positive) caption indices the collator drew for each item of `features`."""
+    texts = [t.strip() for t in tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)]
+    half = len(texts) // 2
+    return {f["id"]: (f["captions"].index(texts[row]), f["captions"].index(texts[row + half]))
+            for row, f in enumerate(features)}
+
+
+def test_simcse_workers_draw_different_pairs_and_the_same_as_one_process(tokenizer, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    items = simcse_items(16)
+    collator = SimCSECollator(tokenizer, seed=0)
+    loader = torch.utils.data.DataLoader(items, batch_size=4, num_workers=2, collate_fn=collator,
+                                         persistent_workers=True)
+    shuffled = items[::-1]
+    for epoch in (0, 1):
+        collator.set_epoch(epoch)  # reaches the persistent workers' copies too
+        batches = list(loader)  # batches 0, 2 come from worker 0; 1, 3 from worker 1
+        per_batch = [drawn_pairs(tokenizer, batch, items[4 * i: 4 * i + 4]) for i, batch in enumerate(batches)]
+        pairs = [list(drawn.values()) for drawn in per_batch]
+        assert pairs[0] != pairs[1] and pairs[2] != pairs[3]  # the two workers' first and second batches
+        # each item's draw depends on the item, not on the worker, the batch or its position in the batch
+        in_workers = {item: pair for drawn in per_batch for item, pair in drawn.items()}
+        alone = SimCSECollator(tokenizer, seed=0)
+        alone.set_epoch(epoch)
+        assert in_workers == drawn_pairs(tokenizer, alone(shuffled), shuffled)
+        assert len(set(in_workers.values())) > 8  # 56 possible pairs: independent draws, not one for all items
+
+
+def test_simcse_draw_is_a_function_of_seed_epoch_and_item(tokenizer):
+    items = simcse_items(12)
+    collator = SimCSECollator(tokenizer, seed=0)
+    first = drawn_pairs(tokenizer, collator(items), items)
+    assert drawn_pairs(tokenizer, collator(items), items) == first  # drawing again: the same pairs
+    collator.set_epoch(1)
+    assert collator.epoch == 1
+    second_epoch = drawn_pairs(tokenizer, collator(items), items)
+    assert second_epoch != first  # a new epoch draws new pairs
+    collator.set_epoch(0)
+    assert drawn_pairs(tokenizer, collator(items), items) == first
+    assert drawn_pairs(tokenizer, SimCSECollator(tokenizer, seed=1)(items), items) != first
+    with pytest.raises(ValueError, match="seed"):
+        SimCSECollator(tokenizer, seed=-1)
+    with pytest.raises(ValueError, match="epoch"):
+        collator.set_epoch(-1)
+
+
 # -- LoRA: where it goes, how it is saved, merged and loaded --
 
 
@@ -246,6 +298,36 @@ def test_simcse_trainer_pulls_captions_of_one_item_together(tokenizer, base_dir,
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+
+class RecordingSimCSETrainer(SimCSETrainer):
+    """Records the token ids of every batch it trains on, by global step."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.seen[self.state.global_step] = (self.data_collator.epoch, inputs["input_ids"].tolist())
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_simcse_resumed_run_draws_what_the_uninterrupted_run_drew(tokenizer, base_dir, tmp_path):
+    data = Dataset.from_list(simcse_items(6))
+
+    def run(output_dir, resume_from_checkpoint=None):
+        torch.manual_seed(0)
+        trainer = RecordingSimCSETrainer(
+            model=add_lora(XrayLLM2CLIPTextModel.from_pretrained(base_dir), r=4),
+            args=args(output_dir, per_device_train_batch_size=2, max_steps=9, save_strategy="steps", save_steps=4),
+            train_dataset=data, data_collator=SimCSECollator(tokenizer, seed=0))
+        trainer.seen = {}
+        trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        return trainer.seen
+
+    full = run(tmp_path / "full")  # 3 steps per epoch: epochs 0, 1, 2
+    assert [full[step][0] for step in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # the trainer sets the epoch
+    for step in (4, 8):  # resume mid-epoch 1, and mid-epoch 2
+        resumed = run(tmp_path / "full", resume_from_checkpoint=str(tmp_path / "full" / f"checkpoint-{step}"))
+        assert sorted(resumed) == list(range(step, 9))
+        assert resumed == {s: full[s] for s in resumed}
 
 
 # -- the real model (slow): MNTP then SimCSE on SmolLM2-135M --

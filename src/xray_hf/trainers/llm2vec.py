@@ -25,16 +25,18 @@ relative to the base model (`llm.layers.N...`), and the adapter config names the
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
 
 from ..configuration.text import XrayLLM2CLIPTextConfig
 from ..losses import simcse_loss
@@ -190,6 +192,13 @@ class SimCSECollator:
     distinct ones are drawn as anchor and positive. Returns `input_ids`/`attention_mask` of shape `(2B, L)`
     (anchors first, then positives) and `group_ids` `(B,)` from `id_column`, so two examples of the same item
     in a batch are not treated as negatives of each other.
+
+    The draw is a pure function of (`seed`, epoch, example): the example is identified by its id and captions
+    (a SHA-256 of both), like the data layer keys each sample's randomness. So DataLoader workers (each with a
+    copy of the collator) draw independently, an example draws the same pair wherever and whenever it is
+    collated, and a resumed run draws what the uninterrupted one would. `set_epoch` (which `SimCSETrainer`
+    calls at every epoch) gives each epoch new pairs; the epoch is shared with workers, persistent ones too.
+    Two identical examples (same id, same captions) in one epoch draw the same pair.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -197,19 +206,41 @@ class SimCSECollator:
     padding_side: str = "right"
     captions_column: str = "captions"
     id_column: str | None = "id"
-    seed: int | None = None
-    _rng: random.Random = field(init=False, repr=False)
+    seed: int = 0
+    _epoch: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._rng = random.Random(self.seed)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        # shared with DataLoader workers (also persistent ones), like `DecodedStream`'s epoch
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the pairs of `epoch` from now on (in this process and in its DataLoader workers)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
+        self._epoch.fill_(epoch)
+
+    def _draw(self, item: Any, captions: list[str], epoch: int) -> tuple[int, int]:
+        identity = json.dumps([item, list(captions)], ensure_ascii=False, default=str).encode()
+        words = np.frombuffer(hashlib.sha256(identity).digest(), dtype=np.uint32).tolist()
+        rng = np.random.default_rng([self.seed, epoch, *words])
+        first, second = rng.choice(len(captions), size=2, replace=False).tolist()
+        return first, second
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         anchors, positives, ids = [], [], []
+        epoch = self.epoch
         for i, feature in enumerate(features):
             captions = feature[self.captions_column]
             if isinstance(captions, str) or len(captions) < 2:
                 raise ValueError(f"SimCSE needs at least two captions per item, example {i} has {captions!r}")
-            first, second = self._rng.sample(range(len(captions)), 2)
+            item = feature.get(self.id_column) if self.id_column else None
+            first, second = self._draw(item, captions, epoch)
             anchors.append(captions[first])
             positives.append(captions[second])
             ids.append(feature[self.id_column] if self.id_column and self.id_column in feature else f"#row{i}")
@@ -253,16 +284,37 @@ class MNTPTrainer(Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
+class _CollatorEpochCallback(TrainerCallback):
+    """Tells the collator the Trainer's epoch before each epoch's batches are collated (`set_epoch`).
+
+    The first epoch of a `train()` call is the one the Trainer state is in (0, or the resumed one); each later
+    epoch is the previous one plus one, as in the Trainer's own epoch loop."""
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+        self._epoch: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._epoch = None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._epoch = math.floor(state.epoch or 0) if self._epoch is None else self._epoch + 1
+        self.collator.set_epoch(self._epoch)
+
+
 class SimCSETrainer(Trainer):
     """
     Supervised SimCSE (LLM2Vec stage 2) on an `XrayLLM2CLIPTextModel` (usually with LoRA): InfoNCE on the
     pooled LLM outputs of two captions of each item, in-batch negatives, `args.simcse_temperature`.
+    A collator with `set_epoch` (`SimCSECollator`) is told each epoch, so its draws follow the epoch.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # the loss is a batch mean, not a per-token sum: let Trainer divide it over gradient accumulation
         self.model_accepts_loss_kwargs = False
+        if hasattr(self.data_collator, "set_epoch"):
+            self.add_callback(_CollatorEpochCallback(self.data_collator))
 
     def compute_loss(
         self,
