@@ -134,3 +134,48 @@ def test_text_round_trip_and_validation(tmp_path):
         XrayTextConfig(pooling="cls")
     with pytest.raises(ValueError, match="unknown text preset"):
         XrayTextConfig.from_preset("huge")
+
+
+@pytest.mark.parametrize(
+    "build, overrides, message",
+    [
+        (lambda: XrayTextConfig.from_preset("tiny"), dict(pooling="cls"), "pooling"),
+        (lambda: XrayTextConfig.from_preset("tiny"), dict(num_attention_heads=5), "divisible"),
+        (lambda: XrayLLM2CLIPTextConfig(llm_config=TINY_LLAMA), dict(padding_side="middle"), "padding_side"),
+        (lambda: XrayLLM2CLIPTextConfig(llm_config=TINY_LLAMA), dict(adapter_depth=-1), "adapter_depth"),
+    ],
+    ids=["text-pooling", "text-heads", "llm2clip-padding_side", "llm2clip-adapter_depth"],
+)
+def test_overrides_at_load_are_validated(tmp_path, build, overrides, message):
+    config = build()
+    config.save_pretrained(tmp_path)
+    cls = type(config)
+    with pytest.raises(ValueError, match=message):
+        cls.from_pretrained(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        AutoConfig.from_pretrained(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        cls.from_dict(config.to_dict(), **overrides)
+
+
+@pytest.mark.parametrize(
+    "build, name, value, message",
+    [
+        (lambda: XrayTextConfig.from_preset("tiny"), "hidden_size", 30, "divisible"),
+        (lambda: XrayLLM2CLIPTextConfig(llm_config=TINY_LLAMA), "pooling", "max", "pooling"),
+    ],
+    ids=["text", "llm2clip"],
+)
+def test_save_pretrained_refuses_a_config_broken_after_construction(tmp_path, build, name, value, message):
+    config = build()
+    setattr(config, name, value)
+    with pytest.raises(ValueError, match=message):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_valid_overrides_at_load_apply_and_keep_the_llm_bidirectional(tmp_path):
+    XrayLLM2CLIPTextConfig(llm_config=TINY_LLAMA).save_pretrained(tmp_path)
+    loaded = XrayLLM2CLIPTextConfig.from_pretrained(tmp_path, pooling="eos", llm_config={"num_hidden_layers": 1})
+    assert loaded.pooling == "eos" and loaded.llm_config.num_hidden_layers == 1
+    assert loaded.llm_config.is_causal is False

@@ -70,8 +70,56 @@ def test_mlp_ratio_sets_intermediate_size():
         (dict(tome_r=-1), "tome_r"),
         (dict(num_register_tokens=-2), "num_register_tokens"),
         (dict(image_size=(32, 32, 32)), "image_size"),
+        (dict(evit_layers=["1"]), "evit_layers must be a list of ints"),
+        (dict(evit_layers=[1], keep_rate="high"), "keep_rate must be a float"),
     ],
 )
 def test_bad_settings_raise_naming_the_problem(kwargs, message):
     with pytest.raises(ValueError, match=message):
         XrayVisualConfig.from_preset("tiny", **kwargs)
+
+
+def test_unsorted_evit_layers_keep_their_keep_rates_through_save_and_reload(tmp_path):
+    config = XrayVisualConfig.from_preset("tiny", evit_layers=[3, 1], keep_rate=[0.5, 0.9])
+    pairs = {layer: config.keep_rate_for_layer(layer) for layer in range(4)}
+    assert pairs == {0: 1.0, 1: 0.9, 2: 1.0, 3: 0.5}
+    config.save_pretrained(tmp_path)
+    assert {layer: AutoConfig.from_pretrained(tmp_path).keep_rate_for_layer(layer) for layer in range(4)} == pairs
+    # the same pairs given as overrides to from_pretrained
+    XrayVisualConfig.from_preset("tiny").save_pretrained(tmp_path / "dense")
+    for loader in (XrayVisualConfig.from_pretrained, AutoConfig.from_pretrained):
+        loaded = loader(tmp_path / "dense", evit_layers=[3, 1], keep_rate=[0.5, 0.9])
+        assert {layer: loaded.keep_rate_for_layer(layer) for layer in range(4)} == pairs
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(keep_rate=1.7, evit_layers=[1]), "keep_rate must be in"),
+        (dict(evit_layers=[9]), "outside"),
+        (dict(patch_size=7), "divisible by patch_size"),
+        (dict(keep_rate=[0.5], evit_layers=[1, 2]), "keep_rate has 1 values"),
+    ],
+)
+def test_overrides_at_load_are_validated(tmp_path, overrides, message):
+    XrayVisualConfig.from_preset("tiny").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        XrayVisualConfig.from_pretrained(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        AutoConfig.from_pretrained(tmp_path, **overrides)
+    with pytest.raises(ValueError, match=message):
+        XrayVisualConfig.from_dict(XrayVisualConfig.from_preset("tiny").to_dict(), **overrides)
+
+
+def test_model_from_pretrained_validates_overrides(tmp_path):
+    XrayVisualModel(XrayVisualConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="keep_rate must be in"):
+        XrayVisualModel.from_pretrained(tmp_path, evit_layers=[1], keep_rate=1.7)
+
+
+def test_save_pretrained_refuses_a_config_broken_after_construction(tmp_path):
+    config = XrayVisualConfig.from_preset("tiny")
+    config.patch_size = 7
+    with pytest.raises(ValueError, match="divisible by patch_size"):
+        config.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()

@@ -172,6 +172,20 @@ def test_evit_token_counts_per_layer():
     assert out.token_sizes is None  # EViT alone does not re-weight attention by size
 
 
+def test_unsorted_evit_layers_prune_with_their_own_keep_rates(tmp_path):
+    x = torch.randn(2, 4, 3, 32, 32)
+    model = build(seed=1, evit_layers=[3, 1], keep_rate=[0.7, 0.5])
+    out = model(x, output_hidden_states=True)
+    assert [h.shape[1] - 3 for h in out.hidden_states] == [32, 32, 17, 17, 13]  # 0.5 at layer 1, 0.7 at layer 3
+    model.save_pretrained(tmp_path)
+    loaded = XrayVisualModel.from_pretrained(tmp_path).eval()
+    assert torch.equal(loaded(x).last_hidden_state, out.last_hidden_state)
+    # the same pairs as overrides when loading a dense checkpoint
+    build(seed=1).save_pretrained(tmp_path / "dense")
+    overridden = XrayVisualModel.from_pretrained(tmp_path / "dense", evit_layers=[3, 1], keep_rate=[0.7, 0.5]).eval()
+    assert torch.equal(overridden(x).last_hidden_state, out.last_hidden_state)
+
+
 def test_evit_with_tome_tracks_sizes():
     model = build(evit_layers=[1], keep_rate=0.5, tome_r=2)
     out = model(torch.randn(2, 4, 3, 32, 32), output_hidden_states=True)

@@ -16,6 +16,8 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .visual import XrayConfigMixin
+
 LLM2CLIP_POOLING_TYPES = ("mean", "eos", "weighted_mean")
 TEXT_POOLING_TYPES = ("eos", "mean")
 PADDING_SIDES = ("right", "left")
@@ -71,7 +73,7 @@ def _refuse_foreign_checkpoint(cls: type[PreTrainedConfig], config_dict: dict, s
         raise ValueError(f"{source} holds a {found!r} checkpoint, not {cls.model_type!r}{hint}")
 
 
-class XrayLLM2CLIPTextConfig(PreTrainedConfig):
+class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an [`XrayLLM2CLIPTextModel`]: LLM -> pooling -> residual MLP adapter -> projection.
 
@@ -210,7 +212,7 @@ TEXT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class XrayTextConfig(PreTrainedConfig):
+class XrayTextConfig(XrayConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an [`XrayTextModel`]: a CLIP-style causal text transformer with learned absolute
     positions, pooled at the last non-padding token (or mean), then a linear projection.

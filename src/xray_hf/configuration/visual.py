@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import numbers
+import operator
 from typing import Any, Sequence
 
 from transformers import PreTrainedConfig
@@ -42,6 +44,39 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _is_int(value: Any) -> bool:
+    return hasattr(value, "__index__") and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class XrayConfigMixin:
+    """Runs `normalize_xray` and `validate_xray` after `from_dict` / `from_pretrained` overrides (transformers
+    sets those with `setattr` after `__init__`), and `validate_xray` in `save_pretrained` (catching attributes
+    changed after construction). Subclasses call both at the end of `__init__` and list this mixin before
+    `PreTrainedConfig` in their bases."""
+
+    def normalize_xray(self) -> None:
+        """Bring settings to their canonical form; the default does nothing."""
+
+    def validate_xray(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config.normalize_xray()
+        config.validate_xray()
+        return result
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs: Any) -> None:
+        self.validate_xray()
+        super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)
@@ -51,7 +86,7 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     return value  # type: ignore[return-value]
 
 
-class XrayVisualConfig(PreTrainedConfig):
+class XrayVisualConfig(XrayConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an [`XrayVisualModel`]: a ViT whose tokens are 3D tubelets, so images and videos
     share one backbone (paper section 3.1), with registers, EViT token pruning and ToMe token merging.
@@ -90,10 +125,11 @@ class XrayVisualConfig(PreTrainedConfig):
         evit_layers (`list[int]`, *optional*, defaults to `[]`):
             0-based indices of the layers that reorganise tokens with EViT (keep the patch tokens with the
             highest CLS attention, fuse the rest into one token). The paper uses 3 uniformly spaced layers,
-            see [`uniform_evit_layers`].
+            see [`uniform_evit_layers`]. Stored sorted, each layer with its own `keep_rate`.
         keep_rate (`float` or `list[float]`, *optional*, defaults to 1.0):
-            Fraction of patch tokens kept at each EViT layer (one value for all, or one per layer);
-            0.7 for ViT-B/16 at 288 px, 0.5 at 336 px in the paper. 1.0 equals the dense model.
+            Fraction of patch tokens kept at each EViT layer (one value for all, or one per entry of
+            `evit_layers`, in the same order); 0.7 for ViT-B/16 at 288 px, 0.5 at 336 px in the paper.
+            1.0 equals the dense model.
         tome_r (`int`, *optional*, defaults to 0):
             Tokens merged per layer by ToMe bipartite soft matching (paper section 4.7). 0 disables it.
         tome_in_training (`bool`, *optional*, defaults to `False`):
@@ -154,7 +190,7 @@ class XrayVisualConfig(PreTrainedConfig):
         norm_pix_loss: bool = True,
         **kwargs,
     ):
-        self.image_size = list(_pair(image_size, "image_size")) if not isinstance(image_size, int) else image_size
+        self.image_size = image_size
         self.patch_size = patch_size
         self.tubelet_size = tubelet_size
         self.num_frames = num_frames
@@ -167,8 +203,8 @@ class XrayVisualConfig(PreTrainedConfig):
         self.qkv_bias = qkv_bias
         self.num_register_tokens = num_register_tokens
         self.pooling = pooling
-        self.evit_layers = sorted(int(i) for i in (evit_layers or []))
-        self.keep_rate = list(keep_rate) if isinstance(keep_rate, (list, tuple)) else float(keep_rate)
+        self.evit_layers = evit_layers
+        self.keep_rate = keep_rate
         self.tome_r = tome_r
         self.tome_in_training = tome_in_training
         self.layer_norm_eps = layer_norm_eps
@@ -184,7 +220,28 @@ class XrayVisualConfig(PreTrainedConfig):
         self.video_mask_ratio = video_mask_ratio
         self.norm_pix_loss = norm_pix_loss
         super().__init__(**kwargs)
+        self.normalize_xray()
         self.validate_xray()
+
+    def normalize_xray(self) -> None:
+        """`image_size` as an int or a [height, width] list; `evit_layers` sorted, moving a per-layer
+        `keep_rate` list along so that each layer keeps its own rate."""
+        if not isinstance(self.image_size, int):
+            self.image_size = list(_pair(self.image_size, "image_size"))
+        layers, rates = [] if self.evit_layers is None else self.evit_layers, self.keep_rate
+        if not isinstance(layers, (list, tuple)) or not all(_is_int(i) for i in layers):
+            raise ValueError(f"evit_layers must be a list of ints, got {self.evit_layers!r}")
+        layers = [operator.index(i) for i in layers]
+        if isinstance(rates, (list, tuple)) and all(_is_number(r) for r in rates):
+            rates = [float(r) for r in rates]
+            if len(rates) == len(layers):
+                pairs = sorted(zip(layers, rates))
+                layers, rates = [layer for layer, _ in pairs], [rate for _, rate in pairs]
+        elif _is_number(rates):
+            rates = float(rates)
+        else:
+            raise ValueError(f"keep_rate must be a float or a list of floats, got {self.keep_rate!r}")
+        self.evit_layers, self.keep_rate = sorted(layers), rates
 
     @property
     def mlp_ratio(self) -> float:
@@ -209,8 +266,8 @@ class XrayVisualConfig(PreTrainedConfig):
         """EViT keep rate at `layer`, 1.0 where the layer does not reorganise tokens."""
         if layer not in self.evit_layers:
             return 1.0
-        if isinstance(self.keep_rate, list):
-            return float(self.keep_rate[self.evit_layers.index(layer)])
+        if isinstance(self.keep_rate, (list, tuple)):
+            return float(self.keep_rate[list(self.evit_layers).index(layer)])
         return float(self.keep_rate)
 
     def validate_xray(self) -> None:
@@ -236,17 +293,18 @@ class XrayVisualConfig(PreTrainedConfig):
         if self.pooling not in POOLING_TYPES:
             raise ValueError(f"pooling must be one of {POOLING_TYPES}, got {self.pooling!r}")
         for layer in self.evit_layers:
-            if not 0 <= layer < self.num_hidden_layers:
+            if not _is_int(layer) or not 0 <= layer < self.num_hidden_layers:
                 raise ValueError(f"evit_layers entry {layer} is outside [0, {self.num_hidden_layers})")
         if len(set(self.evit_layers)) != len(self.evit_layers):
             raise ValueError(f"evit_layers has duplicates: {self.evit_layers}")
-        rates = self.keep_rate if isinstance(self.keep_rate, list) else [self.keep_rate]
-        if isinstance(self.keep_rate, list) and len(self.keep_rate) != len(self.evit_layers):
+        per_layer = isinstance(self.keep_rate, (list, tuple))
+        rates = self.keep_rate if per_layer else [self.keep_rate]
+        if per_layer and len(self.keep_rate) != len(self.evit_layers):
             raise ValueError(
                 f"keep_rate has {len(self.keep_rate)} values but evit_layers has {len(self.evit_layers)} layers"
             )
         for rate in rates:
-            if not 0.0 < float(rate) <= 1.0:
+            if not _is_number(rate) or not 0.0 < rate <= 1.0:
                 raise ValueError(f"keep_rate must be in (0, 1], got {rate}")
         if not isinstance(self.tome_r, int) or self.tome_r < 0:
             raise ValueError(f"tome_r must be an int >= 0, got {self.tome_r!r}")
@@ -281,4 +339,4 @@ class XrayVisualConfig(PreTrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["XrayVisualConfig", "PRESETS", "uniform_evit_layers"]
+__all__ = ["XrayVisualConfig", "XrayConfigMixin", "PRESETS", "uniform_evit_layers"]
