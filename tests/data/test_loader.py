@@ -199,3 +199,30 @@ def test_resume_with_persistent_workers_then_full_next_epoch(make_parquet_shards
     got += [b["id"] for b in resumed]
     resumed.set_epoch(1)
     assert got == epochs[0] and [b["id"] for b in resumed] == epochs[1]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_every_skip_is_counted_also_after_a_workers_last_batch(num_workers):
+    import io
+
+    import datasets
+    from PIL import Image
+
+    from xray_hf.data.sources import undecoded
+
+    def png_bytes(value: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    # two shards of 4 rows whose last row is corrupt: each worker yields one batch of 3, then skips one sample
+    images = [{"bytes": png_bytes(i) if i not in (3, 7) else b"not an image", "path": None} for i in range(8)]
+    table = datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+    source = undecoded(table.to_iterable_dataset(num_shards=2))
+    stream = DecodedStream(source, ImageDecoder(transform=TrainTransform(8)), shuffle=False)
+    loader = StreamingDataLoader(stream, batch_size=3, num_workers=num_workers, drop_last=True)
+    assert sum(1 for _ in loader) == 2
+    assert loader.last_epoch_stats.skipped == {"corrupt_image": 2}
+    assert loader.skipped() == Counter(corrupt_image=2)
+    loader.set_epoch(1)  # a new epoch starts counting afresh
+    assert loader.skipped() == Counter()

@@ -3,7 +3,6 @@ import torch
 
 from xray_hf import XrayVisualConfig, XrayVisualForPreTraining
 from xray_hf.trainers import MAETrainer, MAETrainingArguments
-from xray_hf.trainers.base import ResumableLoader
 
 
 class ListLoader:
@@ -29,23 +28,6 @@ class ListLoader:
 
     def load_state_dict(self, state):
         self.position = state["position"]
-
-
-def test_resumable_loader_keeps_the_restored_position_through_set_epoch():
-    inner = ListLoader(list(range(5)))
-    loader = ResumableLoader(inner)
-    loader.set_epoch(0)
-    iterator = iter(loader)
-    assert [next(iterator), next(iterator)] == [0, 1]
-    state = loader.state_dict()
-    resumed = ResumableLoader(ListLoader(list(range(5))))
-    resumed.load_state_dict(state)
-    resumed.set_epoch(0)  # the Trainer's call at the start of the resumed epoch: no rewind
-    assert list(resumed) == [2, 3, 4]
-    resumed.set_epoch(1)  # the next epoch starts from the beginning
-    assert list(resumed) == [0, 1, 2, 3, 4] and resumed.loader.epochs == [1]
-    with pytest.raises(TypeError, match="state_dict"):
-        ResumableLoader([1, 2, 3])
 
 
 def test_resume_without_data_state_is_refused(tmp_path):

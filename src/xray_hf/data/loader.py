@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as F
 
-from .sources import DecodedStream, check_num_shards
+from .sources import MAX_WORKERS, DecodedStream, check_num_shards
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +86,6 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
-def _dataset_states(state: Any) -> list[dict]:
-    """Every `DecodedStream` state inside a StatefulDataLoader state (main process or per worker)."""
-    found = []
-    if isinstance(state, dict):
-        for key, value in state.items():
-            if key == "dataset_state" and isinstance(value, dict) and "skipped" in value:
-                found.append(value)
-            else:
-                found += _dataset_states(value)
-    return found
-
-
 def _sync_device() -> torch.device:
     config = str(dist.get_backend_config())
     if "cpu" in config or config in ("gloo", "mpi"):
@@ -143,6 +131,8 @@ class StreamingDataLoader:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if steps_per_epoch is not None and steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1 or None, got {steps_per_epoch}")
+        if num_workers > MAX_WORKERS:
+            raise ValueError(f"num_workers must be <= {MAX_WORKERS} per rank, got {num_workers}")
         check_num_shards(stream.source, stream.world_size, num_workers, stream.allow_example_split, where="loader")
         self.stream = stream
         self.batch_size = batch_size
@@ -197,12 +187,9 @@ class StreamingDataLoader:
         return bool(flag.item())
 
     def skipped(self) -> Counter:
-        """Samples skipped so far this epoch on this rank, by reason (summed over workers)."""
-        total: Counter = Counter()
-        for state in _dataset_states(self._loader.state_dict()):
-            if state.get("epoch") == self.epoch:
-                total.update(state["skipped"])
-        return total
+        """Samples skipped so far this epoch on this rank, by reason (summed over workers, including skips after
+        a worker's last batch)."""
+        return self.stream.skipped()
 
     def __iter__(self) -> Iterator[Any]:
         iterator = iter(self._loader)

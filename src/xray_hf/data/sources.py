@@ -34,13 +34,16 @@ import pyarrow as pa
 import torch
 from datasets.distributed import split_dataset_by_node
 
-from .decoding import SampleDecodeError
+from .decoding import SKIP_REASONS, SampleDecodeError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+MAX_WORKERS = 256  # DataLoader workers per rank (rows of the shared skip tally)
 
 
 class ShardCountError(ValueError):
@@ -335,6 +338,9 @@ class DecodedStream(torch.utils.data.IterableDataset):
         self.source = source
         # shared with DataLoader workers (also persistent ones), like `datasets` does for its epoch
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # skip counts per worker, written by the worker itself: a worker's state reaches the main process only with
+        # a batch, so skips after its last batch would otherwise be lost. Row: [epoch + 1 (0: empty), counts...]
+        self._skip_tally = torch.zeros(MAX_WORKERS, 1 + len(SKIP_REASONS), dtype=torch.int64).share_memory_()
         self._resume: dict | None = None
         self._state: dict | None = None
 
@@ -349,6 +355,17 @@ class DecodedStream(torch.utils.data.IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Start `epoch` (new shard order and shuffle); call before iterating, on every rank."""
         self._epoch.fill_(int(epoch))
+        self._skip_tally.zero_()
+
+    def skipped(self, epoch: int | None = None) -> Counter:
+        """Samples skipped in `epoch` (default: the current one) by this rank's workers so far, by reason; every
+        skip counts, also those after a worker's last batch."""
+        epoch = self.epoch if epoch is None else epoch
+        rows = self._skip_tally[self._skip_tally[:, 0] == epoch + 1, 1:].sum(dim=0).tolist()
+        return Counter({reason: count for reason, count in zip(SKIP_REASONS, rows) if count})
+
+    def _tally(self, worker_id: int, epoch: int, skipped: Counter) -> None:
+        self._skip_tally[worker_id] = torch.tensor([epoch + 1] + [skipped.get(r, 0) for r in SKIP_REASONS])
 
     def node_dataset(self, worker_id: int, num_workers: int) -> datasets.IterableDataset:
         """The part of the source read by `worker_id` of `num_workers` on this rank."""
@@ -407,6 +424,7 @@ class DecodedStream(torch.utils.data.IterableDataset):
             node.load_state_dict(source_state)
         rows = node.iter(batch_size=1)
         warned: set[str] = set(skipped)
+        self._tally(worker_id, epoch, skipped)
         while True:
             with _quiet_shuffle_buffer_resume():
                 records = [
@@ -437,6 +455,7 @@ class DecodedStream(torch.utils.data.IterableDataset):
                         sample = self.decoder(records[order[position]], np.random.default_rng(sample_seed))
                 except SampleDecodeError as error:
                     skipped[error.reason] += 1
+                    self._tally(worker_id, epoch, skipped)
                     if error.reason not in warned:
                         warned.add(error.reason)
                         logger.warning("skipping a sample (stream %d): %s", stream_id, error)

@@ -1,25 +1,29 @@
 """What every xray_hf stage trainer shares: optimizer choice (Lion / AdamW, layer-wise decay) and resumable
 streaming input (a `MultimodalLoader` or `StreamingDataLoader` whose position is saved with each checkpoint).
 
-`transformers.Trainer` resumes a map-style dataset by replaying the sampler and skipping batches. A streaming
-loader cannot be replayed cheaply, so `XrayTrainer` saves its `state_dict()` (one file per rank) in every
-checkpoint and restores it on resume; the loader then continues with the batch that followed the checkpoint.
+The Trainer sees the stream as one endless iterator without `len()` (see `trainers/resume.py`): it counts
+optimizer steps only, `max_steps` is always reached, and each checkpoint holds every rank's data position as
+JSON, restored on resume so the loader continues with the batch that followed the checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .optim import OPTIMIZERS, build_optimizer, param_groups
+from .resume import DATA_STATE_NAME, ResumableLoader, load_data_state, save_data_state
 
-DATA_STATE_NAME = "data_state-rank{rank}.pt"
+
+logger = logging.getLogger(__name__)
 
 
 def _multi_process_without_accelerator() -> bool:
@@ -53,52 +57,6 @@ class XrayTrainingArguments(TrainingArguments):
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
-class ResumableLoader:
-    """Wrap a stateful loader for the Trainer: keeps a restored position through the Trainer's `set_epoch` call
-    at the start of the resumed epoch (which would otherwise rewind the epoch)."""
-
-    def __init__(self, loader: Any):
-        for method in ("state_dict", "load_state_dict", "__iter__", "__len__"):
-            if not hasattr(loader, method):
-                raise TypeError(f"train_loader must have {method}() (a StreamingDataLoader or MultimodalLoader)")
-        self.loader = loader
-        self.epoch: int | None = None
-        self._resumed_epoch: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        return iter(self.loader)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch == self._resumed_epoch:
-            self._resumed_epoch = None
-            return
-        self._resumed_epoch = None
-        self.epoch = epoch
-        if hasattr(self.loader, "set_epoch"):
-            self.loader.set_epoch(epoch)
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "loader": self.loader.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state["loader"])
-        self.epoch = self._resumed_epoch = state["epoch"]
-
-
-class _SaveDataState(TrainerCallback):
-    def __init__(self, loader: ResumableLoader):
-        self.loader = loader
-
-    def on_save(self, args, state, control, **kwargs):
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        torch.save(self.loader.state_dict(), os.path.join(folder, DATA_STATE_NAME.format(rank=args.process_index)))
-        return control
-
-
 class XrayTrainer(Trainer):
     """`Trainer` with the recipe's optimizers and resumable streaming input.
 
@@ -120,7 +78,19 @@ class XrayTrainer(Trainer):
         self.train_loader = ResumableLoader(train_loader) if train_loader is not None else None
         if self.train_loader is not None:
             self.args.ignore_data_skip = True  # the loader's own state positions the data
-            self.add_callback(_SaveDataState(self.train_loader))
+            if self.args.max_steps <= 0:
+                self.args.max_steps = self._steps_from_epochs()
+
+    def _steps_from_epochs(self) -> int:
+        """`max_steps` for a run given in epochs: the stream has no exact length, so the loader's estimate of
+        batches per epoch sets the number of optimizer steps, which is then always reached."""
+        estimate = self.train_loader.estimated_len()
+        if estimate is None:
+            raise ValueError("a streaming train_loader without a length estimate needs max_steps > 0")
+        steps = math.ceil(self.args.num_train_epochs * estimate / self.args.gradient_accumulation_steps)
+        logger.info("num_train_epochs=%s with about %d batches per epoch: training for %d optimizer steps",
+                    self.args.num_train_epochs, estimate, steps)
+        return max(1, steps)
 
     # ------------------------------------------------------------------ data
     def get_train_dataloader(self):
@@ -134,14 +104,23 @@ class XrayTrainer(Trainer):
             if resume_from_checkpoint is None:
                 raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r}")
         if resume_from_checkpoint and self.train_loader is not None:
-            path = os.path.join(resume_from_checkpoint, DATA_STATE_NAME.format(rank=self.args.process_index))
-            if not os.path.isfile(path):
-                raise ValueError(
-                    f"{resume_from_checkpoint} has no {os.path.basename(path)}: it was not written by a run with a "
-                    "train_loader on this rank, so the data position cannot be restored"
-                )
-            self.train_loader.load_state_dict(torch.load(path, weights_only=False))
+            self.train_loader.load_state_dict(load_data_state(resume_from_checkpoint, self.args.process_index))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.train_loader is not None:  # every rank writes its own position
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            save_data_state(self.train_loader.state_dict(), folder, self.args.process_index)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.train_loader is not None and "epoch" in logs:
+            # the Trainer's epoch is a fraction of max_steps here; report the stream's own epoch instead
+            estimate = self.train_loader.estimated_len()
+            done = self.train_loader.batches_in_epoch
+            fraction = min(done / estimate, 0.999) if estimate else 0.0
+            logs["epoch"] = round(self.train_loader.epoch + fraction, 4)
+        super().log(logs, start_time)
 
     # ------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
