@@ -50,6 +50,16 @@ def test_random_masking_keeps_lowest_noise():
         random_masking(2, 5, 0.5, noise=noise)
 
 
+@pytest.mark.parametrize(
+    "num_patches, mask_ratio, visible",
+    [(800, 0.9, 80), (1000, 0.9, 100), (1568, 0.9, 156), (196, 0.75, 49), (10, 0.75, 2), (100, 0.7, 30), (3, 0.9, 1)],
+)
+def test_visible_count_is_the_floor_of_the_exact_product(num_patches, mask_ratio, visible):
+    # MAE keeps floor(N * (1 - r)) patches; float error must not cost one (800 * (1 - 0.9) = 79.999...)
+    ids_keep, mask, _ = random_masking(1, num_patches, mask_ratio)
+    assert ids_keep.shape == (1, visible) and int(mask.sum()) == num_patches - visible
+
+
 def test_image_and_video_outputs(model):
     out = model(torch.randn(2, 3, 32, 32))
     assert out.logits.shape == (2, 16, 8 * 8 * 3) and out.logits.dtype == torch.float32

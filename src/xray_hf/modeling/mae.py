@@ -14,6 +14,7 @@ patch kernel, so its prediction is the head averaged over time: `patch_size**2 *
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +71,10 @@ def random_masking(
 
     Returns `ids_keep (B, K)` (visible patches, in noise order), `mask (B, N)` (1 = masked) and
     `ids_restore (B, N)`. `noise (B, N)` fixes the mask: the `K` patches with the lowest noise stay visible.
+    `K = floor(N * (1 - mask_ratio))` as in MAE (at least 1), with float error rounded away first
+    (800 * (1 - 0.9) is 79.999... in floats; K is 80).
     """
-    num_keep = max(1, int(num_patches * (1.0 - mask_ratio)))
+    num_keep = max(1, math.floor(round(num_patches * (1.0 - mask_ratio), 6)))
     if noise is None:
         noise = torch.rand(batch_size, num_patches, device=device)
     elif noise.shape != (batch_size, num_patches):
