@@ -129,10 +129,19 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.llm.set_input_embeddings(value)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Non-reentrant checkpointing unless asked otherwise (reentrant loses gradients of frozen inputs)."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # Non-reentrant checkpointing unless asked otherwise, also when the caller passes other checkpoint options
+    # (DESIGN: frozen LLM + trainable adapters, FSDP). `every_n_layers` and `offload` (the Trainer's) pass through.
+    if hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers' current name (the Trainer's)
+
+        def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs):
+            checkpoint_kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+            super().activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
+
+    else:  # older transformers 5 releases
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs):
+            checkpoint_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+            super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
 
     # whether forward runs `lm_head` (the MNTP model); the text tower only carries it, frozen
     _uses_lm_head = False
