@@ -213,16 +213,29 @@ def test_evit_keeps_highest_attention_tokens_and_fuses_the_rest():
     assert sizes[0, :, 0].tolist() == [1, 1, 3, 4, 1]  # kept tokens keep their sizes, the fused one is new: 1
 
 
-def test_evit_never_prunes_cls_or_registers():
-    x = torch.randn(2, 3, 32, 32)
-    evit = build(seed=6, evit_layers=[0], keep_rate=0.25)(x, output_hidden_states=True).hidden_states[1]
-    dense = build(seed=6)(x, output_hidden_states=True).hidden_states[1]
-    assert evit.shape[1] == 3 + 4 + 1
+def test_evit_keeps_the_top_k_by_cls_attention_at_its_layer_and_never_prunes_the_prefix():
+    evit_model = trained_looking(seed=6, evit_layers=[1], keep_rate=0.25)
+    dense_model = trained_looking(seed=6)
+    x = torch.randn(2, 4, 3, 32, 32)
+    evit = evit_model(x, output_hidden_states=True).hidden_states[2]
+    dense_states = dense_model(x, output_hidden_states=True).hidden_states
+    before, dense = dense_states[1], dense_states[2]  # input and output of layer 1 in the dense model
+    assert evit.shape[1] == 3 + 8 + 1
     # CLS and registers come through the EViT layer exactly as through the dense one
-    assert torch.allclose(evit[:, :3], dense[:, :3], atol=1e-6)
-    # and every kept patch token is one of the dense layer's patch tokens
-    distance = torch.cdist(evit[:, 3:7], dense[:, 3:])
-    assert distance.min(dim=-1).values.max() < 1e-5
+    assert torch.allclose(evit[:, :3], dense[:, :3], atol=1e-5)
+    # the kept tokens are the dense layer's patch tokens with the 8 highest CLS attentions, highest first
+    layer = dense_model.encoder.layer[1]
+    attn_out, cls_attention, _ = layer.attention(layer.norm1(before), return_cls_attention=True)
+    cls_attention = cls_attention[:, 3:]
+    top = cls_attention.argsort(dim=1, descending=True)
+    kept, fused = top[:, :8], top[:, 8:]
+    assert torch.allclose(evit[:, 3:11], dense[:, 3:].gather(1, kept[..., None].expand(-1, -1, 64)), atol=1e-5)
+    # the fused token is the attention-weighted sum of the others (after attention), then the MLP
+    mid = (before + attn_out)[:, 3:]
+    weights = cls_attention.gather(1, fused)[..., None]
+    fused_token = (mid.gather(1, fused[..., None].expand(-1, -1, 64)) * weights).sum(1)
+    fused_token = fused_token + layer.mlp(layer.norm2(fused_token))
+    assert torch.allclose(evit[:, 11], fused_token, atol=1e-4)
 
 
 # --- ToMe ----------------------------------------------------------------------------------------
@@ -302,6 +315,35 @@ def test_mean_and_attention_pooling():
     attention_model = build(pooling="attention")
     assert attention_model(x).pooler_output.shape == (2, 64)
     assert "attention_pooling.query" in dict(attention_model.named_parameters())
+
+
+def reference_attention_pooling(pool, tokens: torch.Tensor, sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """One learned query, head by head: softmax(k . q / sqrt(d) + log size) over the tokens, then the projection."""
+    width = tokens.shape[-1]
+    head_dim = width // pool.num_heads
+    key, value = pool.kv(tokens).split(width, dim=-1)
+    heads = []
+    for h in range(pool.num_heads):
+        part = slice(h * head_dim, (h + 1) * head_dim)
+        logits = key[..., part] @ pool.query[0, 0, part] / head_dim**0.5  # (B, N)
+        if sizes is not None:
+            logits = logits + sizes.log()
+        heads.append((logits.softmax(dim=-1)[..., None] * value[..., part]).sum(dim=1))
+    return pool.proj(torch.cat(heads, dim=-1))
+
+
+@pytest.mark.parametrize("tome_r", [0, 3])
+def test_attention_pooling_equals_a_written_out_reference(tome_r):
+    model = trained_looking(seed=8, pooling="attention", tome_r=tome_r)
+    out = model(torch.randn(2, 4, 3, 32, 32))
+    tokens = out.last_hidden_state  # CLS and patch tokens after the final norm; registers are not pooled
+    sizes = None if tome_r == 0 else torch.cat([torch.ones(2, 1), out.token_sizes], dim=1)
+    if tome_r:
+        assert out.token_sizes.max() > 1
+    expected = reference_attention_pooling(model.attention_pooling, tokens, sizes)
+    assert torch.allclose(out.pooler_output, expected, atol=1e-5)
+    uniform = model.attention_pooling.proj(model.attention_pooling.kv(tokens)[..., 64:].mean(1))
+    assert not torch.allclose(out.pooler_output, uniform, atol=1e-2)  # the query's weights matter here
 
 
 def test_mean_pooling_is_size_weighted_under_tome():
