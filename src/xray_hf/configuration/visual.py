@@ -55,8 +55,8 @@ def _is_number(value: Any) -> bool:
 class XrayConfigMixin:
     """Runs `normalize_xray` and `validate_xray` after `from_dict` / `from_pretrained` overrides (transformers
     sets those with `setattr` after `__init__`), and `validate_xray` in `save_pretrained` (catching attributes
-    changed after construction). Subclasses call both at the end of `__init__` and list this mixin before
-    `PreTrainedConfig` in their bases."""
+    changed after construction). Subclasses call them at the end of their `__init__` and list this mixin
+    before `PreTrainedConfig` in their bases."""
 
     def normalize_xray(self) -> None:
         """Bring settings to their canonical form; the default does nothing."""
