@@ -24,5 +24,10 @@ from .modeling.text import XrayTextModel
 from .modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
 from .modeling.mae import XrayVisualForPreTraining
 
+# -- stage 3: CLIP --
+from .configuration.clip import XrayCLIPConfig
+from .modeling.clip import XrayCLIPModel
+from .processing.clip import XrayCLIPProcessor
+
 # -- registrations (one block per module) --
 from . import registration as _registration  # noqa: E402,F401

@@ -41,3 +41,19 @@ from .modeling.mae import XrayVisualForPreTraining  # noqa: E402
 
 AutoModelForPreTraining.register(XrayVisualConfig, XrayVisualForPreTraining, exist_ok=True)
 AutoModelForImageClassification.register(XrayVisualConfig, XrayVisualForHashtagClassification, exist_ok=True)
+
+# -- stage 3: CLIP --
+from transformers import AutoModelForZeroShotImageClassification, AutoProcessor  # noqa: E402
+
+from .configuration.clip import XrayCLIPConfig  # noqa: E402
+from .modeling.clip import XrayCLIPModel  # noqa: E402
+from .processing.clip import XrayCLIPProcessor  # noqa: E402
+
+AutoConfig.register(XrayCLIPConfig.model_type, XrayCLIPConfig, exist_ok=True)
+AutoModel.register(XrayCLIPConfig, XrayCLIPModel, exist_ok=True)
+AutoModelForZeroShotImageClassification.register(XrayCLIPConfig, XrayCLIPModel, exist_ok=True)
+AutoProcessor.register(XrayCLIPConfig, XrayCLIPProcessor, exist_ok=True)
+AutoImageProcessor.register(
+    XrayCLIPConfig, image_processor_classes={"torchvision": XrayVisualImageProcessor}, exist_ok=True
+)
+AutoVideoProcessor.register(XrayCLIPConfig, XrayVisualVideoProcessor, exist_ok=True)

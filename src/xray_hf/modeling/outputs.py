@@ -86,3 +86,61 @@ class XrayVisualHashtagOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class XrayCLIPOutput(ModelOutput):
+    """
+    Output of [`XrayCLIPModel`] (paper 4.2.3): transformers' `CLIPOutput` fields, the scale, and every loss term and
+    feature the stage-3 losses take (named after the losses' arguments).
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the loss terms below, with `return_loss=True` (local batch, fp32).
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch, text_batch)`):
+            Scaled cosine similarities, fp32.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch, image_batch)`):
+            The transpose of `logits_per_image`.
+        text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
+            Normalised projected text embeddings, fp32.
+        image_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
+            Normalised projected image (or video) embeddings, fp32.
+        text_model_output, vision_model_output:
+            The towers' outputs.
+        logit_scale (`torch.FloatTensor` of shape `()`):
+            The exponentiated logit scale (a temperature's inverse).
+        contrastive_loss, hashtag_loss, slip_loss, denoise_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            The weighted terms (they sum to `loss`): caption contrastive, hashtag-caption contrastive (siamese),
+            SLIP and denoising.
+        hashtag_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`, *optional*):
+            Normalised embeddings of the hashtag texts; `hashtag_mask` marks the items that have hashtags.
+        slip_embeds_1, slip_embeds_2 (`torch.FloatTensor` of shape `(batch, slip_projection_dim)`, *optional*):
+            SLIP head outputs of the two SimCLR views.
+        denoised_embeds, denoise_target (`torch.FloatTensor` of shape `(batch, hidden_size)`, *optional*):
+            The denoiser's reconstruction and the clean backbone embedding it reconstructs.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_model_output: ModelOutput | None = None
+    vision_model_output: ModelOutput | None = None
+    logit_scale: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    hashtag_loss: torch.FloatTensor | None = None
+    slip_loss: torch.FloatTensor | None = None
+    denoise_loss: torch.FloatTensor | None = None
+    hashtag_embeds: torch.FloatTensor | None = None
+    hashtag_mask: torch.Tensor | None = None
+    slip_embeds_1: torch.FloatTensor | None = None
+    slip_embeds_2: torch.FloatTensor | None = None
+    denoised_embeds: torch.FloatTensor | None = None
+    denoise_target: torch.FloatTensor | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(
+            v.to_tuple() if k in ("text_model_output", "vision_model_output") and v is not None else v
+            for k, v in self.items()
+        )
