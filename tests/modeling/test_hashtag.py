@@ -124,3 +124,18 @@ def test_stage_handoff_from_mae_keeps_every_encoder_weight_and_drops_the_decoder
         tmp_path / "backbone", output_loading_info=True, **vocab.config_kwargs()
     )
     assert info["missing_keys"] == {"classifier.weight", "classifier.bias"}
+
+
+def test_frozen_backbone_stays_in_eval_mode_through_train(vocab):
+    torch.manual_seed(0)
+    model = XrayVisualForHashtagClassification(tiny(drop_path_rate=0.5, **vocab.config_kwargs()))
+    images = torch.randn(2, 3, 32, 32)
+    assert not torch.equal(model.train()(images).logits, model(images).logits)  # DropPath draws differ
+    model.freeze_backbone()
+    assert model.training and model.classifier.training and not model.xray_visual.training
+    model.eval().train()  # as the Trainer does between evaluation and training steps
+    assert model.classifier.training and not model.xray_visual.training
+    assert not any(p.requires_grad for p in model.xray_visual.parameters()) and model.classifier.weight.requires_grad
+    assert torch.equal(model(images).logits, model(images).logits)
+    model.freeze_backbone(False)
+    assert model.xray_visual.training and all(p.requires_grad for p in model.parameters())

@@ -101,3 +101,34 @@ def test_freeze_backbone_is_a_linear_probe(tmp_path):
     trainer.create_optimizer()
     trained = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
     assert trained == {id(trainer.model.classifier.weight), id(trainer.model.classifier.bias)}
+
+
+def test_probe_trains_the_head_on_an_eval_mode_backbone(tmp_path):
+    """A linear probe must read the backbone as at inference: the Trainer calls `model.train()` every step, and
+    DropPath (drop_path_rate > 0) must stay off in the frozen backbone; only the head may change."""
+    torch.manual_seed(0)
+    config = XrayVisualConfig.from_preset("tiny", num_labels=3, drop_path_rate=0.5)
+    model = XrayVisualForHashtagClassification(config)
+    images, labels = torch.randn(4, 3, 32, 32), torch.eye(3)[[0, 1, 2, 0]]
+    args = HashtagTrainingArguments(
+        output_dir=str(tmp_path), freeze_backbone=True, report_to=[], max_steps=3, per_device_train_batch_size=4,
+        learning_rate=1e-2, optimizer="adamw", save_strategy="no", disable_tqdm=True, seed=0, dataloader_pin_memory=False,
+    )
+    trainer = HashtagTrainer(
+        model=model, args=args, train_dataset=[{"pixel_values": x, "labels": y} for x, y in zip(images, labels)]
+    )
+    seen = []
+    hook = model.xray_visual.register_forward_hook(
+        lambda module, inputs, out: seen.append((module.training, inputs[0].clone(), out.pooler_output.detach()))
+    )
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer.train()
+    hook.remove()
+    assert len(seen) == 3 and model.training and model.classifier.training  # the head itself is in train mode
+    with torch.no_grad():
+        for training, pixel_values, pooled in seen:
+            assert not training  # the backbone ran in eval mode during each training step
+            # DropPath off: the same images give the inference embedding at every step
+            assert torch.allclose(pooled, model.xray_visual.eval()(pixel_values).pooler_output, atol=1e-6)
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed == {"classifier.weight", "classifier.bias"}

@@ -16,14 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..configuration.visual import XrayVisualConfig
+from ..losses import HASHTAG_LOSSES, hashtag_loss
+from .classification import BackboneProbeMixin
 from .outputs import XrayVisualHashtagOutput
 from .visual import XrayVisualModel, XrayVisualPreTrainedModel
-
-HASHTAG_LOSSES = ("softmax", "bce")
 
 
 def normalize_hashtag(tag: str) -> str:
@@ -127,39 +126,10 @@ class HashtagVocabulary:
         return cls(data["labels"], data.get("counts"))
 
 
-def hashtag_loss(
-    logits: torch.Tensor, labels: torch.Tensor, loss_type: str = "softmax", label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Multi-label hashtag loss in fp32.
-
-    `"softmax"` (Mahajan et al. 2018): cross-entropy between softmax(logits) and the multi-hot target scaled to
-    sum to one; samples without any label do not count. `"bce"`: per-label binary cross-entropy, averaged.
-    `label_smoothing` mixes the target with the uniform distribution (softmax) or pulls 0/1 towards eps/2 (BCE).
-    """
-    if loss_type not in HASHTAG_LOSSES:
-        raise ValueError(f"loss_type must be one of {HASHTAG_LOSSES}, got {loss_type!r}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    if labels.shape != logits.shape:
-        raise ValueError(
-            f"labels must be multi-hot of shape {tuple(logits.shape)} (batch, num_labels), got {tuple(labels.shape)}"
-        )
-    logits, labels = logits.float(), labels.float()
-    if loss_type == "bce":
-        target = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
-        return F.binary_cross_entropy_with_logits(logits, target)
-    counts = labels.sum(dim=-1, keepdim=True)
-    has_label = (counts[:, 0] > 0).float()
-    target = labels / counts.clamp_min(1.0)
-    if label_smoothing:
-        target = target * (1.0 - label_smoothing) + label_smoothing / labels.shape[-1]
-    per_sample = -(target * logits.log_softmax(dim=-1)).sum(dim=-1)
-    return (per_sample * has_label).sum() / has_label.sum().clamp_min(1.0)
-
-
-class XrayVisualForHashtagClassification(XrayVisualPreTrainedModel):
+class XrayVisualForHashtagClassification(BackboneProbeMixin, XrayVisualPreTrainedModel):
     """XrayVisual backbone with a linear head over the hashtag vocabulary (`config.id2label`), for images and
-    videos. `from_pretrained(mae_checkpoint, **vocabulary.config_kwargs())` starts from the MAE encoder."""
+    videos. `from_pretrained(mae_checkpoint, **vocabulary.config_kwargs())` starts from the MAE encoder;
+    `freeze_backbone()` makes it a linear probe (the backbone then stays in eval mode)."""
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
 

@@ -28,7 +28,7 @@ class HashtagTrainingArguments(XrayTrainingArguments):
         default="softmax", metadata={"help": "'softmax' over the normalised multi-hot target (Mahajan et al.) or 'bce'"}
     )
     freeze_backbone: bool = field(
-        default=False, metadata={"help": "train the hashtag head only (a linear probe of the backbone)"}
+        default=False, metadata={"help": "train the hashtag head only on an eval-mode backbone (a linear probe)"}
     )
 
     def __post_init__(self) -> None:
@@ -93,15 +93,17 @@ def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> 
 
 class HashtagTrainer(XrayTrainer):
     """`Trainer` for [`XrayVisualForHashtagClassification`] with the loss chosen by `args.hashtag_loss`; with
-    `args.freeze_backbone` only the head trains (a linear probe)."""
+    `args.freeze_backbone` only the head trains (a linear probe) and the backbone stays in eval mode."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if getattr(self.args, "freeze_backbone", False):
-            backbone = getattr(self.model, "xray_visual", None)
-            if backbone is None:
-                raise ValueError("freeze_backbone needs a model with an `xray_visual` backbone")
-            backbone.requires_grad_(False)
+            if not callable(getattr(self.model, "freeze_backbone", None)):
+                raise ValueError(
+                    f"freeze_backbone needs a head model with a freeze_backbone() method (one that keeps the frozen "
+                    f"backbone in eval mode), got {type(self.model).__name__}"
+                )
+            self.model.freeze_backbone()
 
     def compute_loss(
         self,
