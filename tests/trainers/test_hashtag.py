@@ -112,7 +112,8 @@ def test_probe_trains_the_head_on_an_eval_mode_backbone(tmp_path):
     images, labels = torch.randn(4, 3, 32, 32), torch.eye(3)[[0, 1, 2, 0]]
     args = HashtagTrainingArguments(
         output_dir=str(tmp_path), freeze_backbone=True, report_to=[], max_steps=3, per_device_train_batch_size=4,
-        learning_rate=1e-2, optimizer="adamw", save_strategy="no", disable_tqdm=True, seed=0, dataloader_pin_memory=False,
+        learning_rate=1e-2, optimizer="adamw", save_strategy="no", disable_tqdm=True, seed=0,
+        dataloader_pin_memory=False,
     )
     trainer = HashtagTrainer(
         model=model, args=args, train_dataset=[{"pixel_values": x, "labels": y} for x, y in zip(images, labels)]
