@@ -74,6 +74,57 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--resume", default=None, help="checkpoint directory to resume from, or 'last'")
         t.set_defaults(func=_train)
 
+    # -- eval: zero-shot, retrieval, linear probe or kNN of a checkpoint; CLIP_benchmark-shaped JSON + plots --
+    def _eval(args: argparse.Namespace) -> int:
+        from .eval.data import parse_classnames
+        from .eval.run import run_eval
+
+        result = run_eval(
+            args.model, args.task, args.dataset, args.split, args.output,
+            templates=args.templates, classnames=parse_classnames(args.classnames), label_column=args.label_column,
+            caption_column=args.caption_column, media_column=args.media_column, max_samples=args.max_samples,
+            train_dataset=args.train_dataset, train_split=args.train_split, val_split=args.val_split,
+            max_train_samples=args.max_train_samples, feature=args.feature, num_frames=args.num_frames,
+            stride=args.stride, video_mode=args.video_mode, batch_size=args.batch_size, num_workers=args.num_workers,
+            device=args.device, plots=not args.no_plots, seed=args.seed,
+        )
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
+        print(f"{result['task']} on {result['dataset']}/{args.split}: {metrics}")
+        if args.output is not None:
+            print(f"results written to {args.output}")
+        return 0
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, retrieval, linear probe or kNN")
+    p.add_argument("--model", required=True, help="checkpoint directory (model, tokenizer, image/video processor)")
+    p.add_argument("--task", required=True, choices=("zero-shot", "retrieval", "linear-probe", "knn"))
+    p.add_argument("--dataset", required=True, help="embedded set name (mnist, openmoji, moving-shapes, ...) or a "
+                   "local folder / Parquet / WebDataset source")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--output", default=None, help="result JSON (CLIP_benchmark's shape); plots are written beside it")
+    p.add_argument("--max-samples", type=int, default=None, help="evaluate at most this many samples")
+    p.add_argument("--templates", nargs="+", default=None,
+                   help="zero-shot prompt templates with '{}', or a set name: photo, video, name")
+    p.add_argument("--classnames", default=None, help="class names: comma-separated, or a file with one per line")
+    p.add_argument("--label-column", default=None, help="label column (default: label or cls)")
+    p.add_argument("--caption-column", default=None, help="caption column (default: caption, captions, txt or text)")
+    p.add_argument("--media-column", default=None, help="image/video column when there are several")
+    p.add_argument("--train-dataset", default=None, help="linear probe / kNN training data (default: --dataset)")
+    p.add_argument("--train-split", default="train", help="linear probe / kNN training split (default: train)")
+    p.add_argument("--val-split", default="validation", help="split choosing the probe's C (default: validation)")
+    p.add_argument("--max-train-samples", type=int, default=None, help="use at most this many training samples")
+    p.add_argument("--feature", default="pooled", choices=("pooled", "embedding"),
+                   help="linear probe / kNN feature: backbone pooled output (default) or projected embedding")
+    p.add_argument("--num-frames", type=int, default=None, help="frames per video clip (default: the processor's)")
+    p.add_argument("--stride", type=int, default=2, help="frame stride of video clips (default: 2)")
+    p.add_argument("--video-mode", default="native", choices=("native", "frame-mean"),
+                   help="embed clips natively, or as the mean of per-frame image embeddings (image-only models)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default=None, help="torch device (default: where the model loads)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plots", action="store_true", help="write only the JSON")
+    p.set_defaults(func=_eval)
+
     return parser
 
 

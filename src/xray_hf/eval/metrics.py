@@ -180,7 +180,8 @@ def _check_retrieval_inputs(
     text_to_image = text_to_image.long()
     num_items = image_embeds.shape[0]
     if text_to_image.min() < 0 or text_to_image.max() >= num_items:
-        raise ValueError(f"text_to_image must lie in [0, {num_items}), got {text_to_image.min()}..{text_to_image.max()}")
+        low, high = text_to_image.min().item(), text_to_image.max().item()
+        raise ValueError(f"text_to_image must lie in [0, {num_items}), got {low}..{high}")
     without = num_items - text_to_image.unique().numel()
     if without:
         raise ValueError(f"{without} of {num_items} items have no caption; drop them before scoring retrieval")

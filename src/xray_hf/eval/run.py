@@ -1,0 +1,213 @@
+"""`run_eval`: one evaluation task on one dataset, for a checkpoint directory or a loaded model; what
+`xray-hf eval` runs. Writes CLIP_benchmark-shaped JSON and, next to it, the task's plots.
+
+A checkpoint directory is loaded with `AutoModel`, `AutoTokenizer`, `AutoImageProcessor` and (for videos)
+`AutoVideoProcessor`, so any CLIP-shaped checkpoint with its processor files works: `XrayCLIPModel` runs, or
+transformers' `CLIPModel`. Samples are preprocessed by the checkpoint's own processors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import EvalSet, ProcessorTransform, decoded, load_eval_set
+from .features import TextEncoder
+from .linear_probe import extract_features, knn_eval, linear_probe_eval
+from .metrics import recall_curve, retrieval_metrics, top_k_indices
+from .plots import plot_confusion_matrix, plot_recall_curve, plot_retrieval_grid
+from .results import TASKS, make_result, write_result
+from .retrieval import embed_retrieval_set
+from .zero_shot import resolve_templates, zero_shot_eval
+
+DEFAULT_NUM_FRAMES = 8
+GRID_TOP_K = 5
+
+
+def load_checkpoint(model_dir: str | os.PathLike, need_text: bool = True, video: bool = False) -> dict[str, Any]:
+    """Model and processor pieces of a checkpoint directory: `model`, `tokenizer`, `image_processor`,
+    `video_processor` (None where the directory has none; a missing tokenizer is an error when `need_text`)."""
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+
+    path = os.fspath(model_dir)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory {path!r} does not exist")
+    pieces: dict[str, Any] = {"model": AutoModel.from_pretrained(path), "tokenizer": None,
+                              "image_processor": None, "video_processor": None}
+    if need_text:
+        try:
+            pieces["tokenizer"] = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path!r} has no loadable tokenizer, which text-side tasks need ({error})") from error
+    try:
+        pieces["image_processor"] = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError):
+        pieces["image_processor"] = None
+    if video:
+        try:
+            from transformers import AutoVideoProcessor
+
+            pieces["video_processor"] = AutoVideoProcessor.from_pretrained(path)
+        except (OSError, ValueError, ImportError):
+            pieces["video_processor"] = None
+    if pieces["image_processor"] is None and pieces["video_processor"] is None:
+        raise ValueError(f"{path!r} has no image or video processor; save one beside the model")
+    return pieces
+
+
+def _stem(output: str | None) -> str | None:
+    return None if output is None else os.path.splitext(os.fspath(output))[0]
+
+
+def _grid(eval_set: EvalSet, embeds: Any, path: str, num_queries: int) -> str:
+    """Retrieval grid of `num_queries` captions spread evenly over the set, each with its top-5 items."""
+    count = len(embeds.texts)
+    picks = torch.linspace(0, count - 1, min(num_queries, count)).round().long().unique()
+    top = top_k_indices(embeds.text_embeds[picks], embeds.image_embeds, GRID_TOP_K)
+    images, hits = [], []
+    for query, row in zip(picks.tolist(), top.tolist()):
+        images.append([eval_set.display_image(embeds.item_indices[item]) for item in row])
+        hits.append([item == embeds.text_to_image[query].item() for item in row])
+    return plot_retrieval_grid([embeds.texts[q] for q in picks.tolist()], images, hits, path)
+
+
+def run_eval(
+    model: str | os.PathLike | nn.Module,
+    task: str,
+    dataset: str,
+    split: str = "test",
+    output: str | os.PathLike | None = None,
+    *,
+    tokenizer: Any = None,
+    image_processor: Any = None,
+    video_processor: Any = None,
+    encode_text: TextEncoder | None = None,
+    model_name: str | None = None,
+    templates: str | Sequence[str] | None = None,
+    classnames: Sequence[str] | None = None,
+    label_column: str | None = None,
+    caption_column: str | None = None,
+    media_column: str | None = None,
+    max_samples: int | None = None,
+    train_dataset: str | None = None,
+    train_split: str = "train",
+    val_split: str | None = "validation",
+    max_train_samples: int | None = None,
+    feature: str = "pooled",
+    num_frames: int | None = None,
+    stride: int = 2,
+    video_mode: str = "native",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | None = None,
+    plots: bool = True,
+    grid_queries: int = 8,
+    language: str = "en",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`) of `model` (a checkpoint directory or a
+    loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
+
+    Returns the CLIP_benchmark-shaped result; with `output`, also writes it there and, with `plots`, writes
+    `<output stem>_confusion.png` (zero-shot), `_recall_at_k.png` and `_retrieval_grid.png` (retrieval).
+    `linear-probe` trains on `train_split` of `train_dataset` (default: `dataset`), chooses C on `val_split`
+    (embedded sets; otherwise a held-out part of train) and also reports kNN. See the module docstrings of
+    `zero_shot`, `retrieval` and `linear_probe` for the definitions.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    needs_text = task in ("zero-shot", "retrieval") and encode_text is None
+    if isinstance(model, (str, os.PathLike)):
+        name = model_name or os.fspath(model)
+        probe = load_eval_set(dataset, split, max_samples=1, media_column=media_column)
+        pieces = load_checkpoint(model, need_text=needs_text and tokenizer is None, video=probe.modality == "video")
+        model = pieces["model"]
+        tokenizer = tokenizer or pieces["tokenizer"]
+        image_processor = image_processor or pieces["image_processor"]
+        video_processor = video_processor or pieces["video_processor"]
+    else:
+        name = model_name or getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+    if needs_text and tokenizer is None:
+        raise ValueError(f"task {task!r} needs a tokenizer (or encode_text=)")
+    if device is not None:
+        model = model.to(device)
+    transform = ProcessorTransform(image_processor, video_processor)
+    if num_frames is None:
+        num_frames = int(getattr(video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
+    common = dict(batch_size=batch_size, num_workers=num_workers, video_mode=video_mode)
+    columns = dict(media_column=media_column, label_column=label_column, caption_column=caption_column)
+
+    def open_set(source: str, which: str, limit: int | None, need: tuple[str, ...]) -> tuple[EvalSet, Any]:
+        eval_set = load_eval_set(source, which, max_samples=limit, classnames=classnames, need=need, **columns)
+        return eval_set, decoded(eval_set, transform, num_frames=num_frames, stride=stride, seed=seed)
+
+    stem = _stem(output) if plots else None
+    written: dict[str, str] = {}
+    extra: dict[str, Any] = {"split": split}
+    if task == "zero-shot":
+        eval_set, data = open_set(dataset, split, max_samples, ("labels", "classnames"))
+        chosen = resolve_templates(templates, eval_set.modality)
+        metrics, logits, labels = zero_shot_eval(
+            model, data, None, eval_set.classnames, chosen, tokenizer=tokenizer, encode_text=encode_text,
+            label_column=eval_set.label_column, return_logits=True, **common,
+        )
+        extra.update(templates=list(chosen), classnames=eval_set.classnames)
+        if stem is not None:
+            written["confusion_matrix"] = plot_confusion_matrix(
+                labels.tolist(), logits.argmax(1).tolist(), eval_set.classnames, f"{stem}_confusion.png"
+            )
+    elif task == "retrieval":
+        eval_set, data = open_set(dataset, split, max_samples, ("captions",))
+        embeds = embed_retrieval_set(
+            model, data, tokenizer=tokenizer, encode_text=encode_text, caption_column=eval_set.caption_column,
+            **common,
+        )
+        metrics = retrieval_metrics(embeds.image_embeds, embeds.text_embeds, embeds.text_to_image)
+        extra.update(num_items=int(embeds.image_embeds.shape[0]), num_captions=len(embeds.texts))
+        if stem is not None:
+            max_k = min(50, embeds.image_embeds.shape[0], embeds.text_embeds.shape[0])
+            curve = recall_curve(embeds.image_embeds, embeds.text_embeds, embeds.text_to_image, max_k)
+            written["recall_at_k"] = plot_recall_curve(curve, f"{stem}_recall_at_k.png")
+            written["retrieval_grid"] = _grid(eval_set, embeds, f"{stem}_retrieval_grid.png", grid_queries)
+    else:
+        if train_dataset is None and not _has_split(dataset, train_split):
+            raise ValueError(f"{dataset!r} is a single split: pass train_dataset= (the probe's training data)")
+        eval_set, test_data = open_set(dataset, split, max_samples, ("labels",))
+        source = train_dataset or dataset
+        _, train_data = open_set(source, train_split, max_train_samples, ("labels",))
+        options = dict(feature=feature, label_column=eval_set.label_column, **common)
+        x_train, y_train = extract_features(model, train_data, **options)
+        x_test, y_test = extract_features(model, test_data, **options)
+        metrics = {}
+        if task == "linear-probe":
+            x_val = y_val = None
+            if val_split is not None and _has_split(source, val_split):
+                _, val_data = open_set(source, val_split, max_train_samples, ("labels",))
+                x_val, y_val = extract_features(model, val_data, **options)
+            metrics.update(linear_probe_eval(x_train, y_train, x_test, y_test, x_val, y_val, seed=seed))
+        metrics.update(knn_eval(x_train, y_train, x_test, y_test))
+        extra.update(feature=feature, train_split=train_split, num_train=int(x_train.shape[0]))
+    extra["num_samples"] = len(eval_set.dataset)
+    if written:
+        extra["plots"] = {key: os.path.basename(path) for key, path in written.items()}
+    result = make_result(
+        eval_set.name, name, task, metrics, language=language,
+        num_frames=num_frames if eval_set.modality == "video" else None, **extra,
+    )
+    if output is not None:
+        write_result(output, result)
+    return result
+
+
+def _has_split(source: str, split: str) -> bool:
+    """Embedded sets have train/validation/test; a local source is a single split."""
+    from ..data.embedded import NAMES, SPLITS
+
+    return source in NAMES and split in SPLITS
+
+
+__all__ = ["load_checkpoint", "run_eval"]
