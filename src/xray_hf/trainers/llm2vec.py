@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,8 +211,9 @@ class SimCSECollator:
     _epoch: torch.Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        self.seed = int(self.seed)
         # shared with DataLoader workers (also persistent ones), like `DecodedStream`'s epoch
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -221,9 +223,9 @@ class SimCSECollator:
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the pairs of `epoch` from now on (in this process and in its DataLoader workers)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
-        self._epoch.fill_(epoch)
+        self._epoch.fill_(int(epoch))
 
     def _draw(self, item: Any, captions: list[str], epoch: int) -> tuple[int, int]:
         identity = json.dumps([item, list(captions)], ensure_ascii=False, default=str).encode()
