@@ -82,3 +82,15 @@ def test_cli_reports_bad_input_cleanly(tiny_clip_dir, capsys):
               "--max-samples", "4"])
     assert exit_info.value.code == 2
     assert "no label column" in capsys.readouterr().err
+
+
+def test_linear_probe_of_a_backbone_checkpoint(tmp_path):
+    """A vision backbone saved alone (MAE / hashtag stages) is probed on its pooled output, no text needed."""
+    from xray_hf import XrayVisualConfig, XrayVisualImageProcessor, XrayVisualModel
+
+    XrayVisualModel(XrayVisualConfig.from_preset("tiny")).save_pretrained(tmp_path / "backbone")
+    XrayVisualImageProcessor(size=32).save_pretrained(tmp_path / "backbone")
+    result = run_eval(str(tmp_path / "backbone"), "knn", "mnist", max_samples=20, max_train_samples=60)
+    assert result["task"] == "knn" and set(result["metrics"]) == {"knn_acc1", "knn_acc5", "knn_mean_per_class_recall"}
+    with pytest.raises(ValueError, match="use feature='pooled'"):
+        run_eval(str(tmp_path / "backbone"), "knn", "mnist", feature="embedding", max_samples=4, max_train_samples=8)
