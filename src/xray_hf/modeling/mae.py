@@ -22,6 +22,7 @@ from torch import nn
 from transformers import initialization as init
 
 from ..configuration.visual import XrayVisualConfig
+from ..losses import masked_patch_loss
 from .outputs import XrayVisualForPreTrainingOutput
 from .visual import XrayVisualLayer, XrayVisualModel, XrayVisualPreTrainedModel, factorised_position_embeddings
 
@@ -88,20 +89,6 @@ def random_masking(
     mask[:, :num_keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return ids_keep, mask, ids_restore
-
-
-def masked_patch_loss(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix_loss: bool = True, eps: float = 1e-6
-) -> torch.Tensor:
-    """Mean squared error over the masked patches (fp32), per-patch normalised targets if `norm_pix_loss`."""
-    target = target.float()
-    if norm_pix_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + eps) ** 0.5
-    per_patch = (logits.float() - target).pow(2).mean(dim=-1)
-    mask = mask.float()
-    return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def decoder_config(config: XrayVisualConfig) -> XrayVisualConfig:
