@@ -24,6 +24,9 @@ from .modeling.text import XrayTextModel
 from .modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
 from .modeling.mae import XrayVisualForPreTraining
 
+# -- heads: the plain image classifier (AutoModelForImageClassification) --
+from .modeling.classification import XrayVisualForImageClassification
+
 # -- stage 3: CLIP --
 from .configuration.clip import XrayCLIPConfig
 from .modeling.clip import XrayCLIPModel

@@ -33,14 +33,16 @@ AutoModel.register(XrayLLM2CLIPTextConfig, XrayLLM2CLIPTextModel, exist_ok=True)
 AutoConfig.register(XrayTextConfig.model_type, XrayTextConfig, exist_ok=True)
 AutoModel.register(XrayTextConfig, XrayTextModel, exist_ok=True)
 
-# -- stages 1 and 2: MAE and hashtags --
+# -- stage 1 (MAE) and the plain image classifier --
+# The stage-2 hashtag model (multi-label) has no Auto class: it loads by its own class,
+# `XrayVisualForHashtagClassification.from_pretrained`; `AutoModelForImageClassification` is the single-label head.
 from transformers import AutoModelForImageClassification, AutoModelForPreTraining  # noqa: E402
 
-from .modeling.hashtag import XrayVisualForHashtagClassification  # noqa: E402
+from .modeling.classification import XrayVisualForImageClassification  # noqa: E402
 from .modeling.mae import XrayVisualForPreTraining  # noqa: E402
 
 AutoModelForPreTraining.register(XrayVisualConfig, XrayVisualForPreTraining, exist_ok=True)
-AutoModelForImageClassification.register(XrayVisualConfig, XrayVisualForHashtagClassification, exist_ok=True)
+AutoModelForImageClassification.register(XrayVisualConfig, XrayVisualForImageClassification, exist_ok=True)
 
 # -- stage 3: CLIP --
 from transformers import AutoModelForZeroShotImageClassification, AutoProcessor  # noqa: E402

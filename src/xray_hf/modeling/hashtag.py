@@ -5,6 +5,9 @@ hashtag pretraining at scale (Mahajan et al. 2018): a softmax over the vocabular
 target normalised to sum to one; per-label binary cross-entropy is the alternative. The vocabulary
 (`HashtagVocabulary`) is built from a dataset's hashtag column with a minimum count, and lives in the
 config as `id2label` / `label2id`, so a checkpoint carries it.
+
+`AutoModelForImageClassification` gives the plain single-label classifier (`modeling/classification.py`), not
+this model: load a hashtag checkpoint with `XrayVisualForHashtagClassification.from_pretrained(path)`.
 """
 
 from __future__ import annotations
@@ -131,7 +134,7 @@ class XrayVisualForHashtagClassification(BackboneProbeMixin, XrayVisualPreTraine
     videos. `from_pretrained(mae_checkpoint, **vocabulary.config_kwargs())` starts from the MAE encoder;
     `freeze_backbone()` makes it a linear probe (the backbone then stays in eval mode)."""
 
-    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\.", r"^head\."]  # MAE decoder, plain classifier head
 
     def __init__(self, config: XrayVisualConfig):
         super().__init__(config)
