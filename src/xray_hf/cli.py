@@ -7,6 +7,8 @@ import os
 import sys
 from typing import Sequence
 
+from .stages import STAGES
+
 
 def _embed(args: argparse.Namespace) -> int:
     from .demo import embed_image
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer-only", action="store_true", help="only extract the tokenizer")
     c.set_defaults(func=_convert_smollm2)
 
-    # -- train: one stage from a YAML run config (stages 1 and 2: mae, hashtag; later stages add theirs) --
+    # -- train: one stage from a YAML run config, one subcommand per entry of the stage table --
     def _train(args: argparse.Namespace) -> int:
         from .trainers.run import train_from_file
 
@@ -65,10 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one stage of the recipe from a YAML run config")
     train_sub = p.add_subparsers(dest="stage", required=True)
-    for stage, help_text in (("mae", "stage 1: masked autoencoding on images and videos"),
-                             ("hashtag", "stage 2: hashtag classification")):
-        t = train_sub.add_parser(stage, help=help_text)
-        t.add_argument("--config", required=True, help=f"run config, e.g. configs/{stage}_tiny.yaml")
+    for stage in STAGES.values():
+        t = train_sub.add_parser(stage.name, help=stage.help)
+        t.add_argument("--config", required=True, help=f"run config, e.g. configs/{stage.name}_tiny.yaml")
         t.add_argument("--output-dir", default=None, help="override training.output_dir")
         t.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")
         t.add_argument("--resume", default=None, help="checkpoint directory to resume from, or 'last'")

@@ -28,7 +28,7 @@ def test_shipped_configs_validate(stage, tmp_path):
 def test_bad_run_configs():
     good = {"model": {"preset": "tiny"}, "data": {"image": {"name": "mnist"}}, "training": {"output_dir": "x"}}
     with pytest.raises(ValueError, match="stage"):
-        check_run_config(good, "clip")
+        check_run_config(good, "segmentation")
     with pytest.raises(ValueError, match="unknown run config keys"):
         check_run_config({**good, "optimiser": "lion"}, "mae")
     with pytest.raises(ValueError, match="not 'hashtag'"):

@@ -246,7 +246,7 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
         if pixel_values is not None:
             vision_outputs, projected = self._encode_visual(pixel_values, output_hidden_states=output_hidden_states)
             image_embeds = F.normalize(projected, dim=-1)
-            if self.denoiser is not None and return_loss:
+            if self.denoiser is not None and (return_loss or self.training):
                 target = vision_outputs.pooler_output.float()
                 out["denoise_target"] = target
                 out["denoised_embeds"] = self.denoiser(target.to(self.visual_projection.weight.dtype)).float()

