@@ -206,6 +206,7 @@ class ContrastiveLoss(nn.Module):
         bias = None if logit_bias is None else _scalar("logit_bias", logit_bias, image_features)
         rank, world_size = resolve_ranks(self.rank, self.world_size)
         image, text = _fp32(image_features), _fp32(text_features)
+        group_ids = None if group_ids is None else group_ids.to(image.device)
         (all_image, all_text, all_groups), sizes = gather_rows(
             [image, text, group_ids], rank, world_size, self.gather_with_grad
         )
