@@ -96,8 +96,8 @@ def main() -> None:
         def text_embeds(cached: bool) -> torch.Tensor:
             batch_ids, batch_tokens = next(cycle)
             if cached:
-                return text_model.get_text_features(llm_pooled_output=cache.lookup(batch_ids))
-            return text_model.get_text_features(**batch_tokens)
+                return text_model.get_text_features(llm_pooled_output=cache.lookup(batch_ids)).pooler_output
+            return text_model.get_text_features(**batch_tokens).pooler_output
 
         def text_step(cached: bool) -> Callable[[], None]:
             def run():

@@ -58,7 +58,7 @@ def test_shapes_and_text_features(model, tokenizer):
     assert out.text_embeds.shape == (4, 16) and out.text_embeds.dtype == torch.float32
     assert out.pooler_output.shape == (4, 32)
     assert out.last_hidden_state.shape == (4, batch["input_ids"].shape[1], 32)
-    assert torch.equal(model.get_text_features(**batch), out.text_embeds)
+    assert torch.equal(model.get_text_features(**batch).pooler_output, out.text_embeds)
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -86,12 +86,12 @@ def test_causal_option_is_causal(tokenizer):
 @pytest.mark.parametrize("pooling", ["mean", "eos", "weighted_mean"])
 def test_padding_side_and_pad_tokens_do_not_change_embeddings(tokenizer, pooling):
     model = build(len(tokenizer), pooling=pooling)
-    single = torch.cat([model.get_text_features(**tokens(tokenizer, [text])) for text in CAPTIONS])
+    single = torch.cat([model.get_text_features(**tokens(tokenizer, [text])).pooler_output for text in CAPTIONS])
     right = tokens(tokenizer, CAPTIONS, "right")
     left = tokens(tokenizer, CAPTIONS, "left")
     noisy = right["input_ids"].masked_fill(right["attention_mask"] == 0, 12345)  # any id in padded slots
     for batch in (right, left, {"input_ids": noisy, "attention_mask": right["attention_mask"]}):
-        assert torch.allclose(model.get_text_features(**batch), single, atol=1e-5)
+        assert torch.allclose(model.get_text_features(**batch).pooler_output, single, atol=1e-5)
 
 
 def test_pooling_matches_reference(tokenizer):
@@ -111,7 +111,7 @@ def test_pooling_matches_reference(tokenizer):
 def test_cached_pooled_output_path_equals_token_path(model, tokenizer):
     batch = tokens(tokenizer, CAPTIONS)
     pooled = model.get_llm_pooled_output(**batch)
-    assert torch.allclose(model.get_text_features(llm_pooled_output=pooled), model.get_text_features(**batch))
+    assert torch.allclose(model.get_text_features(llm_pooled_output=pooled).pooler_output, model.get_text_features(**batch).pooler_output)
     out = model(llm_pooled_output=pooled)
     assert out.last_hidden_state is None
 
@@ -121,7 +121,7 @@ def test_sdpa_and_eager_agree(tokenizer):
     eager = build(len(tokenizer), attn_implementation="eager")
     assert eager.config.llm_config._attn_implementation == "eager"
     batch = tokens(tokenizer, CAPTIONS)
-    assert torch.allclose(sdpa.get_text_features(**batch), eager.get_text_features(**batch), atol=1e-5)
+    assert torch.allclose(sdpa.get_text_features(**batch).pooler_output, eager.get_text_features(**batch).pooler_output, atol=1e-5)
 
 
 def test_frozen_llm_only_adapter_and_projection_train(model, tokenizer):
@@ -150,7 +150,7 @@ def test_save_and_auto_load(model, tokenizer, tmp_path):
     loaded = AutoModel.from_pretrained(tmp_path)
     assert isinstance(loaded, XrayLLM2CLIPTextModel)
     batch = tokens(tokenizer, CAPTIONS)
-    assert torch.equal(loaded.get_text_features(**batch), model.get_text_features(**batch))
+    assert torch.equal(loaded.get_text_features(**batch).pooler_output, model.get_text_features(**batch).pooler_output)
     assert not any(p.requires_grad for p in loaded.llm.parameters())
 
 

@@ -196,12 +196,12 @@ def test_merged_and_unmerged_give_the_same_embeddings(tokenizer, base_dir):
     batch = tokens(tokenizer, CAPTIONS)
     with torch.no_grad():
         unmerged = peft_model(**batch).text_embeds
-        base = XrayLLM2CLIPTextModel.from_pretrained(base_dir).get_text_features(**batch)
+        base = XrayLLM2CLIPTextModel.from_pretrained(base_dir).get_text_features(**batch).pooler_output
     assert (unmerged - base).abs().max() > 1e-3  # the adapter does change the embedding
     merged = merge_lora(peft_model)
     assert type(merged) is XrayLLM2CLIPTextModel
     with torch.no_grad():
-        assert torch.allclose(merged.get_text_features(**batch), unmerged, atol=1e-5)
+        assert torch.allclose(merged.get_text_features(**batch).pooler_output, unmerged, atol=1e-5)
     # merging restores the CLIP-stage freezing: only adapter and projection train
     assert {n.split(".")[0] for n, p in merged.named_parameters() if p.requires_grad} == {"adapter", "text_projection"}
 
@@ -222,10 +222,10 @@ def test_adapter_is_saved_relative_to_its_base_and_loads_in_one_call(tokenizer, 
         for loader in (XrayLLM2CLIPTextModel.from_pretrained, AutoModel.from_pretrained):
             resolved = loader(tmp_path)  # one call: base from the adapter config, then the adapter
             assert type(resolved) is XrayLLM2CLIPTextModel
-            assert torch.allclose(resolved.get_text_features(**batch), expected, atol=1e-5)
+            assert torch.allclose(resolved.get_text_features(**batch).pooler_output, expected, atol=1e-5)
             assert not any(p.requires_grad for p in resolved.llm.parameters())
         merged = load_lora(XrayLLM2CLIPTextModel.from_pretrained(base_dir), tmp_path)
-        assert torch.allclose(merged.get_text_features(**batch), expected, atol=1e-5)
+        assert torch.allclose(merged.get_text_features(**batch).pooler_output, expected, atol=1e-5)
 
 
 def test_mntp_adapter_applies_to_the_text_tower(tokenizer, base_dir, tmp_path):

@@ -29,6 +29,7 @@ from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.utils import ModelOutput
 
 from ..configuration.text import XrayLLM2CLIPTextConfig
+from .checkpointing import NonReentrantCheckpointingMixin
 from .text import XrayTextModelOutput
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 
@@ -84,7 +85,7 @@ def _refuse_remote_code_llm(llm_config, source: str) -> None:
         )
 
 
-class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
+class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, PreTrainedModel):
     config: XrayLLM2CLIPTextConfig
     config_class = XrayLLM2CLIPTextConfig
     base_model_prefix = "llm"
@@ -128,20 +129,6 @@ class XrayLLM2CLIPTextPreTrainedModel(PreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.llm.set_input_embeddings(value)
-
-    # Non-reentrant checkpointing unless asked otherwise, also when the caller passes other checkpoint options
-    # (DESIGN: frozen LLM + trainable adapters, FSDP). `every_n_layers` and `offload` (the Trainer's) pass through.
-    if hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers' current name (the Trainer's)
-
-        def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict | None = None, **kwargs):
-            checkpoint_kwargs = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
-            super().activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
-
-    else:  # older transformers 5 releases
-
-        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs):
-            checkpoint_kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-            super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs, **kwargs)
 
     # whether forward runs `lm_head` (the MNTP model); the text tower only carries it, frozen
     _uses_lm_head = False
@@ -289,11 +276,14 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         llm_pooled_output: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The projected text embedding `(batch, projection_dim)`, fp32, not normalised."""
-        return self(
+    ) -> XrayTextModelOutput:
+        """The tower's output with the projected text embedding `(batch, projection_dim)` (fp32, not normalised) in
+        `pooler_output`, as transformers 5's `CLIPModel.get_text_features`."""
+        output = self(
             input_ids=input_ids, attention_mask=attention_mask, llm_pooled_output=llm_pooled_output, return_dict=True
-        ).text_embeds
+        )
+        output.pooler_output = output.text_embeds
+        return output
 
 
 @dataclass

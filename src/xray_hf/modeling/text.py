@@ -16,6 +16,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from ..configuration.text import XrayTextConfig
+from .checkpointing import NonReentrantCheckpointingMixin
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 
 
@@ -39,7 +40,7 @@ class XrayTextModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
 
 
-class XrayTextPreTrainedModel(PreTrainedModel):
+class XrayTextPreTrainedModel(NonReentrantCheckpointingMixin, PreTrainedModel):
     config: XrayTextConfig
     config_class = XrayTextConfig
     base_model_prefix = "xray_text"
@@ -56,10 +57,6 @@ class XrayTextPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Non-reentrant checkpointing unless asked otherwise."""
-        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class XrayTextModel(XrayTextPreTrainedModel):
@@ -107,9 +104,12 @@ class XrayTextModel(XrayTextPreTrainedModel):
 
     def get_text_features(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The projected text embedding `(batch, projection_dim)`, fp32, not normalised."""
-        return self(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).text_embeds
+    ) -> XrayTextModelOutput:
+        """The tower's output with the projected text embedding `(batch, projection_dim)` (fp32, not normalised) in
+        `pooler_output`, as transformers 5's `CLIPModel.get_text_features`."""
+        output = self(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        output.pooler_output = output.text_embeds
+        return output
 
 
 __all__ = ["XrayTextModel", "XrayTextPreTrainedModel", "XrayTextModelOutput"]

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ from ..losses import CLIPStageLoss
 from ..modeling.text_cache import TextEmbeddingCache, text_sha256
 from .base import XrayTrainer, XrayTrainingArguments
 from .callbacks import LogitScaleClampCallback, ProgressiveResolutionCallback, parse_schedule
+from .grad_cache import cached_encode, split_batch
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,11 @@ class CLIPTrainingArguments(XrayTrainingArguments):
             parse_schedule(self.resolution_schedule)
         if self.gradient_cache_chunk_size is not None and self.gradient_cache_chunk_size < 1:
             raise ValueError(f"gradient_cache_chunk_size must be >= 1 or None, got {self.gradient_cache_chunk_size}")
+        if self.gradient_accumulation_steps > 1:
+            raise ValueError(
+                "gradient_accumulation_steps > 1 would shrink the contrastive batch to each micro-batch (fewer "
+                "negatives); for a batch larger than memory use gradient_cache_chunk_size, which keeps every negative"
+            )
 
 
 # ------------------------------------------------------------------------------------------------- text inputs
@@ -145,19 +152,19 @@ class CLIPTrainer(XrayTrainer):
         tokenizer: the text tower's tokenizer (evaluation texts; saved with the model as its processing class).
         text_inputs: how evaluation texts reach the text tower (`TokenizedTexts`, or `CachedTexts` with the
             tokenizer as fallback for texts that are not cached); defaults to tokens.
-        classnames: class names of the eval set's `label` column, for zero-shot evaluation (None: no zero-shot).
-        eval_caption_column: the eval set's caption column for retrieval (None: no retrieval).
+        eval_caption_column: the caption column of the eval sets, for retrieval where a set has it. Zero-shot runs
+            where a set has a `ClassLabel` column `label`, over its class names.
+
+    `eval_dataset` may be one set or a dict of named sets (metrics then named `eval_<name>_...`).
     """
 
     def __init__(self, *args: Any, resolution: Any = None, tokenizer: Any = None, text_inputs: Any = None,
-                 classnames: Sequence[str] | None = None, eval_caption_column: str | None = "caption",
-                 **kwargs: Any):
+                 eval_caption_column: str = "caption", **kwargs: Any):
         if tokenizer is not None:
             kwargs.setdefault("processing_class", tokenizer)
         super().__init__(*args, **kwargs)
         self.tokenizer = tokenizer
         self.text_inputs = text_inputs
-        self.classnames = list(classnames) if classnames is not None else None
         self.eval_caption_column = eval_caption_column
         self.add_callback(LogitScaleClampCallback())
         schedule = getattr(self.args, "resolution_schedule", None)
@@ -195,9 +202,20 @@ class CLIPTrainer(XrayTrainer):
         return {key: inputs[key] for key in MODEL_INPUTS if key in inputs}
 
     def features(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The model's output fields the loss takes, for one batch."""
-        outputs = model(**self._model_inputs(model, inputs), return_dict=True)
-        return {key: outputs[key] for key in FEATURES if outputs.get(key) is not None}
+        """The model's output fields the loss takes, for one batch; in chunks with gradient caching when
+        `gradient_cache_chunk_size` is smaller than the batch (the loss and gradients stay the whole batch's)."""
+        model_inputs = self._model_inputs(model, inputs)
+
+        def encode(chunk: dict[str, Any]) -> dict[str, Any]:
+            outputs = model(**chunk, return_dict=True)
+            return {key: outputs.get(key) for key in FEATURES}
+
+        chunk_size = self.args.gradient_cache_chunk_size
+        if model.training and chunk_size and inputs["pixel_values"].shape[0] > chunk_size:
+            features = cached_encode(encode, split_batch(model_inputs, chunk_size), no_sync=getattr(model, "no_sync", None))
+        else:
+            features = encode(model_inputs)
+        return {key: value for key, value in features.items() if value is not None}
 
     def loss_terms(self, features: dict[str, Any], inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Every weighted loss term and `loss`, in fp32 with autocast off, over all ranks."""
@@ -255,21 +273,36 @@ class CLIPTrainer(XrayTrainer):
             out[rest] = model.get_text_features(**tokens).pooler_output.float().cpu()
         return out
 
+    def eval_metrics(self, dataset: Any) -> dict[str, float]:
+        """Zero-shot and/or retrieval metrics of one eval set (see the class docstring)."""
+        table = getattr(dataset, "dataset", None)  # a DecodedDataset's datasets.Dataset
+        features = getattr(table, "features", None) or {}
+        label = features.get("label")
+        classnames = label.names if isinstance(label, datasets.ClassLabel) else None
+        caption = self.eval_caption_column if self.eval_caption_column in features else None
+        if classnames is None and caption is None:
+            raise ValueError(f"an eval set needs a ClassLabel 'label' or a {self.eval_caption_column!r} column, "
+                             f"got {sorted(features)}")
+        model = self.accelerator.unwrap_model(self.model)
+        with self.compute_loss_context_manager():
+            return clip_eval_metrics(
+                model, dataset, encode_text=self.encode_text, classnames=classnames,
+                templates=self.args.zero_shot_templates, caption_column=caption,
+                batch_size=self.args.per_device_eval_batch_size,
+            )
+
     def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                  metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Zero-shot (with `classnames`) and retrieval (with `eval_caption_column`) metrics on the eval set, on
-        every rank (each computes the same numbers; FSDP-safe), logged with stable names."""
+        """Zero-shot and retrieval metrics on the eval set(s), on every rank (each computes the same numbers;
+        FSDP-safe), logged with stable names."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("CLIPTrainer.evaluate needs an eval_dataset")
-        model = self.accelerator.unwrap_model(self.model)
-        with self.compute_loss_context_manager():
-            metrics = clip_eval_metrics(
-                model, dataset, encode_text=self.encode_text,
-                classnames=self.classnames, templates=self.args.zero_shot_templates,
-                caption_column=self.eval_caption_column, batch_size=self.args.per_device_eval_batch_size,
-            )
-        metrics = {f"{metric_key_prefix}_{key}": value for key, value in metrics.items()}
+        sets = dataset if isinstance(dataset, dict) else {None: dataset}
+        metrics = {}
+        for name, one in sets.items():
+            prefix = metric_key_prefix if name is None else f"{metric_key_prefix}_{name}"
+            metrics.update({f"{prefix}_{key}": value for key, value in self.eval_metrics(one).items()})
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

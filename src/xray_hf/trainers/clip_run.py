@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
-import torch
 from transformers import AutoModel, AutoTokenizer
 
 from ..configuration.text import XrayTextConfig
@@ -43,7 +42,7 @@ from ..modeling.visual import XrayVisualModel
 from ..processing.clip import XrayCLIPProcessor
 from ..processing.video_processing import XrayVisualVideoProcessor
 from .clip import CachedTexts, CLIPCollator, CLIPTrainer, CLIPTrainingArguments, TokenizedTexts
-from .data import _map_dataset, build_eval_dataset, build_train_loader, check_keys, open_stream_source
+from .data import _map_dataset, build_eval_datasets, build_train_loader, check_keys, open_stream_source
 from .run import RunContext, StageRun, check_model_keys, image_processor_for, normalization
 
 logger = logging.getLogger(__name__)
@@ -224,20 +223,14 @@ def prepare_clip(run: RunContext) -> StageRun:
         run.data, run.seed, collate_fn=collator, rank=args.process_index, world_size=args.world_size,
         resolution=resolution, wrap_transform=wrap_transform if slip else None, wrap_decoder=wrap_decoder,
     )
-    eval_set = build_eval_dataset(run.data)
-    classnames = caption_column = None
-    if eval_set is not None:
-        features = eval_set.dataset.features
-        if isinstance(features.get("label"), datasets.ClassLabel):
-            classnames = features["label"].names
-        caption_column = captions.column if captions.column in eval_set.dataset.column_names else None
+    eval_sets = build_eval_datasets(run.data)
     trainer = CLIPTrainer(
-        model=model, args=args, train_loader=loader, eval_dataset=eval_set, resolution=resolution,
-        tokenizer=tokenizer, text_inputs=text_inputs, classnames=classnames, eval_caption_column=caption_column,
+        model=model, args=args, train_loader=loader, eval_dataset=eval_sets or None, resolution=resolution,
+        tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column,
     )
 
     def after_training(trainer: CLIPTrainer, results: dict) -> None:
-        if trainer.eval_dataset is not None:
+        if trainer.eval_dataset:
             results["eval"] = trainer.evaluate()  # every rank computes it (FSDP-safe)
 
     def save_artifacts(trainer: CLIPTrainer, results: dict, output_dir: str) -> None:

@@ -18,6 +18,7 @@ data:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -86,7 +87,7 @@ class DataSpec:
     resolution: int | list[int] = 224
     image: SourceSpec | None = None
     video: SourceSpec | None = None
-    eval: SourceSpec | None = None
+    eval: SourceSpec | list[SourceSpec] | None = None  # one source, or a list (stages that evaluate several)
     augment: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     shuffle_buffer: int = 256
@@ -95,13 +96,22 @@ class DataSpec:
     def from_dict(cls, spec: dict[str, Any]) -> "DataSpec":
         check_keys(cls, spec, "data keys")
         spec = dict(spec)
-        for key in ("image", "video", "eval"):
+        for key in ("image", "video"):
             if spec.get(key) is not None:
                 spec[key] = SourceSpec.from_dict(spec[key])
+        if isinstance(spec.get("eval"), list):
+            spec["eval"] = [SourceSpec.from_dict(item) for item in spec["eval"]]
+        elif spec.get("eval") is not None:
+            spec["eval"] = SourceSpec.from_dict(spec["eval"])
         out = cls(**spec)
         if out.image is None and out.video is None:
             raise ValueError("data needs an 'image' or a 'video' source (or both)")
         return out
+
+    @property
+    def eval_sets(self) -> list[SourceSpec]:
+        """Every eval source, in the order given."""
+        return [] if self.eval is None else list(self.eval) if isinstance(self.eval, list) else [self.eval]
 
 
 def _map_dataset(spec: SourceSpec) -> datasets.Dataset:
@@ -226,7 +236,10 @@ class DecodedDataset(torch.utils.data.Dataset):
 
 def build_eval_dataset(data: DataSpec, spec: SourceSpec | None = None) -> DecodedDataset | None:
     """The evaluation set (`data.eval`, or `spec`), decoded with the evaluation transform."""
-    spec = spec or data.eval
+    if spec is None:
+        if len(data.eval_sets) > 1:
+            raise ValueError("this stage evaluates one eval set; data.eval lists several")
+        spec = data.eval_sets[0] if data.eval_sets else None
     if spec is None:
         return None
     dataset = _map_dataset(spec)
@@ -236,7 +249,22 @@ def build_eval_dataset(data: DataSpec, spec: SourceSpec | None = None) -> Decode
     return DecodedDataset(dataset, make_decoder(spec, column, modality, transform, train=False))
 
 
+def eval_set_name(spec: SourceSpec, taken: set[str] | None = None) -> str:
+    """A short unique name for an eval source (its dataset name, with the split when needed)."""
+    base = spec.name or os.path.basename(os.path.normpath(str(spec.path)))
+    name = base if base not in (taken or set()) else f"{base}_{spec.split}"
+    return name.replace("-", "_")
+
+
+def build_eval_datasets(data: DataSpec) -> dict[str, DecodedDataset]:
+    """Every eval set of `data.eval`, by name (see `eval_set_name`)."""
+    out: dict[str, DecodedDataset] = {}
+    for spec in data.eval_sets:
+        out[eval_set_name(spec, set(out))] = build_eval_dataset(data, spec)
+    return out
+
+
 __all__ = [
-    "DataSpec", "DecodedDataset", "SourceSpec", "build_eval_dataset", "build_train_loader", "media_column",
+    "DataSpec", "DecodedDataset", "SourceSpec", "build_eval_dataset", "build_eval_datasets", "eval_set_name", "build_train_loader", "media_column",
     "open_stream_source",
 ]

@@ -35,7 +35,8 @@ def param_groups(
     model: nn.Module, learning_rate: float, weight_decay: float, layer_decay: float | None = None,
     num_layers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Trainable parameters grouped by (weight decay on/off, learning-rate scale)."""
+    """Trainable parameters grouped by (weight decay on/off, learning-rate scale). No decay for the names the model
+    lists in `no_weight_decay()` (timm's convention, e.g. CLIP's `logit_scale`), biases, norms and tokens."""
     if layer_decay is not None:
         if not 0.0 < layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
@@ -43,11 +44,12 @@ def param_groups(
             num_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
             if num_layers is None:
                 raise ValueError("layer_decay needs num_layers (or a model whose config has num_hidden_layers)")
+    declared = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
     groups: dict[tuple[bool, int], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        decay = param.ndim > 1 and not _NO_DECAY.search(name)
+        decay = param.ndim > 1 and not _NO_DECAY.search(name) and name not in declared
         depth = layer_id(name, num_layers) if layer_decay is not None else 0
         scale = layer_decay ** (num_layers + 1 - depth) if layer_decay is not None else 1.0
         group = groups.setdefault(
