@@ -403,3 +403,20 @@ def test_simcse_bad_input_raises():
         simcse_loss(torch.randn(3, 4), torch.randn(3, 4), temperature=0.0)
     with pytest.raises(ValueError, match="group_ids"):
         simcse_loss(torch.randn(3, 4), torch.randn(3, 4), group_ids=torch.arange(2))
+
+
+def test_losses_stay_fp32_inside_a_bf16_autocast_region():
+    from xray_hf.losses import CLIPStageLoss
+
+    torch.manual_seed(0)
+    image, text, tags = (torch.nn.functional.normalize(torch.randn(6, 16), dim=-1) for _ in range(3))
+    views = torch.randn(6, 8), torch.randn(6, 8)
+    denoised, target = torch.randn(6, 32), torch.randn(6, 32)
+    loss = CLIPStageLoss(label_smoothing=0.1, rank=0, world_size=1)
+    kwargs = dict(image_embeds=image, text_embeds=text, logit_scale=torch.tensor(20.0), hashtag_embeds=tags,
+                  slip_embeds_1=views[0], slip_embeds_2=views[1], denoised_embeds=denoised, denoise_target=target)
+    reference = loss(**kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # matmuls would run in bf16 here (off by ~5e-3)
+        inside = loss(**kwargs)
+    for key, value in reference.items():
+        assert inside[key].dtype == torch.float32 and torch.equal(inside[key], value), key

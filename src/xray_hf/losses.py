@@ -20,6 +20,7 @@ are lost. With unequal batch sizes per rank the local loss is `sum(local row los
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,20 @@ import torch.nn.functional as F
 from torch import nn
 
 HASHTAG_LOSSES = ("softmax", "bce")
+
+
+def fp32_loss(function):
+    """Run a loss with autocast off, so its matrix products and reductions are fp32 also inside a bf16/fp16
+    autocast region (the inputs are cast to fp32 by the loss itself)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device.type if tensors else "cpu"
+        with torch.autocast(device, enabled=False):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def _fp32(x: torch.Tensor) -> torch.Tensor:
@@ -190,6 +205,7 @@ class ContrastiveLoss(nn.Module):
             self._labels[key] = torch.arange(offset, offset + rows, device=device, dtype=torch.long)
         return self._labels[key]
 
+    @fp32_loss
     def forward(
         self,
         image_features: torch.Tensor,
@@ -249,6 +265,7 @@ class SLIPLoss(nn.Module):
         self.temperature, self.local_loss, self.gather_with_grad = temperature, local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
 
+    @fp32_loss
     def forward(
         self, view_1_features: torch.Tensor, view_2_features: torch.Tensor, output_dict: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -292,6 +309,7 @@ class DenoisingLoss(nn.Module):
         super().__init__()
         self.detach_target = detach_target
 
+    @fp32_loss
     def forward(
         self, denoised: torch.Tensor, clean: torch.Tensor, output_dict: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -326,6 +344,7 @@ class SiameseCaptionLoss(nn.Module):
         self.caption_weight, self.hashtag_weight = caption_weight, hashtag_weight
         self.contrastive = ContrastiveLoss(local_loss, gather_with_grad, label_smoothing, rank, world_size)
 
+    @fp32_loss
     def forward(
         self,
         image_features: torch.Tensor,
@@ -403,6 +422,7 @@ class CLIPStageLoss(nn.Module):
         )
         return cls(**{**settings, **kwargs})
 
+    @fp32_loss
     def forward(
         self,
         image_embeds: torch.Tensor,
@@ -439,6 +459,7 @@ class CLIPStageLoss(nn.Module):
 
 
 # ---- Supervised SimCSE (LLM2Vec stage 2): captions of one item are positives, the rest of the batch negatives.
+@fp32_loss
 def simcse_loss(
     anchors: torch.Tensor,
     positives: torch.Tensor,
