@@ -32,9 +32,9 @@ class ResumableLoader:
     `MultimodalLoader`, or anything with `state_dict`, `load_state_dict`, `__iter__` and optionally `set_epoch`).
 
     An epoch ends when the wrapped loader stops; the next one starts at once. An epoch that yields no batch at all
-    is an error (the stream could never reach `max_steps`). Fetching a batch leaves the process's global RNGs as
-    they were (a new DataLoader iterator draws its base seed from torch's), so the model's random draws (dropout,
-    DropPath) do not depend on where in the stream a run was resumed.
+    is an error (the stream could never reach `max_steps`). Fetching a batch or the state leaves the process's global
+    RNGs as they were (a new DataLoader iterator draws its base seed from torch's), so the model's random draws
+    (dropout, DropPath) do not depend on where in the stream a run was resumed.
     """
 
     def __init__(self, loader: Any):
@@ -85,7 +85,9 @@ class ResumableLoader:
             self.epoch += 1
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batches": self._batches, "loader": self.loader.state_dict()}
+        # reading a StatefulDataLoader's state can create its iterator, which draws a base seed from torch's RNG
+        with _global_rng_untouched():
+            return {"epoch": self.epoch, "batches": self._batches, "loader": self.loader.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue at `state` on the next iteration."""
