@@ -120,11 +120,20 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
         if freeze is not None and getattr(self.config.text_config, "freeze_llm", False):
             freeze(True)
 
+    def _drop_absent_lm_head(self, source: str) -> None:
+        """The text tower's untied LLM has no head in `source`: keep none (as the tower does), never a random one."""
+        if getattr(self.text_model, "lm_head", None) is not None:
+            self.text_model._lm_head_missing(source)
+
     @classmethod
-    def from_pretrained(cls, *args: Any, **kwargs: Any):
-        model = super().from_pretrained(*args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model)._freeze_text_llm()
-        return model
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, output_loading_info: bool = False, **kwargs):
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        head = "text_model.lm_head.weight"
+        if head in info["missing_keys"]:
+            model._drop_absent_lm_head(str(pretrained_model_name_or_path))
+            info["missing_keys"] = {key for key in info["missing_keys"] if key != head}
+        model._freeze_text_llm()
+        return (model, info) if output_loading_info else model
 
     @classmethod
     def from_stages(
@@ -152,6 +161,8 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
         config_kwargs.setdefault("projection_dim", tower.config.projection_dim)
         config = XrayCLIPConfig(vision_config=vision_config, text_config=tower.config, **config_kwargs)
         model = cls(config)
+        if getattr(tower, "lm_head", None) is None:
+            model._drop_absent_lm_head(str(text))
         model.xray_visual.load_state_dict(backbone.state_dict())
         model.text_model.load_state_dict(tower.state_dict())
         model._freeze_text_llm()
