@@ -235,3 +235,13 @@ def test_a_text_tower_checkpoint_is_not_read_as_a_clip_config(tmp_path):
     plain_text_config().save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert type(loaded) is XrayTextConfig
+
+
+@pytest.mark.parametrize("other", [tiny_vision(), plain_text_config(), llm2clip_text_config()])
+def test_another_models_checkpoint_is_refused_not_read_as_a_default_clip_config(tmp_path, other):
+    # transformers only warns and builds the default (ViT-B/16 + SmolLM2-shaped) config from such a folder, so
+    # XrayCLIPModel.from_pretrained(backbone_dir) would silently give a randomly initialised 246M-parameter model
+    other.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"holds a '{other.model_type}' checkpoint, not 'xray_clip'"):
+        XrayCLIPConfig.from_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is type(other)  # Auto still resolves the right class

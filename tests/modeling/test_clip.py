@@ -527,3 +527,10 @@ def test_clip_checkpoint_without_the_untied_llm_head_loads_without_a_random_head
     inputs = batch()
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits_per_image, model(**inputs).logits_per_image, rtol=0, atol=0)
+
+
+def test_a_backbone_checkpoint_is_refused_not_loaded_as_a_random_clip_model(tmp_path):
+    XrayVisualModel(XrayVisualConfig.from_preset("tiny")).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="from_stages"):
+        XrayCLIPModel.from_pretrained(tmp_path)
+    assert type(AutoModel.from_pretrained(tmp_path)) is XrayVisualModel

@@ -128,6 +128,17 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
         if isinstance(self.text_config, dict):
             self.text_config = _sub_config(self.text_config, None, "text_config", XrayLLM2CLIPTextConfig.model_type)
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        found = config_dict.get("model_type")
+        if found is not None and found != cls.model_type:  # transformers only warns, then builds the default shape
+            raise ValueError(
+                f"{pretrained_model_name_or_path} holds a {found!r} checkpoint, not {cls.model_type!r}; start stage 3 "
+                "from earlier stages with XrayCLIPModel.from_stages(vision=..., text=...)"
+            )
+        return config_dict, kwargs
+
     @property
     def denoise_hidden_size(self) -> int:
         """Width of the denoiser's bottleneck: `denoise_ratio` x the backbone width, at least 1."""
