@@ -5,7 +5,7 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
-from transformers import AutoProcessor, pipeline
+from transformers import AutoImageProcessor, AutoProcessor, AutoVideoProcessor, pipeline
 
 import xray_hf  # noqa: F401
 from xray_hf import (
@@ -63,6 +63,9 @@ def test_round_trip_through_auto_processor(tmp_path, tokenizer):
     assert loaded.image_processor.size.height == loaded.image_processor.size.width == 32
     assert loaded.video_processor.num_frames == 4 and loaded.video_processor.size.height == 32
     assert len(loaded.tokenizer) == len(tokenizer)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is XrayVisualImageProcessor
+    video_processor = AutoVideoProcessor.from_pretrained(tmp_path)
+    assert type(video_processor) is XrayVisualVideoProcessor and video_processor.num_frames == 4
     assert loaded.tokenizer("a cat")["input_ids"] == tokenizer("a cat")["input_ids"]
 
 
@@ -136,10 +139,15 @@ def test_for_model_takes_max_length_and_padding_side_from_the_text_config(tokeni
 
 
 # ------------------------------------------------------------------------------------------------ pipelines
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory, tokenizer):
+@pytest.fixture(scope="module", params=["plain", "llm2clip"])
+def clip_dir(request, tmp_path_factory, tokenizer):
     torch.manual_seed(0)
-    text = XrayTextConfig.from_preset("tiny", vocab_size=len(tokenizer), projection_dim=16, max_position_embeddings=32)
+    if request.param == "plain":
+        text = XrayTextConfig.from_preset("tiny", vocab_size=len(tokenizer), projection_dim=16,
+                                          max_position_embeddings=32)
+    else:  # left padding here, right in the pipeline's own tokenizer call: the embedding must not depend on it
+        llm = {**TINY_LLM, "vocab_size": len(tokenizer), "tie_word_embeddings": True}
+        text = XrayLLM2CLIPTextConfig(llm_config=llm, projection_dim=16, adapter_depth=1, padding_side="left")
     config = XrayCLIPConfig(vision_config=XrayVisualConfig.from_preset("tiny"), text_config=text, projection_dim=16)
     model = XrayCLIPModel(config).eval()
     with torch.no_grad():
@@ -162,15 +170,15 @@ def test_zero_shot_pipeline_scores_are_the_softmax_of_the_model_logits(clip_dir,
     labels = ["an astronaut", "a cat", "a dog", "a red car"]
     result = classifier(images[index], candidate_labels=labels)
     assert sorted(r["label"] for r in result) == sorted(labels)
+    assert [r["score"] for r in result] == sorted((r["score"] for r in result), reverse=True)
     scores = {r["label"]: r["score"] for r in result}
 
-    # what the pipeline sends: the default template, the image through the saved image processor
+    # what the pipeline sends: the default template, the image through the saved image processor; here through
+    # the saved CLIP processor (its own truncation and padding side)
     prompts = [f"This is a photo of {label}." for label in labels]
-    text = tokenizer(prompts, padding=True, return_tensors="pt")
-    pixels = XrayVisualImageProcessor(size=32)([images[index]], return_tensors="pt")["pixel_values"]
+    inputs = AutoProcessor.from_pretrained(path)(text=prompts, images=[images[index]], return_tensors="pt")
     with torch.no_grad():
-        expected = model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
-                         pixel_values=pixels).logits_per_image[0].softmax(-1)
+        expected = model(**inputs).logits_per_image[0].softmax(-1)
     assert [scores[label] for label in labels] == pytest.approx(expected.tolist(), abs=1e-5)
     assert max(scores.values()) - min(scores.values()) > 1e-3  # the labels are told apart
 
