@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from timing import timed_rounds  # bench/timing.py (the script's folder is on sys.path)
+from timing import machine_header, timed_rounds  # bench/timing.py (the script's folder is on sys.path)
 from transformers import AutoTokenizer
 
 import xray_hf  # noqa: F401  (registers the Auto classes)
@@ -40,6 +40,46 @@ TEMPLATES = ["a photo of a {}.", "a low resolution picture of a {} on a plain ba
              "there is a {} in the centre of this black and white image", "a close-up shot of a {}",
              "an old photograph showing a {} next to a wooden table in a bright room", "a cropped image of one {}",
              "a {}, seen from the front", "a blurry photograph of a {} taken outdoors on a sunny afternoon"]
+
+
+def caption_dataset() -> Dataset:
+    """The bench captions (16 nouns x 8 templates of different lengths) with ids `cap0`, `cap1`, ..."""
+    captions = [t.format(n) for n in NOUNS for t in TEMPLATES]
+    return Dataset.from_dict({"caption_id": [f"cap{i}" for i in range(len(captions))], "caption": captions})
+
+
+def token_batches(text_model: XrayLLM2CLIPTextModel, tokenizer, dataset: Dataset, batch: int) -> list[tuple]:
+    """Random batches of (caption ids, padded tokens), tokenised before timing (a collator does it in workers)."""
+    ids, captions = dataset["caption_id"], dataset["caption"]
+    batches = []
+    for _ in range(0, len(captions) - batch + 1, batch):
+        order = torch.randperm(len(captions))[:batch].tolist()
+        tokens = tokenizer([captions[j] for j in order], padding=True, truncation=True,
+                           max_length=text_model.config.max_text_length, return_tensors="pt")
+        batches.append(([ids[j] for j in order], tokens))
+    return batches
+
+
+def text_embeds(text_model: XrayLLM2CLIPTextModel, cache: TextEmbeddingCache | None, batch: tuple) -> torch.Tensor:
+    """Projected text embeddings of one batch: from the cache (lookup included) or, `cache=None`, from tokens
+    through the frozen LLM (run without gradients by the tower)."""
+    batch_ids, batch_tokens = batch
+    if cache is not None:
+        return text_model.get_text_features(llm_pooled_output=cache.lookup(batch_ids)).pooler_output
+    return text_model.get_text_features(**batch_tokens).pooler_output
+
+
+def text_step(text_model: XrayLLM2CLIPTextModel, cache: TextEmbeddingCache | None, batches: list[tuple],
+              optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """The text side of a CLIP train step (forward, backward, optimizer step), cycling through `batches`."""
+    cycle = itertools.cycle(batches)
+
+    def run():
+        text_embeds(text_model, cache, next(cycle)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return run
 
 
 def clip_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -61,27 +101,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    print(machine_header())
 
     llm_dir = args.llm or str(smollm2_checkpoint())
     tokenizer = AutoTokenizer.from_pretrained(llm_dir)
     text_model = XrayLLM2CLIPTextModel.from_llm(llm_dir, projection_dim=512).train()  # LLM frozen (config)
-    captions = [t.format(n) for n in NOUNS for t in TEMPLATES]
-    ids = [f"cap{i}" for i in range(len(captions))]
-    dataset = Dataset.from_dict({"caption_id": ids, "caption": captions})
+    dataset = caption_dataset()
 
     with tempfile.TemporaryDirectory() as cache_dir:
         start = time.perf_counter()
         cache = TextEmbeddingCache.build(text_model, tokenizer, dataset, cache_dir, batch_size=64)
         build_seconds = time.perf_counter() - start
-
-        batches = []
-        for i in range(0, len(captions) - args.batch + 1, args.batch):
-            order = torch.randperm(len(captions))[: args.batch].tolist()
-            batch_ids = [ids[j] for j in order]
-            batch_tokens = tokenizer([captions[j] for j in order], padding=True, truncation=True,
-                                     max_length=text_model.config.max_text_length, return_tensors="pt")
-            batches.append((batch_ids, batch_tokens))
-        cycle = itertools.cycle(batches)
+        batches = token_batches(text_model, tokenizer, dataset, args.batch)
+        text_cycle = itertools.cycle(batches)
 
         text_params = [p for p in text_model.parameters() if p.requires_grad]
         vision = XrayVisualModel(XrayVisualConfig.from_preset("tiny")).train()
@@ -93,39 +125,28 @@ def main() -> None:
         size = vision.config.image_size
         pixels = torch.randn(args.batch, 3, size, size)
 
-        def text_embeds(cached: bool) -> torch.Tensor:
-            batch_ids, batch_tokens = next(cycle)
-            if cached:
-                return text_model.get_text_features(llm_pooled_output=cache.lookup(batch_ids)).pooler_output
-            return text_model.get_text_features(**batch_tokens).pooler_output
-
-        def text_step(cached: bool) -> Callable[[], None]:
-            def run():
-                loss = text_embeds(cached).square().mean()
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-
-            return run
-
         def clip_step(cached: bool) -> Callable[[], None]:
             def run():
                 image = vision_proj(vision(pixels).pooler_output)
-                loss = clip_loss(image, text_embeds(cached), logit_scale)
+                text = text_embeds(text_model, cache if cached else None, next(text_cycle))
+                loss = clip_loss(image, text, logit_scale)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
 
             return run
 
-        text_times = timed_rounds({"llm": text_step(False), "cache": text_step(True)}, args.rounds, args.warmup)
+        text_times = timed_rounds(
+            {"llm": text_step(text_model, None, batches, optimizer),
+             "cache": text_step(text_model, cache, batches, optimizer)}, args.rounds, args.warmup
+        )
         clip_times = timed_rounds({"llm": clip_step(False), "cache": clip_step(True)}, args.rounds, args.warmup)
 
     n_params = sum(p.numel() for p in text_model.llm.parameters()) / 1e6
     print(f"LLM: {llm_dir} ({n_params:.0f}M params, frozen), batch {args.batch}, {args.threads} threads, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"cache build: {len(captions)} captions in {build_seconds:.1f} s "
-          f"({len(captions) / build_seconds:.0f} captions/s, once)")
+    print(f"cache build: {len(dataset)} captions in {build_seconds:.1f} s "
+          f"({len(dataset) / build_seconds:.0f} captions/s, once)")
     for title, times in (("text side of a CLIP step", text_times), ("whole CLIP step, tiny vision", clip_times)):
         llm, cached = times["llm"], times["cache"]
         print(f"{title}: frozen LLM each step {llm * 1e3:.1f} ms ({args.batch / llm:.0f} captions/s), "
