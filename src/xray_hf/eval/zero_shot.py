@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import with_article
+from ..data.captions import fill_template
 from .features import TextEncoder, embed_images, encode_texts
 from .metrics import cosine_scores, zero_shot_metrics
 
@@ -38,24 +38,6 @@ VIDEO_TEMPLATES = (
     "footage of a {}.",
 )
 TEMPLATE_SETS = {"photo": PHOTO_TEMPLATES, "video": VIDEO_TEMPLATES, "name": ("{}",)}
-
-_ARTICLE = re.compile(r"\b([Aa]n?) \{\}")
-
-
-def fill_template(template: str, classname: str) -> str:
-    """`template` with `{}` replaced by `classname`; 'a {}' / 'an {}' become the right article for the name."""
-    if template.count("{}") != 1:
-        raise ValueError(f"a template needs exactly one '{{}}' placeholder, got {template!r}")
-    if not classname.strip():
-        raise ValueError("empty class name")
-    match = _ARTICLE.search(template)
-    if match is None:
-        return template.replace("{}", classname)
-    phrase = with_article(classname)
-    if match.group(1)[0] == "A":
-        phrase = phrase[0].upper() + phrase[1:]
-    return template[: match.start()] + phrase + template[match.end() :]
-
 
 def resolve_templates(templates: str | Sequence[str] | None, modality: str = "image") -> tuple[str, ...]:
     """Templates from a set name (`photo`, `video`, `name`), a list of templates, or the modality's default."""

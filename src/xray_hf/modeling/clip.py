@@ -251,6 +251,8 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
         return_loss (`bool`, *optional*):
             Compute every loss term on this (local) batch: contrastive, hashtag (siamese), SLIP, denoising.
         """
+        if kwargs:
+            raise TypeError(f"XrayCLIPModel.forward got unexpected arguments {sorted(kwargs)}")
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         image_embeds = text_embeds = vision_outputs = text_outputs = None
         out: dict[str, Any] = {}

@@ -116,7 +116,7 @@ def text_group_ids(texts: Sequence[str]) -> torch.Tensor:
 class CLIPCollator:
     """Collate decoded samples (`base`, e.g. `SampleCollator(resolution)`) and add the text tower's inputs for
     their `text` (and, with `hashtags`, their `hashtag_text`, plus `hashtag_mask` for items that have one) and
-    `group_ids` of identical captions."""
+    `group_ids`: one per distinct caption, or per `caption_group` (a class, for template captions)."""
 
     def __init__(self, texts: TokenizedTexts | CachedTexts, base: Any = None, hashtags: bool = False,
                  group_identical_captions: bool = True):
@@ -131,10 +131,11 @@ class CLIPCollator:
         if "text" not in samples[0]:
             raise ValueError(f"samples have no 'text' (keys: {sorted(samples[0])}); decode them with CaptionSampler")
         texts = [sample["text"] for sample in samples]
-        batch = self.base([{k: v for k, v in s.items() if k not in ("text", "hashtag_text")} for s in samples])
+        batch = self.base([{k: v for k, v in s.items() if k not in ("text", "hashtag_text", "caption_group")}
+                           for s in samples])
         batch.update(self.texts(texts))
-        if self.group_identical_captions:
-            batch["group_ids"] = text_group_ids(texts)
+        if self.group_identical_captions:  # identical captions, or captions of one class (CaptionSampler)
+            batch["group_ids"] = text_group_ids([sample.get("caption_group", text) for sample, text in zip(samples, texts)])
         if self.hashtags:
             tags = [sample.get("hashtag_text") or "" for sample in samples]
             batch["hashtag_mask"] = torch.tensor([bool(tag) for tag in tags])

@@ -52,11 +52,14 @@ SMOLLM2 = "smollm2"
 
 @dataclass
 class CaptionSpec:
-    """`captions:`: which columns hold the caption and the hashtags, and how often a single sentence is used."""
+    """`captions:`: which columns hold the caption and the hashtags, and how often a single sentence is used; or
+    `templates` (e.g. ["a photo of a {}"]) to caption a labelled set with its `label_column`'s class names."""
 
     column: str = "caption"
     hashtag_column: str | None = None
     sentence_p: float = 0.0
+    templates: list[str] | None = None
+    label_column: str = "label"
 
 
 @dataclass
@@ -154,10 +157,11 @@ def build_clip_model(spec: dict[str, Any]) -> tuple[XrayCLIPModel, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------ text
-def caption_records(run: RunContext, captions: CaptionSpec) -> list[dict]:
-    """Caption (and hashtag) columns of every training source, without decoding any media."""
-    columns = [c for c in (captions.column, captions.hashtag_column) if c]
-    records: list[dict] = []
+def caption_records(run: RunContext, captions: CaptionSpec) -> list[tuple[Any, list[dict]]]:
+    """(source, records) of every training source: the caption (or label) and hashtag columns, no media decoded."""
+    first = captions.label_column if captions.templates is not None else captions.column
+    columns = [c for c in (first, captions.hashtag_column) if c]
+    records: list[tuple[Any, list[dict]]] = []
     for spec in (run.data.image, run.data.video):
         if spec is None:
             continue
@@ -168,7 +172,7 @@ def caption_records(run: RunContext, captions: CaptionSpec) -> list[dict]:
         missing = [c for c in columns if c not in (table.column_names or [])]
         if missing:
             raise ValueError(f"the training source {spec.name or spec.path!r} has no column {missing}")
-        records += list(table.select_columns(columns))
+        records.append((spec, list(table.select_columns(columns))))
     return records
 
 
@@ -205,13 +209,22 @@ def prepare_clip(run: RunContext) -> StageRun:
         views = SimCLRViews(TrainTransform(resolution, image_mean=mean, image_std=std, **view_kwargs))
         return WithSimCLRViews(transform, views)
 
-    def wrap_decoder(decoder, spec):
-        return CaptionSampler(decoder, captions.column, captions.hashtag_column, captions.sentence_p)
+    def sampler(decoder, spec):
+        classnames = None
+        if captions.templates is not None:
+            features = (_map_dataset(spec) if spec.name else open_stream_source(spec)[0]).features or {}
+            label = features.get(captions.label_column)
+            if not isinstance(label, datasets.ClassLabel):
+                raise ValueError(f"captions.templates need a ClassLabel column {captions.label_column!r} in {spec}")
+            classnames = label.names
+        return CaptionSampler(decoder, captions.column, captions.hashtag_column, captions.sentence_p,
+                              captions.templates, classnames, captions.label_column)
 
     frozen_llm = isinstance(model.text_model, XrayLLM2CLIPTextModel) and model.config.text_config.freeze_llm
     if frozen_llm and cache_spec.enabled:
-        sampler = CaptionSampler(None, captions.column, captions.hashtag_column, captions.sentence_p)
-        texts = sampler.candidate_texts(caption_records(run, captions))
+        texts = list(dict.fromkeys(
+            text for spec, records in caption_records(run, captions) for text in sampler(None, spec).candidate_texts(records)
+        ))
         cache = prepare_text_cache(run, model, tokenizer, texts, cache_spec, args.main_process_first)
         text_inputs: Any = CachedTexts(cache)
     else:
@@ -221,7 +234,7 @@ def prepare_clip(run: RunContext) -> StageRun:
                             group_identical_captions=args.group_identical_captions)
     loader = build_train_loader(
         run.data, run.seed, collate_fn=collator, rank=args.process_index, world_size=args.world_size,
-        resolution=resolution, wrap_transform=wrap_transform if slip else None, wrap_decoder=wrap_decoder,
+        resolution=resolution, wrap_transform=wrap_transform if slip else None, wrap_decoder=sampler,
     )
     eval_sets = build_eval_datasets(run.data)
     trainer = CLIPTrainer(

@@ -1,0 +1,238 @@
+"""Show on real data that stage 3 (CLIP + SLIP + denoising + siamese captions) learns; prints mean and spread over
+seeds and writes every result as JSON (CLIP_benchmark's shape) under --output.
+
+    python scripts/learn_clip.py --output runs/learn_clip                      # all experiments, 3 seeds
+    python scripts/learn_clip.py --output runs/learn_clip --experiments fashion --seeds 0
+
+Experiments (tiny preset; evaluation through `xray_hf.eval.run_eval` on the saved checkpoint, as a user runs it):
+
+- `fashion`: Fashion-MNIST captioned with simple templates of its class names, plain text tower from scratch;
+  zero-shot top-1 on the test split with the training template set and with CLIP's 8 photo templates (whose
+  unseen words a from-scratch tower cannot read), and a linear probe of the same backbone.
+- `towers`: OpenMoji retrieval on the test split (names never seen in training), image->text and text->image
+  R@1/R@5: the LLM2CLIP tower (SmolLM2-135M frozen, pooled outputs cached) against the plain `XrayTextModel`
+  trained from scratch (paper 4.6), both against the same embeddings with captions shuffled.
+- `order`: configs/clip_tiny.yaml started from MAE -> hashtag (configs/mae_tiny.yaml, configs/hashtag_tiny.yaml,
+  trained once) against the same CLIP run from random init at the same CLIP budget (paper Table 6): OpenMoji
+  retrieval, moving-shapes video zero-shot (shape x direction, shape, direction) and a Fashion-MNIST linear probe.
+- `ablation`: the same CLIP run from the hashtag checkpoint with SLIP on/off and denoising on/off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from xray_hf.eval import run_eval
+from xray_hf.eval.data import decoded, load_eval_set, ProcessorTransform
+from xray_hf.eval.metrics import retrieval_metrics
+from xray_hf.eval.retrieval import embed_retrieval_set
+from xray_hf.eval.run import load_checkpoint
+from xray_hf.trainers.run import load_run_config, run_stage
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUIET = {"disable_tqdm": True, "report_to": ["tensorboard"], "save_strategy": "no", "eval_strategy": "no"}
+TRAIN_TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a photo of the {}",
+                   "a close-up photo of a {}"]
+VISION_TINY = {"preset": "tiny", "config": {"image_size": 32, "patch_size": 4, "num_frames": 4}}
+PLAIN_TEXT = {"preset": "tiny", "tokenizer": "smollm2",
+              "config": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+                         "max_position_embeddings": 32}}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def summarize(runs: list[dict]) -> dict:
+    keys = runs[0].keys()
+    return {k: [round(float(np.mean([r[k] for r in runs])), 4), round(float(np.std([r[k] for r in runs])), 4)]
+            for k in keys}
+
+
+def retrieval(model_dir: str, split: str = "test", shuffle_seed: int | None = None) -> dict[str, float]:
+    """OpenMoji retrieval R@1/R@5 both ways; with `shuffle_seed`, on the same embeddings with captions permuted."""
+    if shuffle_seed is None:
+        metrics = run_eval(model_dir, "retrieval", "openmoji", split=split, plots=False)["metrics"]
+    else:
+        pieces = load_checkpoint(model_dir)
+        eval_set = load_eval_set("openmoji", split, need=("captions",))
+        data = decoded(eval_set, ProcessorTransform(pieces["image_processor"], pieces["video_processor"]))
+        embeds = embed_retrieval_set(pieces["model"], data, tokenizer=pieces["tokenizer"], caption_column="caption")
+        order = torch.from_numpy(np.random.default_rng(shuffle_seed).permutation(len(embeds.text_to_image)))
+        metrics = retrieval_metrics(embeds.image_embeds, embeds.text_embeds, embeds.text_to_image[order])
+    return {k: metrics[k] for k in ("text_retrieval_recall@1", "text_retrieval_recall@5",
+                                    "image_retrieval_recall@1", "image_retrieval_recall@5")}
+
+
+def video_zero_shot(model_dir: str) -> dict[str, float]:
+    """Moving-shapes test clips: zero-shot over shape x direction, shape alone and direction alone."""
+    out = {}
+    for column, templates in (("label", ["a video of a {}.", "a {}."]), ("shape", ["a video of a {}."]),
+                              ("direction", ["a video of a shape moving {}.", "something moving {}."])):
+        metrics = run_eval(model_dir, "zero-shot", "moving-shapes", split="test", label_column=column,
+                           templates=templates, plots=False)["metrics"]
+        out[f"video_{column}_acc1"] = metrics["acc1"]
+    return out
+
+
+def fashion(output: str, seeds: list[int], steps: int) -> dict:
+    runs = []
+    for seed in seeds:
+        out = os.path.join(output, f"fashion_seed{seed}")
+        config = {
+            "stage": "clip", "seed": seed,
+            "model": {"vision": VISION_TINY, "text": PLAIN_TEXT,
+                      "config": {"projection_dim": 64, "slip_weight": 0.0, "lambda_den": 0.0, "hashtag_loss_weight": 0.0}},
+            "captions": {"templates": TRAIN_TEMPLATES},
+            "data": {"resolution": 32,
+                     "image": {"name": "fashion-mnist", "split": "train", "batch_size": 128},
+                     "augment": {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
+                                 "crop_scale": [0.7, 1.0]}},
+            "training": {"output_dir": out, "max_steps": steps, "learning_rate": 2e-3, "optimizer": "adamw",
+                         "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50, "lr_scheduler_type": "cosine",
+                         **QUIET},
+        }
+        start = time.time()
+        run_stage("clip", config)
+        seconds = time.time() - start
+        zs = {name: run_eval(out, "zero-shot", "fashion-mnist", split="test", templates=templates,
+                             plots=False)["metrics"]["acc1"]
+              for name, templates in (("zeroshot_acc1_train_templates", TRAIN_TEMPLATES),
+                                      ("zeroshot_acc1_clip_photo_templates", "photo"))}
+        probe = run_eval(out, "linear-probe", "fashion-mnist", split="test", max_train_samples=10000,
+                         plots=False)["metrics"]
+        runs.append({**zs, "lp_acc1": probe["lp_acc1"], "train_seconds": seconds})
+        log(f"fashion seed {seed}: {runs[-1]}")
+    return {"runs": runs, "mean_std": summarize(runs), "steps": steps}
+
+
+def towers(output: str, seeds: list[int], steps: int, cache_dir: str) -> dict:
+    res = {}
+    llm_text = {"from_llm": "smollm2", "config": {"pooling": "mean", "adapter_depth": 4, "max_text_length": 32}}
+    for name, text in (("llm2clip_smollm2_cached", llm_text), ("plain_from_scratch", PLAIN_TEXT)):
+        runs = []
+        for seed in seeds:
+            out = os.path.join(output, f"towers_{name}_seed{seed}")
+            config = {
+                "stage": "clip", "seed": seed,
+                "model": {"vision": VISION_TINY, "text": text,
+                          "config": {"projection_dim": 128, "slip_weight": 0.0, "lambda_den": 0.0,
+                                     "hashtag_loss_weight": 0.0}},
+                "captions": {"column": "caption"},
+                "text_cache": {"dir": cache_dir},
+                "data": {"resolution": 32, "image": {"name": "openmoji", "split": "train", "batch_size": 64},
+                         "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.2, "saturation": 0.2,
+                                     "crop_scale": [0.7, 1.0]}},
+                "training": {"output_dir": out, "max_steps": steps, "learning_rate": 1e-3, "optimizer": "adamw",
+                             "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50,
+                             "lr_scheduler_type": "cosine", **QUIET},
+            }
+            start = time.time()
+            run_stage("clip", config)
+            runs.append({**retrieval(out), **{f"shuffled_{k}": v for k, v in retrieval(out, shuffle_seed=seed).items()},
+                         "train_seconds": time.time() - start})
+            log(f"towers {name} seed {seed}: {runs[-1]}")
+        res[name] = {"runs": runs, "mean_std": summarize(runs)}
+    res["steps"] = steps
+    return res
+
+
+def pretrain(output: str, mae_steps: int, hashtag_steps: int) -> str:
+    """MAE then hashtags with the shipped tiny configs, once; returns the hashtag checkpoint."""
+    mae = load_run_config(os.path.join(ROOT, "configs", "mae_tiny.yaml"))
+    mae["training"].update(output_dir=os.path.join(output, "mae"), max_steps=mae_steps, **QUIET)
+    hashtag = load_run_config(os.path.join(ROOT, "configs", "hashtag_tiny.yaml"))
+    hashtag["model"]["from_pretrained"] = mae["training"]["output_dir"]
+    hashtag["training"].update(output_dir=os.path.join(output, "hashtag"), max_steps=hashtag_steps, **QUIET)
+    if not os.path.isfile(os.path.join(hashtag["training"]["output_dir"], "config.json")):
+        run_stage("mae", mae)
+        run_stage("hashtag", hashtag)
+    return hashtag["training"]["output_dir"]
+
+
+def clip_tiny(out: str, seed: int, steps: int, cache_dir: str, vision: dict, **model_config) -> dict:
+    config = load_run_config(os.path.join(ROOT, "configs", "clip_tiny.yaml"))
+    config["seed"] = seed
+    config["model"]["vision"] = vision
+    config["model"]["config"].update(model_config)
+    config["text_cache"] = {"dir": cache_dir}
+    config["training"].update(output_dir=out, max_steps=steps, **QUIET)
+    config["training"]["resolution_schedule"] = [[0, 16], [steps // 3, 24], [2 * steps // 3, 32]]
+    start = time.time()
+    run_stage("clip", config)
+    seconds = time.time() - start
+    probe = run_eval(out, "linear-probe", "fashion-mnist", split="test", max_train_samples=10000, plots=False)
+    return {**retrieval(out), **video_zero_shot(out), "fashion_lp_acc1": probe["metrics"]["lp_acc1"],
+            "train_seconds": seconds}
+
+
+def order(output: str, seeds: list[int], steps: int, cache_dir: str, hashtag_dir: str) -> dict:
+    res = {}
+    random_init = {"preset": "tiny", "config": load_run_config(os.path.join(ROOT, "configs", "mae_tiny.yaml"))
+                   ["model"]["config"]}
+    for name, vision in (("mae_hashtag_clip", {"from_pretrained": hashtag_dir}), ("clip_random_init", random_init)):
+        runs = []
+        for seed in seeds:
+            runs.append(clip_tiny(os.path.join(output, f"order_{name}_seed{seed}"), seed, steps, cache_dir, vision))
+            log(f"order {name} seed {seed}: {runs[-1]}")
+        res[name] = {"runs": runs, "mean_std": summarize(runs)}
+    res["steps"] = steps
+    return res
+
+
+def ablation(output: str, seeds: list[int], steps: int, cache_dir: str, hashtag_dir: str) -> dict:
+    res = {}
+    for name, settings in (("slip_on_denoise_on", {}), ("slip_off", {"slip_weight": 0.0}),
+                           ("denoise_off", {"lambda_den": 0.0}), ("slip_off_denoise_off", {"slip_weight": 0.0,
+                                                                                          "lambda_den": 0.0})):
+        runs = []
+        for seed in seeds:
+            out = os.path.join(output, f"ablation_{name}_seed{seed}")
+            runs.append(clip_tiny(out, seed, steps, cache_dir, {"from_pretrained": hashtag_dir}, **settings))
+            log(f"ablation {name} seed {seed}: {runs[-1]}")
+        res[name] = {"runs": runs, "mean_std": summarize(runs)}
+    res["steps"] = steps
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", default="runs/learn_clip")
+    parser.add_argument("--experiments", nargs="+", default=["fashion", "towers", "order", "ablation"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="CLIP steps of every run (default per experiment)")
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="MAE and hashtag steps of `order`/`ablation`")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.output, exist_ok=True)
+    cache_dir = os.path.join(args.output, "text_cache")  # one SmolLM2 cache for every run (same texts, same LLM)
+    results = {}
+    for experiment in args.experiments:
+        log(f"experiment {experiment}")
+        if experiment == "fashion":
+            results[experiment] = fashion(args.output, args.seeds, args.steps or 1200)
+        elif experiment == "towers":
+            results[experiment] = towers(args.output, args.seeds, args.steps or 600, cache_dir)
+        elif experiment in ("order", "ablation"):
+            hashtag_dir = pretrain(args.output, args.pretrain_steps, args.pretrain_steps)
+            run = order if experiment == "order" else ablation
+            results[experiment] = run(args.output, args.seeds, args.steps or 600, cache_dir, hashtag_dir)
+        else:
+            raise ValueError(f"unknown experiment {experiment!r}")
+        log(f"{experiment}: {json.dumps({k: v.get('mean_std', v) if isinstance(v, dict) else v for k, v in results[experiment].items()})}")
+        path = os.path.join(args.output, f"learn_clip_{'_'.join(args.experiments)}.json")
+        with open(path, "w") as f:
+            json.dump(results, f, indent=1)
+    log(f"results in {path}")
+
+
+if __name__ == "__main__":
+    main()
