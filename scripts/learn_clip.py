@@ -21,7 +21,6 @@ Experiments (tiny preset; evaluation through `xray_hf.eval.run_eval` on the save
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
@@ -213,10 +212,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.output, exist_ok=True)
-    cache_dir = os.path.join(args.output, "text_cache")  # one SmolLM2 cache for every run (same texts, same LLM)
     results = {}
     for experiment in args.experiments:
         log(f"experiment {experiment}")
+        # one SmolLM2 cache for all runs of an experiment (same texts, same LLM): built once, then opened
+        cache_dir = os.path.join(args.output, f"text_cache_{'clip_tiny' if experiment in ('order', 'ablation') else experiment}")
         if experiment == "fashion":
             results[experiment] = fashion(args.output, args.seeds, args.steps or 1200)
         elif experiment == "towers":

@@ -28,7 +28,7 @@ from xray_hf.modeling.mae_visualization import save_reconstruction_grid
 from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
 from xray_hf.trainers.data import DataSpec, SourceSpec, _map_dataset, build_eval_dataset
 from xray_hf.trainers.mae import mae_eval
-from xray_hf.trainers.run import load_run_config, run_stage
+from xray_hf.trainers.run import build_visual_model, load_run_config, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = {"disable_tqdm": True, "report_to": ["tensorboard"], "save_total_limit": 1}
@@ -73,9 +73,6 @@ def stage1(output: str, steps: int) -> dict:
     digits = build_eval_dataset(data)
     clips = build_eval_dataset(data, SourceSpec(name="moving-shapes", split="validation", num_frames=4, stride=2))
     torch.manual_seed(config["seed"])
-    from xray_hf import XrayVisualForPreTraining
-    from xray_hf.trainers.run import build_visual_model
-
     untrained = build_visual_model(XrayVisualForPreTraining, config["model"])
     res = {"before": {"images": mae_eval(untrained, digits), "videos": mae_eval(untrained, clips, batch_size=32)}}
     res["probe_random_init"] = linear_probe(untrained.xray_visual, data)

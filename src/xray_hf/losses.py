@@ -442,14 +442,10 @@ class CLIPStageLoss(nn.Module):
             raise ValueError("slip_embeds_1 and slip_embeds_2 must be given together")
         if (denoised_embeds is None) != (denoise_target is None):
             raise ValueError("denoised_embeds and denoise_target must be given together")
-        siamese = self.siamese
-        terms = {"contrastive_loss": siamese.contrastive(
-            image_embeds, text_embeds, logit_scale, logit_bias, group_ids=group_ids
-        )}
-        if hashtag_embeds is not None and siamese.hashtag_weight:
-            terms["hashtag_loss"] = siamese.hashtag_weight * siamese.hashtag_term(
-                image_embeds, hashtag_embeds, logit_scale, logit_bias, hashtag_mask, group_ids
-            )
+        hashtags = hashtag_embeds if self.siamese.hashtag_weight else None
+        siamese = self.siamese(image_embeds, text_embeds, hashtags, logit_scale, logit_bias, hashtag_mask=hashtag_mask,
+                               group_ids=group_ids, output_dict=True)
+        terms = {"contrastive_loss": siamese.pop("caption_loss"), **siamese}  # the caption term's weight is 1
         if slip_embeds_1 is not None and self.slip_weight:
             terms["slip_loss"] = self.slip_weight * self.slip(slip_embeds_1, slip_embeds_2)
         if denoised_embeds is not None and self.lambda_den:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from xray_hf import XrayVisualForHashtagClassification, XrayVisualForPreTraining

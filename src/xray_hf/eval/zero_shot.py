@@ -7,7 +7,6 @@ written before it ("a {}") is fixed to the name as `xray_hf.data.with_article` s
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 

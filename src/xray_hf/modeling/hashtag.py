@@ -176,4 +176,6 @@ class XrayVisualForHashtagClassification(BackboneProbeMixin, XrayVisualPreTraine
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["XrayVisualForHashtagClassification", "HashtagVocabulary", "hashtag_loss", "normalize_hashtag"]
+__all__ = [
+    "HASHTAG_LOSSES", "XrayVisualForHashtagClassification", "HashtagVocabulary", "hashtag_loss", "normalize_hashtag",
+]

@@ -219,9 +219,8 @@ class CLIPTrainer(XrayTrainer):
         return {key: value for key, value in features.items() if value is not None}
 
     def loss_terms(self, features: dict[str, Any], inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Every weighted loss term and `loss`, in fp32 with autocast off, over all ranks."""
-        with torch.autocast(features["image_embeds"].device.type, enabled=False):
-            return self.loss_fn(**features, group_ids=inputs.get("group_ids"), output_dict=True)
+        """Every weighted loss term and `loss` (fp32, also under autocast), over all ranks."""
+        return self.loss_fn(**features, group_ids=inputs.get("group_ids"), output_dict=True)
 
     def compute_loss(
         self,
