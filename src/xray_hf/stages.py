@@ -6,6 +6,7 @@ Each entry names, as `module:attribute` paths resolved on use (so importing this
 - `prepare`: `prepare(run: RunContext) -> StageRun`, which builds the model (from a preset or the previous stage's
   checkpoint), the `TrainingArguments` subclass, the input pipeline and collator, and the Trainer subclass, and
   says what to evaluate and save after training;
+- `arguments`: the stage's `TrainingArguments` subclass (what `training:` holds);
 - `extras`: a dataclass of the stage's own top-level run-config keys (e.g. `vocabulary:` for hashtags), or None;
 - `previous`: the stage whose checkpoint this one starts from in the recipe;
 - `artifacts`: files written beside the weights, besides config, weights, processor and `results.json`.
@@ -23,6 +24,7 @@ class Stage:
     name: str
     help: str
     prepare: str
+    arguments: str
     extras: str | None = None
     previous: str | None = None
     artifacts: tuple[str, ...] = ()
@@ -35,6 +37,9 @@ class Stage:
     def prepare_fn(self):
         return self.resolve(self.prepare)
 
+    def arguments_class(self) -> type:
+        return self.resolve(self.arguments)
+
     def extras_class(self) -> type | None:
         return self.resolve(self.extras) if self.extras else None
 
@@ -46,12 +51,14 @@ STAGES: dict[str, Stage] = {
             name="mae",
             help="stage 1: masked autoencoding on images and videos (paper 4.2.1)",
             prepare="xray_hf.trainers.mae:prepare_mae",
+            arguments="xray_hf.trainers.mae:MAETrainingArguments",
             artifacts=("reconstruction.png",),
         ),
         Stage(
             name="hashtag",
             help="stage 2: hashtag classification (paper 4.2.2)",
             prepare="xray_hf.trainers.hashtag:prepare_hashtag",
+            arguments="xray_hf.trainers.hashtag:HashtagTrainingArguments",
             extras="xray_hf.trainers.hashtag:HashtagRunExtras",
             previous="mae",
             artifacts=("hashtag_vocabulary.json",),
@@ -60,6 +67,7 @@ STAGES: dict[str, Stage] = {
             name="clip",
             help="stage 3: CLIP + SLIP + denoising + siamese captions (paper 4.2.3-4.2.5, 4.7.1)",
             prepare="xray_hf.trainers.clip_run:prepare_clip",
+            arguments="xray_hf.trainers.clip:CLIPTrainingArguments",
             extras="xray_hf.trainers.clip_run:CLIPRunExtras",
             previous="hashtag",
             artifacts=("text_cache",),

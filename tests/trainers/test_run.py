@@ -8,20 +8,23 @@ import yaml
 
 from xray_hf import HashtagVocabulary, XrayVisualForHashtagClassification
 from xray_hf.cli import main
-from xray_hf.trainers import HashtagTrainingArguments, MAETrainingArguments
+from xray_hf.stages import STAGES
 from xray_hf.trainers.data import DataSpec
 from xray_hf.trainers.run import check_run_config, load_run_config, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.parametrize("stage", ["mae", "hashtag"])
+@pytest.mark.parametrize("stage", sorted(STAGES))
 def test_shipped_configs_validate(stage, tmp_path):
     config = load_run_config(os.path.join(ROOT, "configs", f"{stage}_tiny.yaml"))
     check_run_config(config, stage)
     DataSpec.from_dict(config["data"])
-    cls = MAETrainingArguments if stage == "mae" else HashtagTrainingArguments
-    args = cls(**{**config["training"], "output_dir": str(tmp_path)})
+    entry = STAGES[stage]
+    extras = entry.extras_class()
+    if extras is not None and hasattr(extras, "from_dict"):
+        extras.from_dict({key: config[key] for key in config if key in extras.__dataclass_fields__})
+    args = entry.arguments_class()(**{**config["training"], "output_dir": str(tmp_path)})
     assert args.optimizer == "lion" and (args.lion_beta1, args.lion_beta2) == (0.9, 0.99)
 
 

@@ -41,7 +41,7 @@ from ..modeling.text_cache import StaleTextCacheError, TextEmbeddingCache, text_
 from ..modeling.visual import XrayVisualModel
 from ..processing.clip import XrayCLIPProcessor
 from ..processing.video_processing import XrayVisualVideoProcessor
-from .clip import CachedTexts, CLIPCollator, CLIPTrainer, CLIPTrainingArguments, TokenizedTexts
+from .clip import CachedTexts, CLIPCollator, CLIPTrainer, TokenizedTexts
 from .data import _map_dataset, build_eval_datasets, build_train_loader, check_keys, open_stream_source
 from .run import RunContext, StageRun, check_model_keys, image_processor_for, normalization
 
@@ -197,7 +197,7 @@ def prepare_clip(run: RunContext) -> StageRun:
     extras: CLIPRunExtras = run.extras or CLIPRunExtras()
     captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
     model, tokenizer = build_clip_model(run.config["model"])
-    args = run.training_args(CLIPTrainingArguments)
+    args = run.training_args()
     size = run.data.resolution
     resolution = Resolution(size)
     slip = model.config.slip_weight > 0

@@ -157,7 +157,7 @@ def prepare_hashtag(run: RunContext) -> StageRun:
     tag_lists = [tags for spec in vocab_sources for tags in _map_dataset(spec)[column]]
     vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
     model = build_visual_model(XrayVisualForHashtagClassification, run.config["model"], **vocabulary.config_kwargs())
-    args = run.training_args(HashtagTrainingArguments)
+    args = run.training_args()
     loader = build_train_loader(data, run.seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
                                 rank=args.process_index, world_size=args.world_size)
     trainer = HashtagTrainer(

@@ -139,7 +139,7 @@ def prepare_mae(run: RunContext) -> StageRun:
     from ..modeling.mae_visualization import save_reconstruction_grid
 
     model = build_visual_model(XrayVisualForPreTraining, run.config["model"])
-    args = run.training_args(MAETrainingArguments)
+    args = run.training_args()
     loader = build_train_loader(run.data, run.seed, rank=args.process_index, world_size=args.world_size)
     trainer = MAETrainer(model=model, args=args, data_collator=SampleCollator(), train_loader=loader,
                          eval_dataset=build_eval_dataset(run.data))

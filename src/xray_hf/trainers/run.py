@@ -75,8 +75,9 @@ class RunContext:
     def output_dir(self) -> str:
         return self.training["output_dir"]
 
-    def training_args(self, cls: type, **extra: Any):
+    def training_args(self, **extra: Any):
         """The stage's `TrainingArguments` from `training:` (TensorBoard logging and the run's seed by default)."""
+        cls = self.stage.arguments_class()
         return cls(**{"seed": self.seed, "report_to": ["tensorboard"], **self.training, **extra})
 
 
