@@ -4,3 +4,15 @@
 from .base import XrayTrainer, XrayTrainingArguments
 from .hashtag import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
 from .mae import MAETrainer, MAETrainingArguments
+
+# -- stage 3: CLIP --
+from .callbacks import LogitScaleClampCallback, ProgressiveResolutionCallback
+from .clip import CLIPCollator, CLIPTrainer, CLIPTrainingArguments
+from .grad_cache import cached_backward, cached_encode
+
+__all__ = [
+    "CLIPCollator", "CLIPTrainer", "CLIPTrainingArguments", "HashtagCollator", "HashtagTrainer",
+    "HashtagTrainingArguments", "LogitScaleClampCallback", "MAETrainer", "MAETrainingArguments",
+    "ProgressiveResolutionCallback", "XrayTrainer", "XrayTrainingArguments", "cached_backward", "cached_encode",
+    "hashtag_metrics",
+]
