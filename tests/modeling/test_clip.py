@@ -476,6 +476,17 @@ def test_from_stages_accepts_loaded_models(stage_dirs):
     _llm_frozen(model)
 
 
+def test_from_stages_freezes_the_llm_unless_told_not_to(stage_dirs):
+    _, tower, _ = stage_dirs
+    tower.freeze_llm(False)  # a tower saved while its LLM was being tuned (e.g. right after LoRA merging)
+    backbone = XrayVisualModel(XrayVisualConfig.from_preset("tiny"))
+    _llm_frozen(XrayCLIPModel.from_stages(vision=backbone, text=tower))
+    trainable = XrayCLIPModel.from_stages(vision=backbone, text=tower, freeze_llm=False)
+    assert all(p.requires_grad for p in trainable.text_model.llm.parameters())
+    assert trainable.config.text_config.freeze_llm is False
+    tower.freeze_llm(True)  # the fixture is shared
+
+
 def test_from_stages_refuses_a_vision_checkpoint_missing_backbone_weights(stage_dirs):
     hashtag, _, root = stage_dirs
     broken = root / "broken"
