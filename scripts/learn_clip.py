@@ -16,6 +16,8 @@ Experiments (tiny preset; evaluation through `xray_hf.eval.run_eval` on the save
   trained once) against the same CLIP run from random init at the same CLIP budget (paper Table 6): OpenMoji
   retrieval, moving-shapes video zero-shot (shape x direction, shape, direction) and a Fashion-MNIST linear probe.
 - `ablation`: the same CLIP run from the hashtag checkpoint with SLIP on/off and denoising on/off.
+- `video`: CLIP on moving-shapes clips alone ("a red circle moving left"), plain text tower from scratch; zero-shot
+  on the test clips over shape x direction, shape alone and direction alone (chance 1/12, 1/3, 1/4).
 """
 
 from __future__ import annotations
@@ -112,10 +114,19 @@ def fashion(output: str, seeds: list[int], steps: int) -> dict:
     return {"runs": runs, "mean_std": summarize(runs), "steps": steps}
 
 
-def towers(output: str, seeds: list[int], steps: int, cache_dir: str) -> dict:
+def towers(output: str, seeds: list[int], steps: int, cache_dir: str, tower_variants: list[str] | None = None) -> dict:
     res = {}
     llm_text = {"from_llm": "smollm2", "config": {"pooling": "mean", "adapter_depth": 4, "max_text_length": 32}}
-    for name, text in (("llm2clip_smollm2_cached", llm_text), ("plain_from_scratch", PLAIN_TEXT)):
+    # the LLM as pretrained (causal): bidirectional attention without LLM2Vec's MNTP adaptation is off-distribution
+    causal_text = {"from_llm": "smollm2", "config": {"pooling": "mean", "adapter_depth": 4, "max_text_length": 32,
+                                                     "bidirectional": False}}
+    variants = (("llm2clip_smollm2_cached", llm_text), ("llm2clip_smollm2_causal_cached", causal_text),
+                ("llm2clip_smollm2_llm2vec_cached", None), ("plain_from_scratch", PLAIN_TEXT))
+    for name, text in variants:
+        if tower_variants and name not in tower_variants:
+            continue
+        if text is None:  # MNTP + SimCSE first, as the paper does
+            text = {"from_pretrained": llm2vec_tower(output)}
         runs = []
         for seed in seeds:
             out = os.path.join(output, f"towers_{name}_seed{seed}")
@@ -141,6 +152,46 @@ def towers(output: str, seeds: list[int], steps: int, cache_dir: str) -> dict:
         res[name] = {"runs": runs, "mean_std": summarize(runs)}
     res["steps"] = steps
     return res
+
+
+def llm2vec_tower(output: str, steps: int = 100) -> str:
+    """SmolLM2 through LLM2Vec (paper 4.6.2): bidirectional, LoRA MNTP on the OpenMoji training captions and tags, then
+    supervised SimCSE with each emoji's name and its tags as the positive pair; merged; returns the tower folder."""
+    from datasets import Dataset
+
+    from xray_hf import XrayLLM2CLIPTextForMNTP, XrayLLM2CLIPTextModel
+    from xray_hf.convert import smollm2_checkpoint, smollm2_tokenizer
+    from xray_hf.data import load_embedded
+    from xray_hf.data.captions import hashtag_text
+    from xray_hf.trainers.llm2vec import (LLM2VecTrainingArguments, MNTPCollator, MNTPTrainer, SimCSECollator,
+                                          SimCSETrainer, add_lora, load_lora, merge_lora)
+
+    folder = os.path.join(output, "llm2vec_smollm2")
+    if os.path.isfile(os.path.join(folder, "config.json")):
+        return folder
+    tokenizer = smollm2_tokenizer()
+    base = os.path.join(output, "llm2vec_base")
+    XrayLLM2CLIPTextModel.from_llm(smollm2_checkpoint(), projection_dim=128, max_text_length=32).save_pretrained(base)
+    train = load_embedded("openmoji", "train")
+    tags = [hashtag_text(t) for t in train["hashtags"]]
+    common = dict(report_to=[], disable_tqdm=True, save_strategy="no", logging_steps=20, learning_rate=1e-3,
+                  warmup_steps=10, max_steps=steps)
+    mntp = add_lora(XrayLLM2CLIPTextForMNTP.from_pretrained(base))
+    MNTPTrainer(model=mntp, args=LLM2VecTrainingArguments(output_dir=os.path.join(output, "llm2vec_mntp"),
+                                                          per_device_train_batch_size=32, **common),
+                train_dataset=Dataset.from_dict({"text": list(train["caption"]) + [t for t in tags if t]}),
+                data_collator=MNTPCollator(tokenizer, max_length=32)).train()
+    mntp.save_pretrained(os.path.join(output, "llm2vec_mntp_lora"))
+    text = load_lora(XrayLLM2CLIPTextModel.from_pretrained(base), os.path.join(output, "llm2vec_mntp_lora"))
+    simcse = add_lora(text)
+    items = Dataset.from_dict({"id": list(train["id"]), "captions": [[c, t] for c, t in zip(train["caption"], tags)]})
+    SimCSETrainer(model=simcse, args=LLM2VecTrainingArguments(output_dir=os.path.join(output, "llm2vec_simcse"),
+                                                              per_device_train_batch_size=32, **common),
+                  train_dataset=items.filter(lambda r: bool(r["captions"][1])),
+                  data_collator=SimCSECollator(tokenizer, max_length=32, seed=0)).train()
+    merge_lora(simcse).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def pretrain(output: str, mae_steps: int, hashtag_steps: int) -> str:
@@ -201,12 +252,39 @@ def ablation(output: str, seeds: list[int], steps: int, cache_dir: str, hashtag_
     return res
 
 
+def video(output: str, seeds: list[int], steps: int) -> dict:
+    runs = []
+    for seed in seeds:
+        out = os.path.join(output, f"video_seed{seed}")
+        config = {
+            "stage": "clip", "seed": seed,
+            "model": {"vision": VISION_TINY, "text": PLAIN_TEXT,
+                      "config": {"projection_dim": 64, "slip_weight": 0.0, "lambda_den": 0.0,
+                                 "hashtag_loss_weight": 0.0}},
+            "captions": {"column": "caption"},
+            "data": {"resolution": 32,
+                     "video": {"name": "moving-shapes", "split": "train", "batch_size": 32, "num_frames": 4,
+                               "stride": 2},
+                     "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
+                                 "crop_scale": [0.8, 1.0]}},
+            "training": {"output_dir": out, "max_steps": steps, "learning_rate": 2e-3, "optimizer": "adamw",
+                         "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50, "lr_scheduler_type": "cosine",
+                         **QUIET},
+        }
+        start = time.time()
+        run_stage("clip", config)
+        runs.append({**video_zero_shot(out), "train_seconds": time.time() - start})
+        log(f"video seed {seed}: {runs[-1]}")
+    return {"runs": runs, "mean_std": summarize(runs), "steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/learn_clip")
     parser.add_argument("--experiments", nargs="+", default=["fashion", "towers", "order", "ablation"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="CLIP steps of every run (default per experiment)")
+    parser.add_argument("--towers", nargs="+", default=None, help="only these text-tower variants of `towers`")
     parser.add_argument("--pretrain-steps", type=int, default=600, help="MAE and hashtag steps of `order`/`ablation`")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
     args = parser.parse_args()
@@ -220,7 +298,9 @@ def main() -> None:
         if experiment == "fashion":
             results[experiment] = fashion(args.output, args.seeds, args.steps or 1200)
         elif experiment == "towers":
-            results[experiment] = towers(args.output, args.seeds, args.steps or 600, cache_dir)
+            results[experiment] = towers(args.output, args.seeds, args.steps or 600, cache_dir, args.towers)
+        elif experiment == "video":
+            results[experiment] = video(args.output, args.seeds, args.steps or 600)
         elif experiment in ("order", "ablation"):
             hashtag_dir = pretrain(args.output, args.pretrain_steps, args.pretrain_steps)
             run = order if experiment == "order" else ablation
