@@ -208,6 +208,10 @@ def pretrain(output: str, mae_steps: int, hashtag_steps: int) -> str:
 
 
 def clip_tiny(out: str, seed: int, steps: int, cache_dir: str, vision: dict, **model_config) -> dict:
+    done = os.path.join(out, "learn_clip_result.json")  # a cut-off session resumes at the first unfinished run
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
     config = load_run_config(os.path.join(ROOT, "configs", "clip_tiny.yaml"))
     config["seed"] = seed
     config["model"]["vision"] = vision
@@ -219,8 +223,11 @@ def clip_tiny(out: str, seed: int, steps: int, cache_dir: str, vision: dict, **m
     run_stage("clip", config)
     seconds = time.time() - start
     probe = run_eval(out, "linear-probe", "fashion-mnist", split="test", max_train_samples=10000, plots=False)
-    return {**retrieval(out), **video_zero_shot(out), "fashion_lp_acc1": probe["metrics"]["lp_acc1"],
-            "train_seconds": seconds}
+    result = {**retrieval(out), **video_zero_shot(out), "fashion_lp_acc1": probe["metrics"]["lp_acc1"],
+              "train_seconds": seconds}
+    with open(done, "w") as f:
+        json.dump(result, f, indent=2)
+    return result
 
 
 def order(output: str, seeds: list[int], steps: int, cache_dir: str, hashtag_dir: str) -> dict:
