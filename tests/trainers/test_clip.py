@@ -3,6 +3,7 @@ clips): every loss term, evaluation, saved checkpoint + processor, exact resume 
 gradient caching, the logit-scale clamp, the LLM2CLIP text cache."""
 
 import copy
+import glob
 import math
 import os
 
@@ -49,7 +50,8 @@ def clip_config(output_dir, max_steps=12, **training):
 
 def test_clip_run_trains_every_term_evaluates_and_saves_a_usable_checkpoint(tmp_path):
     out = tmp_path / "clip"
-    results = run_stage("clip", clip_config(out, max_steps=16))
+    results = run_stage("clip", clip_config(out, max_steps=16, report_to=["tensorboard"], eval_strategy="steps",
+                                            eval_steps=8))
     logged = [entry for entry in results["log_history"] if "loss" in entry]
     assert len(logged) == 16
     for term in ("contrastive_loss", "hashtag_loss", "slip_loss", "denoise_loss", "logit_scale"):
@@ -61,6 +63,12 @@ def test_clip_run_trains_every_term_evaluates_and_saves_a_usable_checkpoint(tmp_
     evaluation = results["eval"]
     assert 0 <= evaluation["eval_openmoji_image_retrieval_recall@1"] <= evaluation["eval_openmoji_image_retrieval_recall@10"] <= 1
     assert "eval_moving_shapes_zeroshot_acc1" in evaluation and "eval_moving_shapes_zeroshot_acc5" in evaluation
+    # evaluation every eval_steps reaches TensorBoard under stable names (one curve per metric across evaluations)
+    scalars = _tensorboard_scalars(out)
+    for tag in ("eval/openmoji_image_retrieval_recall@1", "eval/openmoji_text_retrieval_recall@5",
+                "eval/moving_shapes_zeroshot_acc1", "train/contrastive_loss", "train/logit_scale"):
+        assert tag in scalars, sorted(scalars)
+    assert {8, 16} <= scalars["eval/openmoji_image_retrieval_recall@1"]
     # the checkpoint: model, processor, vision tower alone, zero-shot pipeline on a real image
     model = AutoModel.from_pretrained(out)
     assert isinstance(model, XrayCLIPModel)
@@ -74,6 +82,19 @@ def test_clip_run_trains_every_term_evaluates_and_saves_a_usable_checkpoint(tmp_
     scores = pipeline("zero-shot-image-classification", model=str(out))(_astronaut(), candidate_labels=["a", "b"])
     assert abs(sum(s["score"] for s in scores) - 1) < 1e-5
     assert os.path.isfile(out / "results.json")
+
+
+def _tensorboard_scalars(out) -> dict[str, set[int]]:
+    """Every scalar tag the run wrote to TensorBoard, with the steps it was written at."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for path in glob.glob(os.path.join(out, "runs", "**", "events.out.tfevents*"), recursive=True):
+        events = EventAccumulator(path)
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            scalars.setdefault(tag, set()).update(event.step for event in events.Scalars(tag))
+    return scalars
 
 
 def _astronaut():
