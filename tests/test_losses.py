@@ -12,6 +12,9 @@ from xray_hf.losses import (
     CLIPStageLoss,
     ContrastiveLoss,
     DenoisingLoss,
+    DistillationLoss,
+    FeatureDistillationLoss,
+    RelationalDistillationLoss,
     SiameseCaptionLoss,
     SLIPLoss,
     hashtag_loss,
@@ -243,9 +246,12 @@ CASES = {
     "siamese": ("siamese", dict(), [4, 4], {"mask": [1, 1, 0, 1, 0, 0, 1, 0]}),
     "siamese-empty-rank": ("siamese", dict(), [4, 4], {"mask": [1, 1, 0, 1, 0, 0, 0, 0]}),
     "stage": ("stage", dict(label_smoothing=0.1), [4, 4], {"mask": [1, 1, 1, 1, 0, 1, 1, 1]}),
+    "distill": ("distill", dict(contrastive_weight=0.5), [4, 4], {}),
+    "distill-uneven-global": ("distill", dict(local_loss=False, temperature=2.0), [5, 3], {}),
 }
 FEATURES = {"clip": ("image", "text"), "slip": ("view_1", "view_2"), "siamese": ("image", "text", "tags"),
-            "stage": ("image", "text", "tags", "view_1", "view_2", "denoised", "clean")}
+            "stage": ("image", "text", "tags", "view_1", "view_2", "denoised", "clean"),
+            "distill": ("image", "text", "teacher_image", "teacher_text")}
 
 
 def _run_case(name, rank, world_size):
@@ -271,6 +277,10 @@ def _run_case(name, rank, world_size):
     elif kind == "siamese":
         loss = SiameseCaptionLoss(**kwargs, **dist_kwargs)(unit["image"], unit["text"], unit["tags"], scale,
                                                            hashtag_mask=mask)
+    elif kind == "distill":  # the teacher's features are detached: their gradients stay zero
+        loss = DistillationLoss(**kwargs, **dist_kwargs)(
+            image_embeds=local["image"], teacher_image_embeds=local["teacher_image"], text_embeds=local["text"],
+            logit_scale=scale, teacher_text_embeds=local["teacher_text"], teacher_logit_scale=20.0)["loss"]
     else:
         loss = CLIPStageLoss(**kwargs, **dist_kwargs)(
             image_embeds=unit["image"], text_embeds=unit["text"], logit_scale=scale, hashtag_embeds=unit["tags"],
@@ -337,7 +347,8 @@ def _max_difference(got, want):
 def test_two_ranks_equal_one_process_on_the_concatenated_batch(two_rank_results, name):
     expected = _run_case(name, 0, 1)
     assert _max_difference(_averaged(two_rank_results, name), expected) < TOL
-    if CASES[name][1].get("local_loss") is False:  # every rank computes the same global loss
+    # every rank computes the same global loss (distillation's per-row feature term stays each rank's share)
+    if CASES[name][1].get("local_loss") is False and CASES[name][0] != "distill":
         assert abs(two_rank_results[0][name][0] - two_rank_results[1][name][0]) < TOL
 
 
@@ -420,3 +431,51 @@ def test_losses_stay_fp32_inside_a_bf16_autocast_region():
         inside = loss(**kwargs)
     for key, value in reference.items():
         assert inside[key].dtype == torch.float32 and torch.equal(inside[key], value), key
+
+
+# -- distillation --
+def test_feature_distillation_is_zero_on_the_teacher_and_l2_is_twice_cosine():
+    teacher, student = torch.randn(6, 16), torch.randn(6, 16, requires_grad=True)
+    cosine, l2 = FeatureDistillationLoss("cosine"), FeatureDistillationLoss("l2")
+    assert float(cosine(3.0 * teacher, teacher)) == pytest.approx(0.0, abs=1e-6)  # scale-free: normalised
+    want = (1 - F.cosine_similarity(student, teacher)).mean()
+    assert torch.allclose(cosine(student, teacher), want, atol=1e-6)
+    assert torch.allclose(l2(student, teacher), 2 * want, atol=1e-6)
+    teacher.requires_grad_()
+    cosine(student, teacher).backward()
+    assert teacher.grad is None and student.grad is not None  # the target is detached
+    with pytest.raises(ValueError, match="metric"):
+        FeatureDistillationLoss("kl")
+    with pytest.raises(ValueError, match="batch, dim"):
+        cosine(torch.randn(6, 16), torch.randn(6, 8))
+
+
+def test_relational_distillation_is_open_clip_distill_term_minus_the_teacher_entropy():
+    from open_clip.loss import DistillClipLoss
+
+    image, text, t_image, t_text = (F.normalize(torch.randn(8, 12, generator=torch.Generator().manual_seed(i)), dim=-1)
+                                    for i in range(4))
+    scale, t_scale = torch.tensor(12.0), torch.tensor(30.0)
+    ours = RelationalDistillationLoss(rank=0, world_size=1)(image, text, scale, t_image, t_text, t_scale)
+    _, theirs = DistillClipLoss()(image, text, scale, t_image, t_text, t_scale)
+    t_logits = t_scale * t_image @ t_text.T
+    entropy = sum(-(p * p.log()).sum(-1).mean() for p in (t_logits.softmax(-1), t_logits.T.softmax(-1))) / 2
+    assert abs(float(ours) - float(theirs - entropy)) < 1e-5
+    same = RelationalDistillationLoss(rank=0, world_size=1)(t_image, t_text, t_scale, t_image, t_text, t_scale)
+    assert abs(float(same)) < 1e-6  # a student that matches the teacher pays nothing
+
+
+def test_distillation_loss_weights_terms_and_checks_its_inputs():
+    torch.manual_seed(0)
+    image, t_image, text = torch.randn(4, 8), torch.randn(4, 8), F.normalize(torch.randn(4, 8), dim=-1)
+    loss = DistillationLoss(feature_weight=2.0, relational_weight=0.5, contrastive_weight=1.0, rank=0, world_size=1)
+    terms = loss(image, t_image, text, torch.tensor(10.0), text, torch.tensor(10.0))
+    assert set(terms) == {"feature_distill_loss", "relational_distill_loss", "contrastive_loss", "loss"}
+    assert torch.allclose(terms["feature_distill_loss"], 2.0 * FeatureDistillationLoss()(image, t_image))
+    assert torch.allclose(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
+    features_only = DistillationLoss(relational_weight=0.0, rank=0, world_size=1)(image, t_image)
+    assert set(features_only) == {"feature_distill_loss", "loss"}
+    with pytest.raises(ValueError, match="text_embeds"):
+        DistillationLoss(rank=0, world_size=1)(image, t_image)  # relational without texts
+    with pytest.raises(ValueError, match="not all 0"):
+        DistillationLoss(feature_weight=0.0, relational_weight=0.0)

@@ -32,5 +32,12 @@ from .configuration.clip import XrayCLIPConfig
 from .modeling.clip import XrayCLIPModel
 from .processing.clip import XrayCLIPProcessor
 
+# -- distillation: the student of an image-only teacher --
+from .modeling.distillation import XrayVisualForDistillation
+
+# -- semantic IDs (6.6) --
+from .configuration.semantic_ids import XraySemanticIDConfig
+from .modeling.semantic_ids import XraySemanticIDModel
+
 # -- registrations (one block per module) --
 from . import registration as _registration  # noqa: E402,F401

@@ -72,6 +72,23 @@ STAGES: dict[str, Stage] = {
             previous="hashtag",
             artifacts=("text_cache",),
         ),
+        Stage(
+            name="distill",
+            help="distillation: a trained teacher (CLIP or image-only) into a smaller student (paper 4.11)",
+            prepare="xray_hf.trainers.distill_run:prepare_distill",
+            arguments="xray_hf.trainers.distill:DistillationTrainingArguments",
+            extras="xray_hf.trainers.distill_run:DistillRunExtras",
+            previous="clip",
+            artifacts=("text_cache",),
+        ),
+        Stage(
+            name="compress",
+            help="compressed embeddings: learned 100-d / Matryoshka projection, calibrated int8, binary (paper 6.3-6.4)",
+            prepare="xray_hf.trainers.compression:prepare_compress",
+            arguments="xray_hf.trainers.compression:CompressionTrainingArguments",
+            extras="xray_hf.trainers.compression:CompressionRunExtras",
+            previous="clip",
+        ),
     )
 }
 

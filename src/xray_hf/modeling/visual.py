@@ -303,10 +303,11 @@ class XrayVisualModel(XrayVisualPreTrainedModel):
     """The XrayVisual encoder: `pixel_values` (B, C, H, W) images or (B, T, C, H, W) videos -> embeddings."""
 
     # loading the backbone out of any stage's checkpoint: the other parts of those models are expected extras (MAE
-    # decoder; hashtag and classification heads; CLIP's text tower, projection, scale, SLIP head and denoiser)
+    # decoder; hashtag and classification heads; CLIP's text tower, projection, scale, SLIP head and denoiser; a
+    # distillation student's projection)
     _keys_to_ignore_on_load_unexpected = [
         r"^decoder\.", r"^classifier\.", r"^head\.", r"^text_model\.", r"^visual_projection\.", r"^logit_scale$",
-        r"^slip_head\.", r"^denoiser\.",
+        r"^slip_head\.", r"^denoiser\.", r"^distill_projection\.",
     ]
 
     def __init__(self, config: XrayVisualConfig):

@@ -10,8 +10,12 @@ from .callbacks import LogitScaleClampCallback, ProgressiveResolutionCallback
 from .clip import CLIPCollator, CLIPTrainer, CLIPTrainingArguments
 from .grad_cache import cached_backward, cached_encode
 
+# -- distillation --
+from .distill import DistillationTrainer, DistillationTrainingArguments
+
 __all__ = [
-    "CLIPCollator", "CLIPTrainer", "CLIPTrainingArguments", "HashtagCollator", "HashtagTrainer",
+    "CLIPCollator", "CLIPTrainer", "CLIPTrainingArguments", "DistillationTrainer", "DistillationTrainingArguments",
+    "HashtagCollator", "HashtagTrainer",
     "HashtagTrainingArguments", "LogitScaleClampCallback", "MAETrainer", "MAETrainingArguments",
     "ProgressiveResolutionCallback", "XrayTrainer", "XrayTrainingArguments", "cached_backward", "cached_encode",
     "hashtag_metrics",

@@ -143,17 +143,21 @@ def build_clip_model(spec: dict[str, Any]) -> tuple[XrayCLIPModel, Any]:
         return XrayCLIPModel.from_pretrained(path, **overrides), load_tokenizer(spec.get("tokenizer", path))
     if not isinstance(spec.get("vision"), dict) or not isinstance(spec.get("text"), dict):
         raise ValueError("model needs vision: and text: blocks (or from_pretrained: a CLIP checkpoint)")
-    vision = spec["vision"]
+    tower, tokenizer = build_text_tower(spec["text"], overrides.get("projection_dim"))
+    return XrayCLIPModel.from_stages(vision=build_backbone(spec["vision"]), text=tower, **overrides), tokenizer
+
+
+def build_backbone(vision: dict[str, Any]) -> XrayVisualModel:
+    """The backbone of `model.vision`: `from_pretrained` (any stage's checkpoint, its head dropped; nothing may be
+    missing) or `preset`, plus `config:` overrides."""
     check_model_keys(vision)
     if vision.get("from_pretrained"):
         path = _exists(vision["from_pretrained"], "model.vision.from_pretrained")
         backbone, info = XrayVisualModel.from_pretrained(path, output_loading_info=True, **vision.get("config", {}))
         if info["missing_keys"]:
             raise ValueError(f"{path} is not a complete XrayVisual backbone: missing {sorted(info['missing_keys'])[:5]}")
-    else:
-        backbone = XrayVisualModel(XrayVisualConfig.from_preset(vision.get("preset", "tiny"), **vision.get("config", {})))
-    tower, tokenizer = build_text_tower(spec["text"], overrides.get("projection_dim"))
-    return XrayCLIPModel.from_stages(vision=backbone, text=tower, **overrides), tokenizer
+        return backbone
+    return XrayVisualModel(XrayVisualConfig.from_preset(vision.get("preset", "tiny"), **vision.get("config", {})))
 
 
 # ------------------------------------------------------------------------------------------------------ text
@@ -191,25 +195,11 @@ def prepare_text_cache(run: RunContext, model: XrayCLIPModel, tokenizer: Any, te
             return TextEmbeddingCache.build(tower, tokenizer, captions, path, batch_size=spec.batch_size)
 
 
-# ---------------------------------------------------------------------------------------------------- stage
-def prepare_clip(run: RunContext) -> StageRun:
-    """The `clip` stage of the run-config table (`xray_hf.stages`)."""
-    extras: CLIPRunExtras = run.extras or CLIPRunExtras()
-    captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
-    model, tokenizer = build_clip_model(run.config["model"])
-    args = run.training_args()
-    size = run.data.resolution
-    resolution = Resolution(size)
-    slip = model.config.slip_weight > 0
-    mean, std = normalization(run.data)
-    view_kwargs = {"crop_scale": (0.08, 1.0), "blur_p": 0.5, **{k: tuple(v) if isinstance(v, list) else v
-                                                                 for k, v in extras.slip.items()}}
+def caption_sampler(captions: CaptionSpec):
+    """`wrap_decoder` for `build_train_loader`: a `CaptionSampler` around each source's decoder (template captions
+    over a labelled source's class names when `captions.templates` is set)."""
 
-    def wrap_transform(transform):
-        views = SimCLRViews(TrainTransform(resolution, image_mean=mean, image_std=std, **view_kwargs))
-        return WithSimCLRViews(transform, views)
-
-    def sampler(decoder, spec):
+    def wrap(decoder, spec):
         classnames = None
         if captions.templates is not None:
             features = (_map_dataset(spec) if spec.name else open_stream_source(spec)[0]).features or {}
@@ -220,21 +210,61 @@ def prepare_clip(run: RunContext) -> StageRun:
         return CaptionSampler(decoder, captions.column, captions.hashtag_column, captions.sentence_p,
                               captions.templates, classnames, captions.label_column)
 
-    frozen_llm = isinstance(model.text_model, XrayLLM2CLIPTextModel) and model.config.text_config.freeze_llm
-    if frozen_llm and cache_spec.enabled:
-        texts = list(dict.fromkeys(
-            text for spec, records in caption_records(run, captions) for text in sampler(None, spec).candidate_texts(records)
-        ))
-        cache = prepare_text_cache(run, model, tokenizer, texts, cache_spec, args.main_process_first)
-        text_inputs: Any = CachedTexts(cache)
-    else:
-        text_inputs = TokenizedTexts.for_config(tokenizer, model.config.text_config)
+    return wrap
+
+
+def has_frozen_llm(model: XrayCLIPModel) -> bool:
+    return isinstance(model.text_model, XrayLLM2CLIPTextModel) and model.config.text_config.freeze_llm
+
+
+def text_inputs_for(run: RunContext, model: XrayCLIPModel, tokenizer: Any, captions: CaptionSpec,
+                    cache_spec: TextCacheSpec, main_process_first: Any) -> TokenizedTexts | CachedTexts:
+    """How training texts reach `model`'s text tower: cached pooled LLM outputs (frozen LLM, cache enabled; the
+    cache covers every text the caption sampler can draw), else tokens."""
+    if not (has_frozen_llm(model) and cache_spec.enabled):
+        return TokenizedTexts.for_config(tokenizer, model.config.text_config)
+    wrap = caption_sampler(captions)
+    texts = list(dict.fromkeys(
+        text for spec, records in caption_records(run, captions) for text in wrap(None, spec).candidate_texts(records)
+    ))
+    return CachedTexts(prepare_text_cache(run, model, tokenizer, texts, cache_spec, main_process_first))
+
+
+def save_clip_processor(run: RunContext, config: Any, tokenizer: Any, output_dir: str) -> None:
+    """Save the `XrayCLIPProcessor` matching the run's resolution and normalisation beside a CLIP checkpoint."""
+    image_processor = image_processor_for(run.data)
+    mean, std = normalization(run.data)
+    video_processor = XrayVisualVideoProcessor(
+        size=image_processor.size, num_frames=config.vision_config.num_frames, image_mean=mean, image_std=std,
+        resize_mode=image_processor.resize_mode,
+    )
+    XrayCLIPProcessor.for_model(config, image_processor, video_processor, tokenizer).save_pretrained(output_dir)
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+def prepare_clip(run: RunContext) -> StageRun:
+    """The `clip` stage of the run-config table (`xray_hf.stages`)."""
+    extras: CLIPRunExtras = run.extras or CLIPRunExtras()
+    captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
+    model, tokenizer = build_clip_model(run.config["model"])
+    args = run.training_args()
+    resolution = Resolution(run.data.resolution)
+    slip = model.config.slip_weight > 0
+    mean, std = normalization(run.data)
+    view_kwargs = {"crop_scale": (0.08, 1.0), "blur_p": 0.5, **{k: tuple(v) if isinstance(v, list) else v
+                                                                 for k, v in extras.slip.items()}}
+
+    def wrap_transform(transform):
+        views = SimCLRViews(TrainTransform(resolution, image_mean=mean, image_std=std, **view_kwargs))
+        return WithSimCLRViews(transform, views)
+
+    text_inputs = text_inputs_for(run, model, tokenizer, captions, cache_spec, args.main_process_first)
     collator = CLIPCollator(text_inputs, base=SampleCollator(resolution=resolution),
                             hashtags=captions.hashtag_column is not None,
                             group_identical_captions=args.group_identical_captions)
     loader = build_train_loader(
         run.data, run.seed, collate_fn=collator, rank=args.process_index, world_size=args.world_size,
-        resolution=resolution, wrap_transform=wrap_transform if slip else None, wrap_decoder=sampler,
+        resolution=resolution, wrap_transform=wrap_transform if slip else None, wrap_decoder=caption_sampler(captions),
     )
     eval_sets = build_eval_datasets(run.data)
     trainer = CLIPTrainer(
@@ -242,23 +272,19 @@ def prepare_clip(run: RunContext) -> StageRun:
         tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column,
     )
 
-    def after_training(trainer: CLIPTrainer, results: dict) -> None:
-        if trainer.eval_dataset:
-            results["eval"] = trainer.evaluate()  # every rank computes it (FSDP-safe)
-
     def save_artifacts(trainer: CLIPTrainer, results: dict, output_dir: str) -> None:
-        image_processor = image_processor_for(run.data)
-        vision = model.config.vision_config
-        video_processor = XrayVisualVideoProcessor(
-            size=image_processor.size, num_frames=vision.num_frames, image_mean=mean, image_std=std,
-            resize_mode=image_processor.resize_mode,
-        )
-        XrayCLIPProcessor.for_model(model.config, image_processor, video_processor, tokenizer).save_pretrained(
-            output_dir
-        )
+        save_clip_processor(run, model.config, tokenizer, output_dir)
 
-    return StageRun(trainer, results={"slip": slip, "text_cache": frozen_llm and cache_spec.enabled},
-                    after_training=after_training, save_artifacts=save_artifacts)
+    return StageRun(trainer, results={"slip": slip, "text_cache": isinstance(text_inputs, CachedTexts)},
+                    after_training=evaluate_after_training, save_artifacts=save_artifacts)
 
 
-__all__ = ["CLIPRunExtras", "CaptionSpec", "TextCacheSpec", "build_clip_model", "build_text_tower", "prepare_clip"]
+def evaluate_after_training(trainer: CLIPTrainer, results: dict) -> None:
+    if trainer.eval_dataset:
+        results["eval"] = trainer.evaluate()  # every rank computes it (FSDP-safe)
+
+
+__all__ = [
+    "CLIPRunExtras", "CaptionSpec", "TextCacheSpec", "build_backbone", "build_clip_model", "build_text_tower",
+    "caption_sampler", "prepare_clip", "save_clip_processor", "text_inputs_for",
+]

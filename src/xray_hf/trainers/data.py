@@ -91,6 +91,7 @@ class DataSpec:
     augment: dict[str, Any] = field(default_factory=dict)
     num_workers: int = 0
     shuffle_buffer: int = 256
+    video_fraction: float | None = None  # share of video batches (e.g. 0.25: images:videos 75:25, paper 4.11)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "DataSpec":
@@ -106,6 +107,11 @@ class DataSpec:
         out = cls(**spec)
         if out.image is None and out.video is None:
             raise ValueError("data needs an 'image' or a 'video' source (or both)")
+        if out.video_fraction is not None:
+            if out.image is None or out.video is None:
+                raise ValueError("data.video_fraction needs both an 'image' and a 'video' source")
+            if not 0.0 < out.video_fraction < 1.0:
+                raise ValueError(f"data.video_fraction must be in (0, 1), got {out.video_fraction}")
         return out
 
     @property
@@ -210,8 +216,19 @@ def build_train_loader(
         counts[modality] = steps
     if len(loaders) == 1:
         return next(iter(loaders.values()))
+    if data.video_fraction is not None:
+        counts = modality_counts(counts["image"], counts["video"], data.video_fraction)
     schedule = ModalitySchedule(counts["image"], counts["video"], seed=seed)
     return MultimodalLoader(loaders["image"], loaders["video"], schedule)
+
+
+def modality_counts(image_batches: int, video_batches: int, video_fraction: float) -> dict[str, int]:
+    """Batches per epoch of each modality so that `video_fraction` of them are video, without drawing more batches
+    of either modality than its source holds: the larger share is cut down to match the smaller one."""
+    videos_for_all_images = round(image_batches * video_fraction / (1.0 - video_fraction))
+    if videos_for_all_images <= video_batches:
+        return {"image": image_batches, "video": max(1, videos_for_all_images)}
+    return {"image": max(1, round(video_batches * (1.0 - video_fraction) / video_fraction)), "video": video_batches}
 
 
 class DecodedDataset(torch.utils.data.Dataset):
@@ -265,6 +282,6 @@ def build_eval_datasets(data: DataSpec) -> dict[str, DecodedDataset]:
 
 
 __all__ = [
-    "DataSpec", "DecodedDataset", "SourceSpec", "build_eval_dataset", "build_eval_datasets", "eval_set_name", "build_train_loader", "media_column",
+    "DataSpec", "DecodedDataset", "SourceSpec", "modality_counts", "build_eval_dataset", "build_eval_datasets", "eval_set_name", "build_train_loader", "media_column",
     "open_stream_source",
 ]

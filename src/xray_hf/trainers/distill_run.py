@@ -1,0 +1,144 @@
+"""The `distill` entry of the stage table: distil a trained teacher into a smaller student (paper 4.11).
+
+```yaml
+stage: distill
+teacher: {from_pretrained: runs/tiny/clip}       # an XrayCLIPModel, or any XrayVisual checkpoint (image-only)
+model:
+  vision: {preset: tiny, config: {hidden_size: 32, num_hidden_layers: 2}}   # the student's backbone
+  # or vision: {from_pretrained: DIR}; or from_pretrained: DIR (continue a student)
+  config: {}                                      # overrides of the student's config
+captions: {column: caption}                      # CLIP teachers: the texts of the relational term
+text_cache: {enabled: true}                      # the teacher's frozen LLM, cached as in the clip stage
+data: {...}                                      # video_fraction: 0.25 for a video teacher (images:videos 75:25)
+training: {...}                                  # DistillationTrainingArguments
+```
+
+A CLIP teacher's student is an `XrayCLIPModel` with the student backbone, the teacher's text tower (frozen) and a
+new visual projection into the teacher's `projection_dim`; its logit scale starts at the teacher's. An image-only
+teacher's student is an `XrayVisualForDistillation`. Either saves as a normal checkpoint with its processor.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import AutoConfig
+
+from ..data import SampleCollator
+from ..data.transforms import Resolution
+from ..modeling.clip import XrayCLIPModel
+from ..modeling.distillation import XrayVisualForDistillation
+from ..modeling.visual import XrayVisualModel
+from .clip import CLIPCollator
+from .clip_run import (
+    CaptionSpec,
+    TextCacheSpec,
+    _exists,
+    build_backbone,
+    caption_sampler,
+    evaluate_after_training,
+    load_tokenizer,
+    save_clip_processor,
+    text_inputs_for,
+)
+from .data import build_eval_datasets, build_train_loader, check_keys
+from .distill import DistillationTrainer, teacher_kind
+from .run import RunContext, StageRun, build_visual_model, check_model_keys, image_processor_for
+
+# teacher checkpoints by their config's model_type: the class that loads them
+TEACHER_CLASSES: dict[str, type] = {"xray_clip": XrayCLIPModel, "xray_visual": XrayVisualModel}
+
+
+@dataclass
+class DistillRunExtras:
+    teacher: dict[str, Any] = field(default_factory=dict)
+    captions: dict[str, Any] = field(default_factory=dict)
+    text_cache: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DistillRunExtras:
+        out = cls(**values)
+        check_model_keys(out.teacher, ("from_pretrained",))
+        if not out.teacher.get("from_pretrained"):
+            raise ValueError("the distill stage needs teacher: {from_pretrained: DIR}")
+        check_keys(CaptionSpec, out.captions, "captions keys")
+        check_keys(TextCacheSpec, out.text_cache, "text_cache keys")
+        return out
+
+
+def load_teacher(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """(teacher, tokenizer or None) from `teacher.from_pretrained`, chosen by the checkpoint's `model_type`."""
+    path = _exists(spec["from_pretrained"], "teacher.from_pretrained")
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in TEACHER_CLASSES:
+        raise ValueError(f"teacher {path!r} is a {model_type!r} checkpoint; a teacher is one of {sorted(TEACHER_CLASSES)}")
+    teacher = TEACHER_CLASSES[model_type].from_pretrained(path)
+    return teacher, (load_tokenizer(path) if isinstance(teacher, XrayCLIPModel) else None)
+
+
+def build_student(spec: dict[str, Any], teacher: Any) -> Any:
+    """The student of `model:` for `teacher` (see the module docstring)."""
+    check_model_keys(spec, ("vision", "config", "from_pretrained"))
+    overrides = dict(spec.get("config", {}))
+    clip_teacher = isinstance(teacher, XrayCLIPModel)
+    if spec.get("from_pretrained"):  # continue a student
+        path = _exists(spec["from_pretrained"], "model.from_pretrained")
+        student_class = XrayCLIPModel if clip_teacher else XrayVisualForDistillation
+        return student_class.from_pretrained(path, **overrides)
+    if not isinstance(spec.get("vision"), dict):
+        raise ValueError("model needs a vision: block (the student's backbone) or from_pretrained: a student")
+    if not clip_teacher:
+        return build_visual_model(XrayVisualForDistillation, spec["vision"],
+                                  distill_target_size=teacher.config.hidden_size)
+    settings = {"projection_dim": teacher.config.projection_dim, "slip_weight": 0.0, "lambda_den": 0.0,
+                "hashtag_loss_weight": 0.0, "logit_scale_init_value": float(teacher.logit_scale),
+                "label_smoothing": teacher.config.label_smoothing, **overrides}
+    student = XrayCLIPModel.from_stages(vision=build_backbone(spec["vision"]), text=copy.deepcopy(teacher.text_model),
+                                       **settings)
+    student.text_model.requires_grad_(False)  # the teacher's tower: its text embeddings are the student's
+    return student
+
+
+def prepare_distill(run: RunContext) -> StageRun:
+    """The `distill` stage of the run-config table (`xray_hf.stages`)."""
+    extras: DistillRunExtras = run.extras or DistillRunExtras()
+    if not extras.teacher:
+        raise ValueError("the distill stage needs teacher: {from_pretrained: DIR}")
+    teacher, tokenizer = load_teacher(extras.teacher)
+    kind = teacher_kind(teacher)
+    student = build_student(run.config["model"], teacher)
+    args = run.training_args()
+    resolution = Resolution(run.data.resolution)
+    captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
+    text_inputs, wrap_decoder = None, None
+    collator: Any = SampleCollator(resolution=resolution)
+    if kind.uses_text:
+        # the teacher's text tower embeds the texts; it is the student's too
+        text_inputs = text_inputs_for(run, teacher, tokenizer, captions, cache_spec, args.main_process_first)
+        collator = CLIPCollator(text_inputs, base=collator, group_identical_captions=args.group_identical_captions)
+        wrap_decoder = caption_sampler(captions)
+    elif extras.captions or extras.text_cache:
+        raise ValueError("captions: and text_cache: are for CLIP teachers; this teacher is image-only")
+    loader = build_train_loader(run.data, run.seed, collate_fn=collator, rank=args.process_index,
+                                world_size=args.world_size, resolution=resolution, wrap_decoder=wrap_decoder)
+    eval_sets = build_eval_datasets(run.data)
+    trainer = DistillationTrainer(
+        model=student, teacher=teacher, args=args, train_loader=loader, eval_dataset=eval_sets or None,
+        resolution=resolution, tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column,
+    )
+
+    def save_artifacts(trainer: DistillationTrainer, results: dict, output_dir: str) -> None:
+        if kind.uses_text:
+            save_clip_processor(run, student.config, tokenizer, output_dir)
+        else:
+            image_processor_for(run.data).save_pretrained(output_dir)
+
+    results = {"teacher": os.path.abspath(extras.teacher["from_pretrained"]), "student": type(student).__name__,
+               "teacher_parameters": teacher.num_parameters(), "student_parameters": student.num_parameters()}
+    return StageRun(trainer, results=results, after_training=evaluate_after_training, save_artifacts=save_artifacts)
+
+
+__all__ = ["TEACHER_CLASSES", "DistillRunExtras", "build_student", "load_teacher", "prepare_distill"]
