@@ -126,6 +126,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="write only the JSON")
     p.set_defaults(func=_eval)
 
+    # -- semantic-ids: RQ / PQ codes of a dataset's embeddings (paper 6.6); ids Parquet + quantiser + report --
+    def _semantic_ids(args: argparse.Namespace) -> int:
+        from .semantic_ids import run_semantic_ids
+
+        report = run_semantic_ids(
+            args.model, args.dataset, args.output, levels=args.levels, codebook_size=args.codebook_size,
+            method=args.method, distance=args.distance, split=args.split, max_samples=args.max_samples,
+            epochs=args.epochs, batch_size=args.batch_size, feature=args.feature, media_column=args.media_column,
+            embed_batch_size=args.embed_batch_size, device=args.device, seed=args.seed,
+        )
+        usage = ", ".join(f"{row['usage']:.2f}" for row in report["levels"])
+        print(f"{report['method']} semantic ids of {report['num_items']} items written to {args.output}: usage per "
+              f"level {usage}, reconstruction cosine {report['reconstruction_cosine']:.4f}")
+        return 0
+
+    p = sub.add_parser("semantic-ids", help="fit RQ/PQ semantic IDs on a dataset's embeddings and write them")
+    p.add_argument("--model", required=True, help="checkpoint directory (model and image/video processor)")
+    p.add_argument("--dataset", required=True, help="embedded set (openmoji, fashion-mnist, ...) or a local source")
+    p.add_argument("--levels", type=int, required=True, help="K: levels (rq) or chunks (pq) per semantic ID")
+    p.add_argument("--codebook-size", type=int, required=True, help="N: codes per level")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--method", default="rq", choices=("rq", "pq"), help="residual (default) or product quantisation")
+    p.add_argument("--distance", default=None, choices=("cosine", "euclidean"),
+                   help="code matching (default: cosine for rq, euclidean for pq)")
+    p.add_argument("--split", default="train", help="split to embed (default: train)")
+    p.add_argument("--max-samples", type=int, default=None, help="use at most this many items")
+    p.add_argument("--epochs", type=int, default=20, help="EMA passes over the embeddings per level (default: 20)")
+    p.add_argument("--batch-size", type=int, default=None, help="items per EMA step (default: all)")
+    p.add_argument("--feature", default="embedding", choices=("embedding", "pooled"),
+                   help="projected embedding (default) or the backbone's pooled output")
+    p.add_argument("--media-column", default=None, help="image/video column when there are several")
+    p.add_argument("--embed-batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="torch device for the model (default: where it loads)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_semantic_ids)
+
     return parser
 
 

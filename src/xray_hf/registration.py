@@ -59,3 +59,10 @@ AutoImageProcessor.register(
     XrayCLIPConfig, image_processor_classes={"torchvision": XrayVisualImageProcessor}, exist_ok=True
 )
 AutoVideoProcessor.register(XrayCLIPConfig, XrayVisualVideoProcessor, exist_ok=True)
+
+# -- semantic IDs (6.6) --
+from .configuration.semantic_ids import XraySemanticIDConfig  # noqa: E402
+from .modeling.semantic_ids import XraySemanticIDModel  # noqa: E402
+
+AutoConfig.register(XraySemanticIDConfig.model_type, XraySemanticIDConfig, exist_ok=True)
+AutoModel.register(XraySemanticIDConfig, XraySemanticIDModel, exist_ok=True)
