@@ -94,7 +94,7 @@ def build_student(spec: dict[str, Any], teacher: Any) -> Any:
         return build_visual_model(XrayVisualForDistillation, spec["vision"],
                                   distill_target_size=teacher.config.hidden_size)
     settings = {"projection_dim": teacher.config.projection_dim, "slip_weight": 0.0, "lambda_den": 0.0,
-                "hashtag_loss_weight": 0.0, "logit_scale_init_value": float(teacher.logit_scale),
+                "hashtag_loss_weight": 0.0, "logit_scale_init_value": float(teacher.logit_scale.detach()),
                 "label_smoothing": teacher.config.label_smoothing, **overrides}
     student = XrayCLIPModel.from_stages(vision=build_backbone(spec["vision"]), text=copy.deepcopy(teacher.text_model),
                                        **settings)
