@@ -137,6 +137,45 @@ def test_bad_distill_configs_are_refused(clip_teacher, tmp_path):
                                             relational_distill_weight=0.0, contrastive_weight=0.0))
 
 
+def test_teacher_cache_is_keyed_by_sample_and_teacher_and_refuses_stale_use(clip_teacher, tmp_path):
+    from xray_hf.trainers.data import build_eval_dataset
+    from xray_hf.trainers.run import normalization
+    from xray_hf.trainers.teacher_cache import StaleTeacherCacheError, TeacherEmbeddingCache
+
+    config = distill_config(tmp_path / "student", clip_teacher, max_steps=6)
+    config["teacher_cache"] = {"enabled": True}
+    results = run_stage("distill", config)
+    assert results["teacher_cache"] is True
+    assert all(math.isfinite(e["loss"]) for e in results["log_history"] if "loss" in e)
+    path = tmp_path / "student" / "teacher_cache"
+    written = (path / "teacher_embeddings.safetensors").stat().st_mtime_ns
+    # the cached rows are the teacher's embeddings of each sample's clean (evaluation-transform) view
+    data = DataSpec.from_dict(config["data"])
+    teacher = XrayCLIPModel.from_pretrained(clip_teacher)
+    images, videos = build_eval_dataset(data, data.image), build_eval_dataset(data, data.video)
+    settings = {"sources": {"image": vars(data.image), "video": vars(data.video)}, "resolution": 16,
+                "normalization": normalization(data)}
+    cache = TeacherEmbeddingCache.load(path, teacher, settings)
+    assert len(cache) == 96 + 32
+    for dataset, modality in ((images, "image"), (videos, "video")):
+        samples = [dataset[i] for i in (0, 5)]
+        with torch.no_grad():
+            want = teacher.get_image_features(torch.stack([s["pixel_values"] for s in samples])).pooler_output
+        got = cache.lookup([f"{modality}/{s['id']}" for s in samples])
+        assert torch.allclose(got, want, atol=1e-5)
+    with pytest.raises(StaleTeacherCacheError, match="no embedding"):
+        cache.lookup(["image/not-an-id"])
+    # a second run opens it instead of rebuilding; another teacher or other inputs are refused
+    run_stage("distill", config)
+    assert (path / "teacher_embeddings.safetensors").stat().st_mtime_ns == written
+    with torch.no_grad():
+        teacher.visual_projection.weight[0, 0] += 1e-3
+    with pytest.raises(StaleTeacherCacheError, match="teacher_weights"):
+        TeacherEmbeddingCache.load(path, teacher, settings)
+    with pytest.raises(StaleTeacherCacheError, match="input_settings"):
+        TeacherEmbeddingCache.load(path, XrayCLIPModel.from_pretrained(clip_teacher), {**settings, "resolution": 32})
+
+
 def test_video_fraction_sets_the_share_of_video_batches():
     assert modality_counts(6, 4, 0.25) == {"image": 6, "video": 2}
     assert modality_counts(30, 4, 0.25) == {"image": 12, "video": 4}  # never more video batches than there are

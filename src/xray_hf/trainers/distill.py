@@ -10,7 +10,8 @@ Two teacher kinds, one small class each (`TEACHERS`, keyed by the teacher's clas
 - an [`XrayVisualModel`] teacher: the student is an [`XrayVisualForDistillation`] whose `distill_projection`
   maps its pooled embedding to the teacher's width; feature distillation only.
 
-Teachers see the student's batch (same augmented pixels), in eval mode and without gradients. Evaluation reports
+Teachers see the student's batch (same augmented pixels), in eval mode and without gradients; or their image
+embeddings of each sample's clean view come precomputed from a `TeacherEmbeddingCache`. Evaluation reports
 `feature_cosine` (the mean student-teacher cosine on the eval set) for both kinds, plus zero-shot and retrieval
 for CLIP students. The multimodal loader trains a video teacher's student on images and videos at the ratio of
 `data.video_fraction` (4.11: 0.25).
@@ -32,6 +33,7 @@ from ..modeling.distillation import XrayVisualForDistillation
 from ..modeling.visual import XrayVisualModel
 from .callbacks import LogitScaleClampCallback
 from .clip import CLIPTrainer, CLIPTrainingArguments
+from .teacher_cache import TeacherEmbeddingCache, teacher_cache_key
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +80,17 @@ class CLIPTeacher:
                              f"teacher's {teacher.config.projection_dim}: it must embed into the teacher's space")
 
     @staticmethod
-    def teacher_outputs(teacher: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Image embeddings, and with texts in the batch (tokens or cached LLM outputs) text embeddings and scale."""
-        out = {"teacher_image_embeds": teacher.get_image_features(inputs["pixel_values"]).pooler_output}
+    def teacher_image(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        return teacher.get_image_features(pixel_values).pooler_output
+
+    @staticmethod
+    def teacher_text(teacher: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """With texts in the batch (tokens or cached LLM outputs): the teacher's text embeddings and scale."""
         text = {key: inputs[key] for key in TEXT_INPUTS if key in inputs}
-        if text:
-            out["teacher_text_embeds"] = teacher.get_text_features(**text).pooler_output
-            out["teacher_logit_scale"] = teacher.logit_scale.float().exp()
-        return out
+        if not text:
+            return {}
+        return {"teacher_text_embeds": teacher.get_text_features(**text).pooler_output,
+                "teacher_logit_scale": teacher.logit_scale.float().exp()}
 
     @staticmethod
     def student_outputs(model: nn.Module, inputs: dict[str, Any], teacher: dict[str, torch.Tensor]) -> dict:
@@ -111,8 +116,12 @@ class VisualTeacher:
                              f"embedding has {teacher.config.hidden_size}: set distill_target_size")
 
     @staticmethod
-    def teacher_outputs(teacher: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        return {"teacher_image_embeds": teacher(inputs["pixel_values"], return_dict=True).pooler_output.float()}
+    def teacher_image(teacher: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        return teacher(pixel_values, return_dict=True).pooler_output.float()
+
+    @staticmethod
+    def teacher_text(teacher: nn.Module, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {}
 
     @staticmethod
     def student_outputs(model: nn.Module, inputs: dict[str, Any], teacher: dict[str, torch.Tensor]) -> dict:
@@ -140,10 +149,14 @@ class DistillationTrainer(CLIPTrainer):
     Args (beyond `CLIPTrainer`'s):
         teacher: an `XrayCLIPModel` or `XrayVisualModel`, e.g. `AutoModel.from_pretrained(dir)`. It is put in eval
             mode with gradients off and moved to the student's device on first use; it is never saved.
+        teacher_cache: a `TeacherEmbeddingCache` of the teacher's image embeddings by sample id (batches then need
+            the sources' `id` column); the teacher's vision tower no longer runs in training.
     """
 
-    def __init__(self, *args: Any, teacher: nn.Module, **kwargs: Any):
+    def __init__(self, *args: Any, teacher: nn.Module, teacher_cache: TeacherEmbeddingCache | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.teacher_cache = teacher_cache
         if not isinstance(self.args, DistillationTrainingArguments):
             raise ValueError(f"DistillationTrainer needs DistillationTrainingArguments, got {type(self.args).__name__}")
         self.kind = teacher_kind(teacher)
@@ -168,14 +181,24 @@ class DistillationTrainer(CLIPTrainer):
             )
         return self._loss_fn
 
-    def teacher_outputs(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """The teacher's embeddings of a batch (no gradients, eval mode, on the batch's device)."""
-        device = self.model_inputs(inputs).device
-        if next(self.teacher.parameters()).device != device:
-            self.teacher.to(device)
+    def teacher_outputs(self, inputs: dict[str, Any], use_cache: bool = True) -> dict[str, torch.Tensor]:
+        """The teacher's embeddings of a batch (no gradients, eval mode, on the batch's device): image embeddings
+        from the teacher cache when there is one (`use_cache`), else from the teacher; text embeddings and scale for
+        a CLIP teacher when the batch has texts."""
+        pixels = self.model_inputs(inputs)
+        if next(self.teacher.parameters()).device != pixels.device:
+            self.teacher.to(pixels.device)
         self.teacher.eval()
         with torch.no_grad():
-            return self.kind.teacher_outputs(self.teacher, inputs)
+            if self.teacher_cache is not None and use_cache:
+                if "id" not in inputs:
+                    raise ValueError(f"the teacher cache needs sample ids ('id') in the batch (keys: {sorted(inputs)})")
+                modality = "video" if pixels.ndim == 5 else "image"
+                keys = [teacher_cache_key(modality, sample_id) for sample_id in inputs["id"]]
+                image = self.teacher_cache.lookup(keys, device=pixels.device)
+            else:
+                image = self.kind.teacher_image(self.teacher, pixels)
+            return {"teacher_image_embeds": image, **self.kind.teacher_text(self.teacher, inputs)}
 
     def compute_loss(
         self,
@@ -212,7 +235,7 @@ class DistillationTrainer(CLIPTrainer):
             with torch.no_grad(), self.compute_loss_context_manager():
                 for batch in loader:
                     pixels = batch["pixel_values"].to(self.args.device)
-                    teacher = self.teacher_outputs({"pixel_values": pixels})
+                    teacher = self.teacher_outputs({"pixel_values": pixels}, use_cache=False)
                     student = self.kind.student_outputs(model, {"pixel_values": pixels}, teacher)
                     cosine = F.cosine_similarity(student["image_embeds"].float(), teacher["teacher_image_embeds"].float())
                     total, count = total + float(cosine.sum()), count + len(cosine)

@@ -9,6 +9,7 @@ model:
   config: {}                                      # overrides of the student's config
 captions: {column: caption}                      # CLIP teachers: the texts of the relational term
 text_cache: {enabled: true}                      # the teacher's frozen LLM, cached as in the clip stage
+teacher_cache: {enabled: false}                  # precompute the teacher's image embeddings once (by sample id)
 data: {...}                                      # video_fraction: 0.25 for a video teacher (images:videos 75:25)
 training: {...}                                  # DistillationTrainingArguments
 ```
@@ -21,8 +22,10 @@ teacher's student is an `XrayVisualForDistillation`. Either saves as a normal ch
 from __future__ import annotations
 
 import copy
+import functools
+import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from transformers import AutoConfig
@@ -44,12 +47,24 @@ from .clip_run import (
     save_clip_processor,
     text_inputs_for,
 )
-from .data import build_eval_datasets, build_train_loader, check_keys
+from .data import build_eval_dataset, build_eval_datasets, build_train_loader, check_keys
 from .distill import DistillationTrainer, teacher_kind
-from .run import RunContext, StageRun, build_visual_model, check_model_keys, image_processor_for
+from .run import RunContext, StageRun, build_visual_model, check_model_keys, image_processor_for, normalization
+from .teacher_cache import StaleTeacherCacheError, TeacherEmbeddingCache, teacher_cache_key
+
+logger = logging.getLogger(__name__)
 
 # teacher checkpoints by their config's model_type: the class that loads them
 TEACHER_CLASSES: dict[str, type] = {"xray_clip": XrayCLIPModel, "xray_visual": XrayVisualModel}
+
+
+@dataclass
+class TeacherCacheSpec:
+    """`teacher_cache:`: precompute the teacher's image embeddings of every training sample's clean view."""
+
+    enabled: bool = False
+    dir: str | None = None  # default: <output_dir>/teacher_cache
+    batch_size: int = 64
 
 
 @dataclass
@@ -57,6 +72,7 @@ class DistillRunExtras:
     teacher: dict[str, Any] = field(default_factory=dict)
     captions: dict[str, Any] = field(default_factory=dict)
     text_cache: dict[str, Any] = field(default_factory=dict)
+    teacher_cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DistillRunExtras:
@@ -66,6 +82,7 @@ class DistillRunExtras:
             raise ValueError("the distill stage needs teacher: {from_pretrained: DIR}")
         check_keys(CaptionSpec, out.captions, "captions keys")
         check_keys(TextCacheSpec, out.text_cache, "text_cache keys")
+        check_keys(TeacherCacheSpec, out.teacher_cache, "teacher_cache keys")
         return out
 
 
@@ -102,6 +119,27 @@ def build_student(spec: dict[str, Any], teacher: Any) -> Any:
     return student
 
 
+def prepare_teacher_cache(run: RunContext, teacher: Any, spec: TeacherCacheSpec, main_process_first: Any):
+    """Open the teacher cache over the training sources (clean views: the evaluation transform), building it once
+    (main process first) when it is missing or stale."""
+    sources = {modality: source for modality, source in (("image", run.data.image), ("video", run.data.video))
+               if source is not None}
+    if any(source.name is None for source in sources.values()):
+        raise ValueError("teacher_cache needs embedded training sources (name:), not path: sources")
+    datasets = {modality: build_eval_dataset(run.data, source) for modality, source in sources.items()}
+    keys = [teacher_cache_key(modality, i) for modality, dataset in datasets.items() for i in dataset.dataset["id"]]
+    settings = {"sources": {modality: asdict(source) for modality, source in sources.items()},
+                "resolution": run.data.resolution, "normalization": normalization(run.data)}
+    path = spec.dir or os.path.join(run.output_dir, "teacher_cache")
+    with main_process_first(desc="teacher cache"):
+        try:
+            return TeacherEmbeddingCache.load(path, teacher, settings, keys=keys)
+        except (FileNotFoundError, StaleTeacherCacheError) as reason:
+            logger.info("building the teacher cache at %s (%s)", path, reason)
+            embed = functools.partial(teacher_kind(teacher).teacher_image, teacher)
+            return TeacherEmbeddingCache.build(path, teacher, settings, datasets, embed, batch_size=spec.batch_size)
+
+
 def prepare_distill(run: RunContext) -> StageRun:
     """The `distill` stage of the run-config table (`xray_hf.stages`)."""
     extras: DistillRunExtras = run.extras or DistillRunExtras()
@@ -124,9 +162,13 @@ def prepare_distill(run: RunContext) -> StageRun:
         raise ValueError("captions: and text_cache: are for CLIP teachers; this teacher is image-only")
     loader = build_train_loader(run.data, run.seed, collate_fn=collator, rank=args.process_index,
                                 world_size=args.world_size, resolution=resolution, wrap_decoder=wrap_decoder)
+    cache_spec_teacher = TeacherCacheSpec(**extras.teacher_cache)
+    teacher_cache = None
+    if cache_spec_teacher.enabled:
+        teacher_cache = prepare_teacher_cache(run, teacher, cache_spec_teacher, args.main_process_first)
     eval_sets = build_eval_datasets(run.data)
     trainer = DistillationTrainer(
-        model=student, teacher=teacher, args=args, train_loader=loader, eval_dataset=eval_sets or None,
+        model=student, teacher=teacher, teacher_cache=teacher_cache, args=args, train_loader=loader, eval_dataset=eval_sets or None,
         resolution=resolution, tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column,
     )
 
@@ -137,8 +179,9 @@ def prepare_distill(run: RunContext) -> StageRun:
             image_processor_for(run.data).save_pretrained(output_dir)
 
     results = {"teacher": os.path.abspath(extras.teacher["from_pretrained"]), "student": type(student).__name__,
+               "teacher_cache": teacher_cache is not None,
                "teacher_parameters": teacher.num_parameters(), "student_parameters": student.num_parameters()}
     return StageRun(trainer, results=results, after_training=evaluate_after_training, save_artifacts=save_artifacts)
 
 
-__all__ = ["TEACHER_CLASSES", "DistillRunExtras", "build_student", "load_teacher", "prepare_distill"]
+__all__ = ["TEACHER_CLASSES", "DistillRunExtras", "TeacherCacheSpec", "prepare_teacher_cache", "build_student", "load_teacher", "prepare_distill"]
