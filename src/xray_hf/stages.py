@@ -79,7 +79,7 @@ STAGES: dict[str, Stage] = {
             arguments="xray_hf.trainers.distill:DistillationTrainingArguments",
             extras="xray_hf.trainers.distill_run:DistillRunExtras",
             previous="clip",
-            artifacts=("text_cache",),
+            artifacts=("text_cache", "teacher_cache"),
         ),
         Stage(
             name="compress",
