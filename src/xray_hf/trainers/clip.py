@@ -172,7 +172,8 @@ class CLIPTrainer(XrayTrainer):
         if schedule:
             if resolution is None:
                 raise ValueError("resolution_schedule needs the training transforms' shared `resolution`")
-            patch = self.model.config.vision_config.patch_size
+            config = self.model.config
+            patch = getattr(config, "vision_config", config).patch_size  # a CLIP model, or a backbone (distillation)
             self.add_callback(ProgressiveResolutionCallback(resolution, schedule, patch_size=patch))
         self._loss_fn: CLIPStageLoss | None = None
         self._terms: dict[str, list] = {}
