@@ -100,7 +100,7 @@ def test_image_only_teacher_distils_through_a_projection(tmp_path):
     torch.manual_seed(0)
     XrayVisualModel(XrayVisualConfig.from_preset("tiny", **VISION["config"])).save_pretrained(teacher_dir)
     config = distill_config(tmp_path / "student", teacher_dir, max_steps=16, relational_distill_weight=0.0,
-                            contrastive_weight=0.0)
+                            contrastive_weight=0.0, resolution_schedule=[[0, 8], [8, 16]])
     del config["captions"]
     results = run_stage("distill", config)
     logged = [e for e in results["log_history"] if "loss" in e]
