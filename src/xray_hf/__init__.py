@@ -39,5 +39,9 @@ from .modeling.distillation import XrayVisualForDistillation
 from .configuration.semantic_ids import XraySemanticIDConfig
 from .modeling.semantic_ids import XraySemanticIDModel
 
+# -- compressed embeddings (6.3-6.4): 100-d / Matryoshka projection, int8, binary --
+from .configuration.compression import XrayCompressionConfig
+from .modeling.compression import SimilarityDistillationLoss, XrayEmbeddingCompression
+
 # -- registrations (one block per module) --
 from . import registration as _registration  # noqa: E402,F401

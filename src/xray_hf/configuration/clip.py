@@ -10,6 +10,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .compression import XrayCompressionConfig
 from .text import XrayLLM2CLIPTextConfig, XrayTextConfig
 from .visual import XrayConfigMixin, XrayVisualConfig, _is_number
 
@@ -71,6 +72,9 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
             paper does not give it.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the projections' and heads' initialisation.
+        compression_config (`dict` or `XrayCompressionConfig`, *optional*):
+            Compressed embeddings (paper 6.3-6.4): the learned low-dimensional projection's size (100-d by
+            default) and Matryoshka sizes; stored as a plain dict. None (the default) builds no compression module.
     """
 
     model_type = "xray_clip"
@@ -95,6 +99,7 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
         denoise_ratio: float = 0.1,
         denoise_noise_std: float = 0.5,
         initializer_range: float = 0.02,
+        compression_config: dict | XrayCompressionConfig | None = None,
         **kwargs,
     ):
         if vision_config is None:
@@ -117,6 +122,7 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
         self.denoise_ratio = denoise_ratio
         self.denoise_noise_std = denoise_noise_std
         self.initializer_range = initializer_range
+        self.compression_config = compression_config
         super().__init__(**kwargs)
         self.normalize_xray()
         self.validate_xray()
@@ -127,6 +133,8 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
             self.vision_config = _sub_config(self.vision_config, XrayVisualConfig, "vision_config", "xray_visual")
         if isinstance(self.text_config, dict):
             self.text_config = _sub_config(self.text_config, None, "text_config", XrayLLM2CLIPTextConfig.model_type)
+        if self.compression_config is not None:  # canonical JSON form, unknown keys refused
+            self.compression_config = XrayCompressionConfig.from_dict(self.compression_config).to_dict()
 
     @classmethod
     def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
@@ -173,6 +181,8 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
             raise ValueError(f"slip_temperature must be > 0, got {self.slip_temperature!r}")
         if not _is_number(self.denoise_ratio) or not 0.0 < self.denoise_ratio <= 1.0:
             raise ValueError(f"denoise_ratio must be in (0, 1], got {self.denoise_ratio!r}")
+        if self.compression_config is not None:
+            XrayCompressionConfig.from_dict(self.compression_config).validate(self.projection_dim)
 
 
 __all__ = ["XrayCLIPConfig", "TEXT_CONFIG_CLASSES"]

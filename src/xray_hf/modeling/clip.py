@@ -22,6 +22,11 @@ from transformers import initialization as init
 
 from ..configuration.clip import XrayCLIPConfig
 from ..configuration.visual import XrayVisualConfig
+from .compression import (
+    XrayCompressionMixin,
+    XrayEmbeddingCompression,
+    init_compression_weights,
+)
 from .outputs import XrayCLIPOutput, XrayVisualModelOutput
 from .text import XrayTextModelOutput
 from .visual import XrayVisualModel
@@ -83,12 +88,14 @@ class XrayCLIPPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm) and module.weight is not None:
             init.ones_(module.weight)
             init.zeros_(module.bias)
+        if isinstance(module, XrayEmbeddingCompression):
+            init_compression_weights(module)
         if isinstance(module, XrayCLIPModel):
             init.normal_(module.visual_projection.weight, std=module.config.vision_config.hidden_size**-0.5)
             init.constant_(module.logit_scale, module.config.logit_scale_init_value)
 
 
-class XrayCLIPModel(XrayCLIPPreTrainedModel):
+class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
     """
     The XrayVisual backbone (`xray_visual`) and a text tower (`text_model`: `XrayLLM2CLIPTextModel` or
     `XrayTextModel`, by `config.text_config.model_type`), projected into one space of `config.projection_dim`.
@@ -96,6 +103,10 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
     Also holds what stage-3 training needs beside the two towers: `logit_scale` (a 0-d parameter, exponentiated in
     the logits), the SLIP projection head (`slip_head`, when `config.slip_weight > 0`) and the denoiser (`denoiser`,
     when `config.lambda_den > 0`). Inference uses only the towers and the projections.
+
+    With `config.compression_config`, `embedding_compression` holds the compressed embeddings (paper 6.3-6.4):
+    `get_image_features(pixel_values, compression="projection" | "int8" | "binary", compressed_dim=None)` (and the
+    video and text variants) return them in `pooler_output`; see `xray_hf.modeling.compression`.
     """
 
     def __init__(self, config: XrayCLIPConfig):
@@ -107,6 +118,7 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
         self.slip_head = XrayCLIPSLIPHead(config) if config.slip_weight > 0 else None
         self.denoiser = XrayCLIPDenoiser(config) if config.lambda_den > 0 else None
+        self._build_embedding_compression()
         self._no_split_modules = list(dict.fromkeys(
             self._no_split_modules + list(getattr(self.text_model, "_no_split_modules", None) or [])
         ))
@@ -187,32 +199,43 @@ class XrayCLIPModel(XrayCLIPPreTrainedModel):
         projected = self.visual_projection(pooled.to(self.visual_projection.weight.dtype)).float()
         return outputs, projected
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> XrayVisualModelOutput:
+    def get_image_features(
+        self, pixel_values: torch.Tensor, compression: str | None = None, compressed_dim: int | None = None,
+        **kwargs: Any,
+    ) -> XrayVisualModelOutput:
         """Images `(B, C, H, W)` (or videos `(B, T, C, H, W)`) -> the backbone's output with the projected,
-        unnormalised fp32 embedding `(B, projection_dim)` in `pooler_output`."""
+        unnormalised fp32 embedding `(B, projection_dim)` in `pooler_output`; with `compression`, the compressed
+        embedding instead (`"projection"`: unit-norm `(B, compressed_dim)`, `"int8"`: int8 codes, `"binary"`:
+        packed uint8 bits)."""
         outputs, projected = self._encode_visual(pixel_values, **kwargs)
         outputs.pooler_output = projected
-        return outputs
+        return self._compressed_output(outputs, compression, compressed_dim)
 
-    def get_video_features(self, pixel_values: torch.Tensor, **kwargs: Any) -> XrayVisualModelOutput:
+    def get_video_features(
+        self, pixel_values: torch.Tensor, compression: str | None = None, compressed_dim: int | None = None,
+        **kwargs: Any,
+    ) -> XrayVisualModelOutput:
         """Videos `(B, T, C, H, W)` -> as `get_image_features`."""
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 5:
             shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
             raise ValueError(f"videos must be (batch, frames, channels, height, width), got {shape}")
-        return self.get_image_features(pixel_values, **kwargs)
+        return self.get_image_features(pixel_values, compression, compressed_dim, **kwargs)
 
     def get_text_features(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         llm_pooled_output: torch.Tensor | None = None,
+        compression: str | None = None,
+        compressed_dim: int | None = None,
         **kwargs: Any,
     ) -> XrayTextModelOutput:
         """Tokens (or, for the LLM2CLIP tower, cached pooled LLM outputs) -> the tower's output with the projected,
-        unnormalised fp32 embedding `(B, projection_dim)` in `pooler_output`."""
+        unnormalised fp32 embedding `(B, projection_dim)` in `pooler_output` (compressed with `compression`, as
+        `get_image_features`)."""
         outputs = self._text_outputs(input_ids, attention_mask, llm_pooled_output)
         outputs.pooler_output = outputs.text_embeds
-        return outputs
+        return self._compressed_output(outputs, compression, compressed_dim)
 
     def _text_outputs(self, input_ids, attention_mask, llm_pooled_output) -> XrayTextModelOutput:
         if llm_pooled_output is not None:

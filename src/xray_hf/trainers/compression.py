@@ -1,0 +1,321 @@
+"""The `compress` stage (paper 6.3-6.4): train a CLIP checkpoint's compressed embeddings on its own frozen
+embeddings. The towers never run during training: the training set's images (and videos) and texts are embedded
+once, the int8 ranges are calibrated on a sample of those embeddings, and `CompressionTrainer` fits the learned
+projection (Matryoshka sizes included) with `SimilarityDistillationLoss`. The saved checkpoint is the CLIP model
+with `compression_config` in its config and the projection and int8 ranges in `model.safetensors`, plus the
+source checkpoint's processor; `results.json` holds the retention on the eval sets (`xray_hf.eval.compression`).
+
+```yaml
+stage: compress
+model:
+  from_pretrained: runs/tiny/clip           # a CLIP checkpoint (with its processor and tokenizer)
+  compression: {compressed_dim: 100, matryoshka_dims: [64, 32]}   # XrayCompressionConfig
+texts: {column: caption}                    # captions of the training items; or {templates: ["a photo of a {}"]}
+data:
+  image: {name: openmoji, split: train}     # embedded with the checkpoint's own processor
+  eval: {name: openmoji, split: validation} # retention: retrieval (captions) and zero-shot (labels)
+training: {output_dir: runs/tiny/compress, optimizer: adamw, learning_rate: 1.0e-3, max_steps: 300,
+           per_device_train_batch_size: 256}
+```
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..eval.compression import compression_retention
+from ..modeling.compression import SimilarityDistillationLoss, XrayEmbeddingCompression
+from .base import XrayTrainer, XrayTrainingArguments
+from .data import SourceSpec, check_keys
+from .run import RunContext, StageRun, check_model_keys
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressionTrainingArguments(XrayTrainingArguments):
+    """The compress stage's settings beside `TrainingArguments`."""
+
+    similarity_temperature: float = field(
+        default=0.2, metadata={"help": "temperature of the similarity KL term, in units of each row's cosine spread"}
+    )
+    kl_weight: float = field(default=1.0, metadata={"help": "weight of the neighbour-distribution (KL) term"})
+    mse_weight: float = field(default=1.0, metadata={"help": "weight of the cosine-matrix (MSE) term"})
+    calibration_samples: int = field(
+        default=10000, metadata={"help": "embeddings drawn (without replacement) to calibrate the int8 ranges"}
+    )
+    balance_modalities: bool = field(
+        default=True, metadata={"help": "repeat the texts up to the number of items, so batches mix both"}
+    )
+    dataloader_drop_last: bool = field(
+        default=True, metadata={"help": "drop a last partial batch (similarities need a full batch of pairs)"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.similarity_temperature <= 0:
+            raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
+        if self.kl_weight < 0 or self.mse_weight < 0 or self.kl_weight + self.mse_weight == 0:
+            raise ValueError(f"kl_weight and mse_weight must be >= 0, not both 0; got {self.kl_weight}, {self.mse_weight}")
+        if self.calibration_samples < 2:
+            raise ValueError(f"calibration_samples must be >= 2, got {self.calibration_samples}")
+
+
+class EmbeddingDataset(torch.utils.data.Dataset):
+    """Rows of a (N, D) tensor of frozen embeddings as `{"embeds": row}` samples."""
+
+    def __init__(self, embeds: torch.Tensor):
+        if embeds.ndim != 2 or embeds.shape[0] < 2:
+            raise ValueError(f"embeds must be (N >= 2, D), got {tuple(embeds.shape)}")
+        self.embeds = embeds.detach().float().cpu()
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {"embeds": self.embeds[index]}
+
+
+def training_embeddings(image_embeds: torch.Tensor, text_embeds: torch.Tensor | None = None,
+                        balance: bool = True) -> torch.Tensor:
+    """Items' and texts' embeddings as one training set; with `balance`, the smaller side repeated (whole copies,
+    then a prefix) up to the larger side's count, so cross-modal similarities are in every batch."""
+    if text_embeds is None or text_embeds.shape[0] == 0:
+        return image_embeds
+    if image_embeds.shape[1] != text_embeds.shape[1]:
+        raise ValueError(f"image and text embeddings differ in size: {image_embeds.shape[1]} vs {text_embeds.shape[1]}")
+    if balance:
+        small, large = sorted((image_embeds, text_embeds), key=len)
+        repeats = -(-len(large) // len(small))
+        small = small.repeat(repeats, 1)[: len(large)]
+        return torch.cat([large, small])
+    return torch.cat([image_embeds, text_embeds])
+
+
+def compression_of(model: nn.Module) -> XrayEmbeddingCompression:
+    """The model's compression module (or `model` itself when it is one), with a clear error when it has none."""
+    if isinstance(model, XrayEmbeddingCompression):
+        return model
+    module = getattr(model, "embedding_compression", None)
+    if module is None:
+        raise ValueError(
+            f"{type(model).__name__} has no embedding_compression: give its config a compression_config "
+            "(or call add_embedding_compression())"
+        )
+    return module
+
+
+def calibrate_int8(model: nn.Module, embeds: torch.Tensor, samples: int = 10000, seed: int = 0) -> torch.Tensor:
+    """Calibrate the model's int8 ranges on up to `samples` rows of `embeds`, drawn without replacement."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(embeds.shape[0], generator=generator)[:samples]
+    return compression_of(model).calibrate_int8(embeds[rows])
+
+
+class CompressionTrainer(XrayTrainer):
+    """Fits `model.embedding_compression.projection` on frozen embeddings (`{"embeds": (B, D)}` batches, e.g. from
+    `EmbeddingDataset`); every other parameter of the model is frozen. The loss (default: from the compression
+    config and the arguments' weights) logs its terms beside `loss`."""
+
+    def __init__(self, model: nn.Module, args: XrayTrainingArguments, *trainer_args: Any,
+                 loss: nn.Module | None = None, **kwargs: Any):
+        module = compression_of(model)
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        module.projection.weight.requires_grad_(True)
+        super().__init__(model, args, *trainer_args, **kwargs)
+        self.loss = loss or SimilarityDistillationLoss.from_config(
+            module.config,
+            temperature=getattr(args, "similarity_temperature", 0.2),
+            kl_weight=getattr(args, "kl_weight", 1.0),
+            mse_weight=getattr(args, "mse_weight", 1.0),
+        )
+        self._terms: dict[str, list] = {}
+
+    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None):
+        if "embeds" not in inputs:
+            raise ValueError(f"batch has no 'embeds' (keys: {sorted(inputs)}); use EmbeddingDataset")
+        embeds = inputs["embeds"].float()
+        module = compression_of(self.accelerator.unwrap_model(model))
+        weight = module.projection.weight
+        compressed = module.projection(F.normalize(embeds, dim=-1).to(weight.dtype))
+        terms = self.loss(compressed, embeds, output_dict=True)
+        if model.training:
+            for key, value in terms.items():
+                if key != "loss":
+                    total = self._terms.setdefault(key, [0.0, 0])
+                    total[0], total[1] = total[0] + value.detach(), total[1] + 1
+        return (terms["loss"], {"compressed_embeds": compressed, **terms}) if return_outputs else terms["loss"]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            for key, (total, count) in self._terms.items():
+                if count:
+                    logs[key] = round(float(total) / count, 6)
+            self._terms = {}
+        super().log(logs, start_time)
+
+
+def fit_embedding_compression(
+    model: nn.Module,
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor | None = None,
+    *,
+    output_dir: str | None = None,
+    calibrate: bool = True,
+    **training: Any,
+) -> dict[str, Any]:
+    """Train the model's compression on precomputed embeddings outside a run config (tests, scripts): calibrate
+    int8 on them, then `CompressionTrainer` with `CompressionTrainingArguments(**training)` (defaults: AdamW,
+    lr 1e-3, 300 steps, batch 256, no checkpoints or reports). Returns the Trainer's log history and loss."""
+    defaults = {"optimizer": "adamw", "learning_rate": 1e-3, "max_steps": 300, "per_device_train_batch_size": 256,
+                "weight_decay": 0.0, "warmup_steps": 10, "lr_scheduler_type": "cosine", "logging_steps": 50,
+                "save_strategy": "no", "report_to": [], "disable_tqdm": True, "use_cpu": not torch.cuda.is_available()}
+    settings = {**defaults, **training}
+    with tempfile.TemporaryDirectory() as scratch:
+        args = CompressionTrainingArguments(output_dir=output_dir or scratch, **settings)
+        embeds = training_embeddings(image_embeds, text_embeds, args.balance_modalities)
+        if calibrate:
+            calibrate_int8(model, embeds, args.calibration_samples, args.seed)
+        trainer = CompressionTrainer(model, args, train_dataset=EmbeddingDataset(embeds))
+        output = trainer.train()
+    model.eval()
+    return {"train_loss": output.training_loss, "log_history": trainer.state.log_history}
+
+
+# ---------------------------------------------------------------------------------------------------- stage
+@dataclass
+class CompressionRunExtras:
+    """`texts:` of the compress stage: which texts share the space with the items. `column` (default `caption`):
+    captions of the training items; or `templates` with the `label_column`'s class names (labelled sets)."""
+
+    texts: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CompressionRunExtras:
+        out = cls(**values)
+        check_keys(TextSpec, out.texts, "texts keys")
+        return out
+
+
+@dataclass
+class TextSpec:
+    """`texts:` keys: a caption `column`, or `templates` filled with the `label_column`'s class names."""
+
+    column: str | None = None
+    templates: list[str] | None = None
+    label_column: str | None = None
+
+
+def embed_source(pieces: dict[str, Any], spec: SourceSpec, texts: TextSpec, need_text: bool) -> dict[str, Any]:
+    """Embed one source with the checkpoint's processor: `image_embeds`, and when the source has them
+    `text_embeds` + `text_to_image` (captions), `labels` + `classnames`, and with `texts.templates` the
+    `classifier` and the class prompts' `prompt_embeds`."""
+    from ..eval.data import ProcessorTransform, decoded, load_eval_set
+    from ..eval.features import embed_images, encode_texts
+    from ..eval.retrieval import caption_targets
+    from ..eval.zero_shot import build_zero_shot_classifier, fill_template
+
+    model, tokenizer = pieces["model"], pieces["tokenizer"]
+    templated = texts.templates is not None
+    eval_set = load_eval_set(spec.name or spec.path, spec.split, max_samples=spec.max_samples,
+                             caption_column=None if templated else texts.column, label_column=texts.label_column,
+                             need=(("classnames",) if templated else ("captions",)) if need_text else ())
+    transform = ProcessorTransform(pieces["image_processor"], pieces["video_processor"])
+    data = decoded(eval_set, transform, num_frames=spec.num_frames, stride=spec.stride)
+    columns = [c for c in (eval_set.caption_column, eval_set.label_column) if c]
+    image_embeds, gathered = embed_images(model, data, columns=columns, batch_size=spec.batch_size)
+    out: dict[str, Any] = {"image_embeds": image_embeds}
+    if eval_set.caption_column and not templated:
+        captions, text_to_image, kept = caption_targets(gathered[eval_set.caption_column])
+        out.update(text_embeds=encode_texts(captions, model, tokenizer), text_to_image=text_to_image, kept=kept)
+    if eval_set.label_column and eval_set.classnames:
+        out.update(labels=torch.as_tensor(gathered[eval_set.label_column]).long(), classnames=eval_set.classnames)
+        templates = texts.templates or ("a photo of a {}.",)
+        prompts = [fill_template(t, name) for name in eval_set.classnames for t in templates]
+        out["classifier"] = build_zero_shot_classifier(model, tokenizer, eval_set.classnames, templates)
+        if templated:
+            out["text_embeds_templates"] = encode_texts(prompts, model, tokenizer)
+    return out
+
+
+def retention_inputs(embedded: dict[str, Any]) -> dict[str, Any]:
+    """`compression_retention` keyword arguments from `embed_source`'s output (retrieval and/or zero-shot)."""
+    out: dict[str, Any] = {}
+    if "text_to_image" in embedded:
+        out["retrieval"] = {"image_embeds": embedded["image_embeds"][embedded["kept"]],
+                            "text_embeds": embedded["text_embeds"], "text_to_image": embedded["text_to_image"]}
+    if "classifier" in embedded:
+        out["zero_shot"] = {"image_embeds": embedded["image_embeds"], "classifier": embedded["classifier"],
+                            "labels": embedded["labels"]}
+    return out
+
+
+def prepare_compress(run: RunContext) -> StageRun:
+    """The `compress` stage of the run-config table (`xray_hf.stages`)."""
+    from ..eval.run import load_checkpoint
+    from ..trainers.data import eval_set_name
+
+    spec = run.config["model"]
+    check_model_keys(spec, ("from_pretrained", "compression"))
+    path = spec.get("from_pretrained")
+    if not path or not os.path.isdir(path):
+        raise ValueError(f"model.from_pretrained must be an existing CLIP checkpoint directory, got {path!r}")
+    texts = TextSpec(**((run.extras.texts if run.extras else None) or {}))
+    if texts.templates is None and texts.column is None:
+        texts.column = "caption"
+    video = run.data.video is not None or any(s.modality == "video" for s in run.data.eval_sets)
+    pieces = load_checkpoint(path, need_text=True, video=video)
+    model = pieces["model"]
+    if not hasattr(model, "add_embedding_compression"):
+        raise ValueError(f"{path} holds a {type(model).__name__}; the compress stage needs an XrayCLIPModel")
+    if spec.get("compression") is not None or model.embedding_compression is None:
+        model.add_embedding_compression(spec.get("compression"))  # a fresh module (the settings may differ)
+    args = run.training_args()
+
+    image_parts, text_parts = [], []
+    for source in (run.data.image, run.data.video):
+        if source is not None:
+            embedded = embed_source(pieces, source, texts, need_text=True)
+            image_parts.append(embedded["image_embeds"])
+            text_parts.append(embedded.get("text_embeds", embedded.get("text_embeds_templates")))
+    text_parts = [t for t in text_parts if t is not None]
+    embeds = training_embeddings(torch.cat(image_parts), torch.cat(text_parts) if text_parts else None,
+                                 args.balance_modalities)
+    calibrate_int8(model, embeds, args.calibration_samples, run.seed)
+    trainer = CompressionTrainer(model, args, train_dataset=EmbeddingDataset(embeds))
+
+    def after_training(trainer: CompressionTrainer, results: dict) -> None:
+        module = compression_of(trainer.accelerator.unwrap_model(trainer.model))
+        module.eval()
+        retention: dict[str, Any] = {}
+        for eval_spec in run.data.eval_sets:
+            inputs = retention_inputs(embed_source(pieces, eval_spec, texts, need_text=False))
+            if inputs:
+                with torch.no_grad():
+                    retention[eval_set_name(eval_spec, set(retention))] = compression_retention(module, **inputs)
+        results["retention"] = retention
+
+    def save_artifacts(trainer: CompressionTrainer, results: dict, output_dir: str) -> None:
+        from transformers import AutoProcessor
+
+        AutoProcessor.from_pretrained(path).save_pretrained(output_dir)
+
+    return StageRun(trainer, results={"training_embeddings": int(embeds.shape[0]), "source": path},
+                    after_training=after_training, save_artifacts=save_artifacts)
+
+
+__all__ = [
+    "CompressionRunExtras", "CompressionTrainer", "CompressionTrainingArguments", "EmbeddingDataset", "TextSpec",
+    "calibrate_int8", "embed_source", "fit_embedding_compression", "prepare_compress", "retention_inputs",
+    "training_embeddings",
+]
