@@ -2,6 +2,7 @@
 image-only teacher into an `XrayVisualForDistillation`, exact resume, and the checks on bad configs."""
 
 import copy
+import json
 import math
 
 import pytest
@@ -90,6 +91,10 @@ def test_distillation_resumes_to_the_uninterrupted_run(clip_teacher, tmp_path):
     want = [e["loss"] for e in straight["log_history"] if "loss" in e]
     got = [e["loss"] for e in resumed["log_history"] if "loss" in e]
     assert got[-4:] == want[-4:]
+    # checkpoints and the final model hold no pickle: the training arguments are JSON
+    for folder in (tmp_path / "b", tmp_path / "b" / "checkpoint-4"):
+        assert not (folder / "training_args.bin").exists()
+        assert json.loads((folder / "training_args.json").read_text())["max_steps"] == 8
     a, b = XrayCLIPModel.from_pretrained(tmp_path / "a"), XrayCLIPModel.from_pretrained(tmp_path / "b")
     for name, value in a.state_dict().items():
         assert torch.equal(b.state_dict()[name], value), name

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from .optim import OPTIMIZERS, build_optimizer, param_groups
@@ -24,6 +25,8 @@ from .resume import DATA_STATE_NAME, ResumableLoader, load_data_state, save_data
 
 
 logger = logging.getLogger(__name__)
+
+TRAINING_ARGS_JSON = "training_args.json"
 
 
 def _multi_process_without_accelerator() -> bool:
@@ -106,6 +109,18 @@ class XrayTrainer(Trainer):
         if resume_from_checkpoint and self.train_loader is not None:
             self.train_loader.load_state_dict(load_data_state(resume_from_checkpoint, self.args.process_index))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The Trainer's save, with the training arguments as JSON (`training_args.json`) instead of its pickled
+        `training_args.bin`: nothing this package writes needs pickle to read."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            pickled = os.path.join(output_dir, TRAINING_ARGS_NAME)
+            if os.path.isfile(pickled):
+                os.remove(pickled)
+            with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
 
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
