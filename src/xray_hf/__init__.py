@@ -39,6 +39,10 @@ from .modeling.distillation import XrayVisualForDistillation
 from .configuration.semantic_ids import XraySemanticIDConfig
 from .modeling.semantic_ids import XraySemanticIDModel
 
+# -- linear adapters (6.2) --
+from .configuration.adapters import XrayLinearAdapterConfig
+from .modeling.adapters import XrayLinearAdapter, list_adapters, load_adapter, save_adapter
+
 # -- compressed embeddings (6.3-6.4): 100-d / Matryoshka projection, int8, binary --
 from .configuration.compression import XrayCompressionConfig
 from .modeling.compression import SimilarityDistillationLoss, XrayEmbeddingCompression

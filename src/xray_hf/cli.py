@@ -87,10 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
             train_dataset=args.train_dataset, train_split=args.train_split, val_split=args.val_split,
             max_train_samples=args.max_train_samples, feature=args.feature, num_frames=args.num_frames,
             stride=args.stride, video_mode=args.video_mode, batch_size=args.batch_size, num_workers=args.num_workers,
-            device=args.device, plots=not args.no_plots, seed=args.seed,
+            device=args.device, plots=not args.no_plots, seed=args.seed, save_adapter=args.save_adapter,
         )
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         print(f"{result['task']} on {result['dataset']}/{args.split}: {metrics}")
+        if "adapter" in result:
+            print(f"linear adapter saved to {result['adapter']}")
         if args.output is not None:
             print(f"results written to {args.output}")
         return 0
@@ -124,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: where the model loads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true", help="write only the JSON")
+    p.add_argument("--save-adapter", default=None, metavar="NAME",
+                   help="linear-probe only: save the probe as a linear adapter in <model>/adapters/NAME")
     p.set_defaults(func=_eval)
 
     # -- semantic-ids: RQ / PQ codes of a dataset's embeddings (paper 6.6); ids Parquet + quantiser + report --

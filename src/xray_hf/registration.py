@@ -66,3 +66,10 @@ from .modeling.semantic_ids import XraySemanticIDModel  # noqa: E402
 
 AutoConfig.register(XraySemanticIDConfig.model_type, XraySemanticIDConfig, exist_ok=True)
 AutoModel.register(XraySemanticIDConfig, XraySemanticIDModel, exist_ok=True)
+
+# -- linear adapters (6.2) --
+from .configuration.adapters import XrayLinearAdapterConfig  # noqa: E402
+from .modeling.adapters import XrayLinearAdapter  # noqa: E402
+
+AutoConfig.register(XrayLinearAdapterConfig.model_type, XrayLinearAdapterConfig, exist_ok=True)
+AutoModel.register(XrayLinearAdapterConfig, XrayLinearAdapter, exist_ok=True)

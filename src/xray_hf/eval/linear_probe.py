@@ -10,7 +10,8 @@ backbones of very different feature scales), then scikit-learn `LogisticRegressi
 (multinomial, L2 penalty, `max_iter=1000`). `C` is chosen on a validation split from `C_GRID` (ties go to the
 smaller C, i.e. stronger regularisation), then the probe is refit on train + validation with that C and
 scored on the test split (CLIP_benchmark refits the same way). Without a validation split, a stratified 20%
-of the training features is held out for the choice.
+of the training features is held out for the choice. `fit_linear_probe` returns that final probe with its
+standardisation (`LinearProbeFit`): what `eval.adapters` saves as a linear adapter (paper 6.2).
 
 kNN: cosine similarity to the training features, the k=20 nearest vote with weight exp(similarity / 0.07)
 (DINO's weighted kNN, Caron et al. 2021).
@@ -21,6 +22,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,18 +73,26 @@ def _as_arrays(name: str, features: Any, labels: Any) -> tuple[np.ndarray, np.nd
     return x, y.astype(np.int64)
 
 
-def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+def _moments(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean, std = train.mean(0), train.std(0)
     std[std < 1e-12] = 1.0  # constant features stay 0 rather than dividing by zero
+    return mean, std
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mean, std = _moments(train)
     return [(x - mean) / std for x in (train, *others)]
 
 
 def _fit(x: np.ndarray, y: np.ndarray, C: float, max_iter: int, seed: int):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     probe = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed)
-    with warnings.catch_warnings(record=True) as caught:
+    # scikit-learn's BLAS / OpenMP follow torch's thread count: on a loaded 2-core machine two threads made a
+    # 2,000 x 32 fit about 25x slower than one (OpenMP barriers), and a test sets torch to one thread
+    with warnings.catch_warnings(record=True) as caught, threadpool_limits(torch.get_num_threads()):
         warnings.simplefilter("always", ConvergenceWarning)
         probe.fit(x, y)
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
@@ -109,11 +119,23 @@ def _holdout(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.
     return train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
 
 
-def linear_probe_eval(
+@dataclass
+class LinearProbeFit:
+    """The final probe (fitted on train + validation with the chosen C) and its standardisation: scores are
+    `probe.decision_function((x - mean) / std)`. `num_classes` counts the classes seen in train and validation."""
+
+    probe: Any
+    mean: np.ndarray
+    std: np.ndarray
+    C: float
+    val_acc1: float
+    num_classes: int
+    num_fit: int
+
+
+def fit_linear_probe(
     train_features: Any,
     train_labels: Any,
-    test_features: Any,
-    test_labels: Any,
     val_features: Any = None,
     val_labels: Any = None,
     *,
@@ -121,14 +143,10 @@ def linear_probe_eval(
     max_iter: int = MAX_ITER,
     val_fraction: float = 0.2,
     seed: int = 0,
-    ks: Sequence[int] = (1, 5),
-) -> dict[str, float]:
-    """Logistic-regression probe (see the module docstring): `lp_acc{k}`, `lp_mean_per_class_recall`, and the
-    chosen `lp_C` with its validation top-1 `lp_val_acc1`."""
+) -> LinearProbeFit:
+    """Choose C on validation data (or a held-out `val_fraction` of train), then refit on train + validation
+    with it (see the module docstring)."""
     x_train, y_train = _as_arrays("train", train_features, train_labels)
-    x_test, y_test = _as_arrays("test", test_features, test_labels)
-    if x_test.shape[1] != x_train.shape[1]:
-        raise ValueError(f"train features have {x_train.shape[1]} dimensions, test features {x_test.shape[1]}")
     if not C_grid or min(C_grid) <= 0:
         raise ValueError(f"C_grid must hold positive values, got {tuple(C_grid)}")
     if len(np.unique(y_train)) < 2:
@@ -143,7 +161,8 @@ def linear_probe_eval(
     else:
         x_fit, y_fit = x_train, y_train
         x_val, y_val = _as_arrays("validation", val_features, val_labels)
-    num_classes = int(max(y_train.max(), y_test.max(), y_val.max())) + 1
+        if x_val.shape[1] != x_train.shape[1]:
+            raise ValueError(f"train features have {x_train.shape[1]} dimensions, validation features {x_val.shape[1]}")
 
     x_fit_s, x_val_s = _standardise(x_fit, x_val)
     best_C, best_acc = None, -1.0
@@ -155,11 +174,40 @@ def linear_probe_eval(
 
     x_all = np.concatenate([x_fit, x_val])
     y_all = np.concatenate([y_fit, y_val])
-    x_all_s, x_test_s = _standardise(x_all, x_test)
-    probe = _fit(x_all_s, y_all, best_C, max_iter, seed)
-    metrics = classification_metrics(_class_scores(probe, x_test_s, num_classes), torch.from_numpy(y_test), ks, "lp_")
-    metrics.update({"lp_C": float(best_C), "lp_val_acc1": best_acc})
-    return metrics
+    mean, std = _moments(x_all)
+    probe = _fit((x_all - mean) / std, y_all, best_C, max_iter, seed)
+    return LinearProbeFit(probe, mean, std, float(best_C), best_acc, int(y_all.max()) + 1, len(y_all))
+
+
+def linear_probe_eval(
+    train_features: Any,
+    train_labels: Any,
+    test_features: Any,
+    test_labels: Any,
+    val_features: Any = None,
+    val_labels: Any = None,
+    *,
+    C_grid: Sequence[float] = C_GRID,
+    max_iter: int = MAX_ITER,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    ks: Sequence[int] = (1, 5),
+    return_fit: bool = False,
+) -> dict[str, float] | tuple[dict[str, float], LinearProbeFit]:
+    """Logistic-regression probe (see the module docstring): `lp_acc{k}`, `lp_mean_per_class_recall`, and the
+    chosen `lp_C` with its validation top-1 `lp_val_acc1`; with `return_fit`, also the `LinearProbeFit` (what
+    a linear adapter is made of)."""
+    x_train, _ = _as_arrays("train", train_features, train_labels)
+    x_test, y_test = _as_arrays("test", test_features, test_labels)
+    if x_test.shape[1] != x_train.shape[1]:
+        raise ValueError(f"train features have {x_train.shape[1]} dimensions, test features {x_test.shape[1]}")
+    fit = fit_linear_probe(train_features, train_labels, val_features, val_labels, C_grid=C_grid,
+                           max_iter=max_iter, val_fraction=val_fraction, seed=seed)
+    num_classes = max(fit.num_classes, int(y_test.max()) + 1)
+    scores = _class_scores(fit.probe, (x_test - fit.mean) / fit.std, num_classes)
+    metrics = classification_metrics(scores, torch.from_numpy(y_test), ks, "lp_")
+    metrics.update({"lp_C": fit.C, "lp_val_acc1": fit.val_acc1})
+    return (metrics, fit) if return_fit else metrics
 
 
 def knn_scores(
@@ -214,7 +262,9 @@ __all__ = [
     "KNN_K",
     "KNN_TEMPERATURE",
     "MAX_ITER",
+    "LinearProbeFit",
     "extract_features",
+    "fit_linear_probe",
     "knn_eval",
     "knn_scores",
     "linear_probe_eval",

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..modeling.adapters import adapter_path
+from ..modeling.adapters import save_adapter as save_adapter_to
+from .adapters import adapter_from_fit
 from .data import EvalSet, ProcessorTransform, decoded, load_eval_set
 from .features import TextEncoder
 from .linear_probe import extract_features, knn_eval, linear_probe_eval
@@ -108,6 +111,7 @@ def run_eval(
     grid_queries: int = 8,
     language: str = "en",
     seed: int = 0,
+    save_adapter: str | None = None,
 ) -> dict[str, Any]:
     """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`) of `model` (a checkpoint directory or a
     loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
@@ -115,11 +119,17 @@ def run_eval(
     Returns the CLIP_benchmark-shaped result; with `output`, also writes it there and, with `plots`, writes
     `<output stem>_confusion.png` (zero-shot), `_recall_at_k.png` and `_retrieval_grid.png` (retrieval).
     `linear-probe` trains on `train_split` of `train_dataset` (default: `dataset`), chooses C on `val_split`
-    (embedded sets; otherwise a held-out part of train) and also reports kNN. See the module docstrings of
-    `zero_shot`, `retrieval` and `linear_probe` for the definitions.
+    (embedded sets; otherwise a held-out part of train) and also reports kNN; with `save_adapter=NAME` its
+    probe is saved as a linear adapter in `<model>/adapters/NAME` (`modeling.adapters`). See the module
+    docstrings of `zero_shot`, `retrieval` and `linear_probe` for the definitions.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    if save_adapter is not None and (task != "linear-probe" or not isinstance(model, (str, os.PathLike))):
+        raise ValueError("save_adapter needs task 'linear-probe' and a checkpoint directory to save it beside")
+    model_dir = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+    if save_adapter is not None:
+        adapter_path(model_dir, save_adapter)  # a bad name fails before any work
     needs_text = task in ("zero-shot", "retrieval") and encode_text is None
     if isinstance(model, (str, os.PathLike)):
         name = model_name or os.fspath(model)
@@ -188,7 +198,15 @@ def run_eval(
             if val_split is not None and _has_split(source, val_split):
                 _, val_data = open_set(source, val_split, max_train_samples, ("labels",))
                 x_val, y_val = extract_features(model, val_data, **options)
-            metrics.update(linear_probe_eval(x_train, y_train, x_test, y_test, x_val, y_val, seed=seed))
+            probe_metrics, fit = linear_probe_eval(x_train, y_train, x_test, y_test, x_val, y_val, seed=seed,
+                                                   return_fit=True)
+            metrics.update(probe_metrics)
+            if save_adapter is not None:
+                info = {"dataset": source, "train_split": train_split, "val_split": val_split,
+                        "test_dataset": eval_set.name, "test_split": split, "test_lp_acc1": probe_metrics["lp_acc1"]}
+                adapter = adapter_from_fit(fit, classnames=eval_set.classnames, feature=feature, video_mode=video_mode,
+                                           base_model_type=getattr(model.config, "model_type", None), fit_info=info)
+                extra["adapter"] = save_adapter_to(adapter, model_dir, save_adapter)
         metrics.update(knn_eval(x_train, y_train, x_test, y_test))
         extra.update(feature=feature, train_split=train_split, num_train=int(x_train.shape[0]))
     extra["num_samples"] = len(eval_set.dataset)
