@@ -284,6 +284,9 @@ def test_mntp_trainer_lowers_the_loss(tokenizer, base_dir, tmp_path):
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5
+    trainer.save_model(tmp_path / "saved")  # the arguments as JSON, no pickled training_args.bin
+    assert not (tmp_path / "saved" / "training_args.bin").exists()
+    assert (tmp_path / "saved" / "training_args.json").is_file()
 
 
 def test_simcse_trainer_pulls_captions_of_one_item_together(tokenizer, base_dir, tmp_path):

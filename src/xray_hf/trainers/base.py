@@ -60,7 +60,22 @@ class XrayTrainingArguments(TrainingArguments):
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
-class XrayTrainer(Trainer):
+class JSONTrainingArgumentsMixin:
+    """For `Trainer` subclasses: save the training arguments as JSON (`training_args.json`) instead of the Trainer's
+    pickled `training_args.bin`, so nothing this package writes needs pickle to read."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if self.args.should_save:
+            pickled = os.path.join(output_dir, TRAINING_ARGS_NAME)
+            if os.path.isfile(pickled):
+                os.remove(pickled)
+            with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
+                f.write(self.args.to_json_string())
+
+
+class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
     """`Trainer` with the recipe's optimizers and resumable streaming input.
 
     Args (beyond `Trainer`'s):
@@ -110,18 +125,6 @@ class XrayTrainer(Trainer):
             self.train_loader.load_state_dict(load_data_state(resume_from_checkpoint, self.args.process_index))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """The Trainer's save, with the training arguments as JSON (`training_args.json`) instead of its pickled
-        `training_args.bin`: nothing this package writes needs pickle to read."""
-        super()._save(output_dir, state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
-        if self.args.should_save:
-            pickled = os.path.join(output_dir, TRAINING_ARGS_NAME)
-            if os.path.isfile(pickled):
-                os.remove(pickled)
-            with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string())
-
     def _save_checkpoint(self, model, trial) -> None:
         super()._save_checkpoint(model, trial)
         if self.train_loader is not None:  # every rank writes its own position
@@ -160,4 +163,4 @@ class XrayTrainer(Trainer):
         return inputs["pixel_values"]
 
 
-__all__ = ["DATA_STATE_NAME", "ResumableLoader", "XrayTrainer", "XrayTrainingArguments"]
+__all__ = ["DATA_STATE_NAME", "JSONTrainingArgumentsMixin", "ResumableLoader", "XrayTrainer", "XrayTrainingArguments"]

@@ -42,6 +42,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 from ..configuration.text import XrayLLM2CLIPTextConfig
 from ..losses import simcse_loss
 from ..modeling.llm2clip import XrayLLM2CLIPTextPreTrainedModel
+from .base import JSONTrainingArgumentsMixin
 
 # Attention (q, k, v, o) and MLP (gate, up, down) projections of every LLM layer, matched on full module names
 # from the base model, so an adapter can only attach to an `llm.*` LLM inside our models.
@@ -267,7 +268,7 @@ class LLM2VecTrainingArguments(TrainingArguments):
     )
 
 
-class MNTPTrainer(Trainer):
+class MNTPTrainer(JSONTrainingArgumentsMixin, Trainer):
     """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA)."""
 
     def compute_loss(
@@ -304,7 +305,7 @@ class _CollatorEpochCallback(TrainerCallback):
         self.collator.set_epoch(self._epoch)
 
 
-class SimCSETrainer(Trainer):
+class SimCSETrainer(JSONTrainingArgumentsMixin, Trainer):
     """
     Supervised SimCSE (LLM2Vec stage 2) on an `XrayLLM2CLIPTextModel` (usually with LoRA): InfoNCE on the
     pooled LLM outputs of two captions of each item, in-batch negatives, `args.simcse_temperature`.
