@@ -27,6 +27,8 @@ import time
 import torch
 
 from xray_hf.eval.compression import CompressionSetting, compression_retention
+from learn_clip import PLAIN_TEXT, TRAIN_TEMPLATES, VISION_TINY  # scripts/ (the script's folder is on sys.path)
+
 from xray_hf.eval.run import load_checkpoint
 from xray_hf.trainers.compression import (
     TextSpec,
@@ -37,12 +39,6 @@ from xray_hf.trainers.compression import (
 from xray_hf.trainers.data import SourceSpec
 from xray_hf.trainers.run import run_stage
 
-TRAIN_TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a photo of the {}",
-                   "a close-up photo of a {}"]
-VISION_TINY = {"preset": "tiny", "config": {"image_size": 32, "patch_size": 4, "num_frames": 4}}
-PLAIN_TEXT = {"preset": "tiny", "tokenizer": "smollm2",
-              "config": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
-                         "max_position_embeddings": 32}}
 QUIET = {"disable_tqdm": True, "report_to": [], "save_strategy": "no", "eval_strategy": "no"}
 TASKS = {
     "zero-shot": {"dataset": "fashion-mnist", "texts": {"templates": TRAIN_TEMPLATES}, "rescore": 3,

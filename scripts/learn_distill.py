@@ -24,15 +24,14 @@ import time
 
 import torch
 
+from learn_clip import QUIET, TRAIN_TEMPLATES  # scripts/ (the script's folder is on sys.path)
+
 from xray_hf import XrayCLIPModel
 from xray_hf.eval import run_eval
 from xray_hf.trainers.run import run_stage
 
-TRAIN_TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a photo of the {}",
-                   "a close-up photo of a {}"]
 STUDENT = {"preset": "tiny", "config": {"image_size": 32, "patch_size": 4, "num_frames": 4, "hidden_size": 32,
                                         "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
-QUIET = {"disable_tqdm": True, "report_to": ["tensorboard"], "save_strategy": "no", "eval_strategy": "no"}
 RETRIEVAL = ("text_retrieval_recall@1", "text_retrieval_recall@5", "image_retrieval_recall@1", "image_retrieval_recall@5")
 
 EXPERIMENTS = {

@@ -109,18 +109,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(folder, name: str, *commands: list[str]) -> list[dict]:
-    """Run the CLI `commands` one after another in 2 CPU ranks; return each rank's record."""
-    worker = folder / "worker.py"
-    worker.write_text(WORKER)
+def launch(folder, *args: str) -> subprocess.CompletedProcess:
+    """`torchrun` with 2 CPU ranks of one thread each, gloo on loopback, running `args`."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     if sys.platform == "linux":
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo on loopback only
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           str(worker), str(folder / name), json.dumps([list(c) for c in commands])]
-    proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def torchrun(folder, name: str, *commands: list[str]) -> list[dict]:
+    """Run the CLI `commands` one after another in 2 CPU ranks; return each rank's record."""
+    worker = folder / "worker.py"
+    worker.write_text(WORKER)
+    proc = launch(folder, str(worker), str(folder / name), json.dumps([list(c) for c in commands]))
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-8000:]}"
     (folder / f"{name}.out").write_text(proc.stdout)
     return [json.loads((folder / f"{name}-rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -209,3 +212,15 @@ def test_hashtag_stage_trains_and_evaluates_under_ddp(runs):
     assert 0.0 <= results["eval"]["eval_mAP"] <= 1.0  # the final evaluation gathered from both ranks
     model = XrayVisualForHashtagClassification.from_pretrained(folder / "hashtag")
     assert model.config.num_labels == results["vocabulary_size"] and weights_hash(model) == hashtag[0]["weights"]
+
+
+def test_fsdp_on_cpu_processes_is_refused_instead_of_silently_running_ddp(tmp_path):
+    """accelerate enables FSDP only on accelerators; on CPU ranks the Trainer would quietly train under DDP."""
+    training = {**MAE["training"], "output_dir": str(tmp_path / "out"), "fsdp": "full_shard auto_wrap",
+                "fsdp_config": {"version": 2, "transformer_layer_cls_to_wrap": ["XrayVisualLayer"]}}
+    config = tmp_path / "mae.yaml"
+    config.write_text(yaml.safe_dump({**MAE, "training": training}))
+    proc = launch(tmp_path, "-m", "xray_hf.cli", "train", "mae", "--config", str(config))
+    assert proc.returncode != 0
+    assert "accelerate did not enable it for DistributedType.MULTI_CPU" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -91,8 +91,15 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
                 f"{self.args.world_size}: each rank would train alone on the same data. Without accelerators, "
                 "set use_cpu=True (accelerate then runs DDP over gloo)"
             )
+        if getattr(self.args, "fsdp_plugin_args", None) is not None and not self.is_fsdp_enabled:
+            raise ValueError(
+                f"FSDP was requested (fsdp={self.args.fsdp!r}) but accelerate did not enable it for "
+                f"{self.accelerator.distributed_type}: accelerate shards only on accelerators (GPUs and the like); on "
+                "CPU processes the run would silently train unsharded under DDP. Drop `fsdp` to train with DDP"
+            )
         # xray_hf losses are per-batch means; the Trainer must not rescale them by token counts
         self.model_accepts_loss_kwargs = False
+        self._terms: dict[str, list] = {}  # named per-step values summed until the next log (`record_terms`)
         self.train_loader = ResumableLoader(train_loader) if train_loader is not None else None
         if self.train_loader is not None:
             self.args.ignore_data_skip = True  # the loader's own state positions the data
@@ -131,7 +138,19 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             save_data_state(self.train_loader.state_dict(), folder, self.args.process_index)
 
+    def record_terms(self, values: dict[str, torch.Tensor]) -> None:
+        """Add named per-step values (loss terms, the logit scale) to sums kept as tensors (no device sync per step);
+        the next training log reports their means."""
+        for key, value in values.items():
+            total = self._terms.setdefault(key, [0.0, 0])
+            total[0], total[1] = total[0] + value.detach(), total[1] + 1
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            for key, (total, count) in self._terms.items():
+                if count:
+                    logs[key] = round(float(total) / count, 6)
+            self._terms = {}
         if self.train_loader is not None and "epoch" in logs:
             # the Trainer's epoch is a fraction of max_steps here; report the stream's own epoch instead
             estimate = self.train_loader.estimated_len()

@@ -176,7 +176,6 @@ class CLIPTrainer(XrayTrainer):
             patch = getattr(config, "vision_config", config).patch_size  # a CLIP model, or a backbone (distillation)
             self.add_callback(ProgressiveResolutionCallback(resolution, schedule, patch_size=patch))
         self._loss_fn: CLIPStageLoss | None = None
-        self._terms: dict[str, list] = {}
         self._warned_hashtags = False
 
     # -------------------------------------------------------------------------------------------------- loss
@@ -236,22 +235,13 @@ class CLIPTrainer(XrayTrainer):
             self._record(terms, features["logit_scale"], inputs["pixel_values"].ndim == 5)
         return (terms["loss"], {**features, **terms}) if return_outputs else terms["loss"]
 
-    def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor, video: bool) -> None:
-        """Sum each term (a tensor: no device sync per step) until the next log."""
-        values = {key: value.detach() for key, value in terms.items() if key != "loss"}
-        values[f"loss_{'video' if video else 'image'}"] = terms["loss"].detach()
-        values["logit_scale"] = logit_scale.detach()
-        for key, value in values.items():
-            total = self._terms.setdefault(key, [0.0, 0])
-            total[0], total[1] = total[0] + value, total[1] + 1
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            for key, (total, count) in self._terms.items():
-                if count:
-                    logs[key] = round(float(total) / count, 6)
-            self._terms = {}
-        super().log(logs, start_time)
+    def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor | None, video: bool) -> None:
+        """Log each term, the loss per modality and the logit scale (means over the steps between logs)."""
+        values = {key: value for key, value in terms.items() if key != "loss"}
+        values[f"loss_{'video' if video else 'image'}"] = terms["loss"]
+        if logit_scale is not None:
+            values["logit_scale"] = logit_scale
+        self.record_terms(values)
 
     # ----------------------------------------------------------------------------------------- evaluation
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -138,7 +138,6 @@ class CompressionTrainer(XrayTrainer):
             kl_weight=getattr(args, "kl_weight", 1.0),
             mse_weight=getattr(args, "mse_weight", 1.0),
         )
-        self._terms: dict[str, list] = {}
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: torch.Tensor | int | None = None):
@@ -150,19 +149,8 @@ class CompressionTrainer(XrayTrainer):
         compressed = module.projection(F.normalize(embeds, dim=-1).to(weight.dtype))
         terms = self.loss(compressed, embeds, output_dict=True)
         if model.training:
-            for key, value in terms.items():
-                if key != "loss":
-                    total = self._terms.setdefault(key, [0.0, 0])
-                    total[0], total[1] = total[0] + value.detach(), total[1] + 1
+            self.record_terms({key: value for key, value in terms.items() if key != "loss"})
         return (terms["loss"], {"compressed_embeds": compressed, **terms}) if return_outputs else terms["loss"]
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            for key, (total, count) in self._terms.items():
-                if count:
-                    logs[key] = round(float(total) / count, 6)
-            self._terms = {}
-        super().log(logs, start_time)
 
 
 def fit_embedding_compression(

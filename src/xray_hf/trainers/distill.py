@@ -213,14 +213,8 @@ class DistillationTrainer(CLIPTrainer):
         student = self.kind.student_outputs(model, inputs, teacher)
         terms = self.loss_fn(**student, **teacher, group_ids=inputs.get("group_ids"), output_dict=True)
         if model.training:
-            scale = student.get("logit_scale", torch.zeros(()))
-            self._record(terms, scale, inputs["pixel_values"].ndim == 5)
+            self._record(terms, student.get("logit_scale"), inputs["pixel_values"].ndim == 5)
         return (terms["loss"], {**student, **teacher, **terms}) if return_outputs else terms["loss"]
-
-    def _record(self, terms: dict[str, torch.Tensor], logit_scale: torch.Tensor, video: bool) -> None:
-        super()._record(terms, logit_scale, video)
-        if not self.kind.uses_text:
-            self._terms.pop("logit_scale", None)
 
     # ----------------------------------------------------------------------------------------- evaluation
     def feature_cosine(self, dataset: Any) -> float:
