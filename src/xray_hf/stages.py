@@ -7,6 +7,7 @@ Each entry names, as `module:attribute` paths resolved on use (so importing this
   checkpoint), the `TrainingArguments` subclass, the input pipeline and collator, and the Trainer subclass, and
   says what to evaluate and save after training;
 - `arguments`: the stage's `TrainingArguments` subclass (what `training:` holds);
+- `data`: the dataclass that parses `data:` (`DataSpec`: images and videos; `TextDataSpec` for the text stages);
 - `extras`: a dataclass of the stage's own top-level run-config keys (e.g. `vocabulary:` for hashtags), or None;
 - `previous`: the stage whose checkpoint this one starts from in the recipe;
 - `artifacts`: files written beside the weights, besides config, weights, processor and `results.json`.
@@ -28,6 +29,7 @@ class Stage:
     extras: str | None = None
     previous: str | None = None
     artifacts: tuple[str, ...] = ()
+    data: str = "xray_hf.trainers.data:DataSpec"
 
     @staticmethod
     def resolve(path: str) -> Any:
@@ -42,6 +44,9 @@ class Stage:
 
     def extras_class(self) -> type | None:
         return self.resolve(self.extras) if self.extras else None
+
+    def data_class(self) -> type:
+        return self.resolve(self.data)
 
 
 STAGES: dict[str, Stage] = {
@@ -62,6 +67,23 @@ STAGES: dict[str, Stage] = {
             extras="xray_hf.trainers.hashtag:HashtagRunExtras",
             previous="mae",
             artifacts=("hashtag_vocabulary.json",),
+        ),
+        Stage(
+            name="mntp",
+            help="text tower 1: LLM2Vec masked next-token prediction with LoRA on a bidirectional LLM (paper 4.6.2)",
+            prepare="xray_hf.trainers.llm2vec_run:prepare_mntp",
+            arguments="xray_hf.trainers.llm2vec:LLM2VecTrainingArguments",
+            data="xray_hf.trainers.llm2vec_run:TextDataSpec",
+            artifacts=("base", "lora"),
+        ),
+        Stage(
+            name="simcse",
+            help="text tower 2: LLM2Vec supervised SimCSE with LoRA, captions of one item as positives (4.6.2)",
+            prepare="xray_hf.trainers.llm2vec_run:prepare_simcse",
+            arguments="xray_hf.trainers.llm2vec:LLM2VecTrainingArguments",
+            data="xray_hf.trainers.llm2vec_run:TextDataSpec",
+            previous="mntp",
+            artifacts=("lora",),
         ),
         Stage(
             name="clip",

@@ -67,7 +67,7 @@ class RunContext:
     stage: Stage
     config: dict[str, Any]
     seed: int
-    data: DataSpec
+    data: Any  # the stage's data spec: a DataSpec, or a TextDataSpec for the text stages
     training: dict[str, Any]
     extras: Any = None
 
@@ -85,6 +85,7 @@ class RunContext:
 class StageRun:
     """What a stage's `prepare` returns: the Trainer, results known before training, and what to do after.
 
+    `save_model(trainer, output_dir)` replaces `trainer.save_model` (e.g. to save a LoRA model merged);
     `after_training(trainer, results)` runs on every rank after the model is saved (e.g. a sharded evaluation);
     `save_artifacts(trainer, results, output_dir)` runs on the main process only (processor, plots, files).
     """
@@ -93,6 +94,7 @@ class StageRun:
     results: dict[str, Any] = field(default_factory=dict)
     after_training: Callable[[Any, dict], None] | None = None
     save_artifacts: Callable[[Any, dict, str], None] | None = None
+    save_model: Callable[[Any, str], None] | None = None
 
 
 def check_model_keys(model_spec: dict[str, Any], known: tuple[str, ...] = ("preset", "from_pretrained", "config")):
@@ -144,7 +146,8 @@ def run_stage(
     if extras_class is not None:
         given = {f.name: config[f.name] for f in fields(extras_class) if f.name in config}
         extras = extras_class.from_dict(given) if hasattr(extras_class, "from_dict") else extras_class(**given)
-    context = RunContext(entry, config, seed, DataSpec.from_dict(config["data"]), dict(config["training"]), extras)
+    data = entry.data_class().from_dict(config["data"])
+    context = RunContext(entry, config, seed, data, dict(config["training"]), extras)
     run = entry.prepare_fn()(context)
     trainer, output_dir = run.trainer, context.output_dir
     results: dict[str, Any] = {"stage": entry.name, **run.results}
@@ -152,7 +155,10 @@ def run_stage(
     results["train_loss"] = train_output.training_loss
     results["global_step"] = train_output.global_step
     results["log_history"] = trainer.state.log_history
-    trainer.save_model(output_dir)
+    if run.save_model is not None:
+        run.save_model(trainer, output_dir)
+    else:
+        trainer.save_model(output_dir)
     if run.after_training is not None:
         run.after_training(trainer, results)
     if trainer.is_world_process_zero():
