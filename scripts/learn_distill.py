@@ -77,13 +77,15 @@ def images_per_second(teacher_dir: str, student_dir: str, rounds: int = 7, batch
     return rates
 
 
-def distil(teacher_dir: str, out: str, seed: int, captions: dict, source: dict, steps: int) -> float:
+def distil(teacher_dir: str, out: str, seed: int, captions: dict, source: dict, steps: int,
+           teacher_cache: bool = True) -> float:
     config = {
         "stage": "distill", "seed": seed,
         "teacher": {"from_pretrained": teacher_dir},
         "model": {"vision": STUDENT},
         "captions": captions,
-        "teacher_cache": {"enabled": True, "dir": os.path.join(out, "..", f"teacher_cache_{os.path.basename(teacher_dir)}")},
+        "teacher_cache": {"enabled": teacher_cache,
+                          "dir": os.path.join(out, "..", f"teacher_cache_{os.path.basename(teacher_dir)}")},
         "data": {"resolution": 32, "image": source,
                  "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
                              "crop_scale": [0.8, 1.0]}},
@@ -105,6 +107,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-teacher-cache", action="store_true",
+                        help="run the teacher on the student's augmented pixels instead of its cached clean views")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.output, exist_ok=True)
@@ -117,7 +121,8 @@ def main() -> None:
             if not os.path.isfile(os.path.join(teacher_dir, "config.json")):
                 raise SystemExit(f"no teacher at {teacher_dir}: run scripts/learn_clip.py first (see --help)")
             out = os.path.join(args.output, f"{name}_seed{seed}")
-            seconds = distil(teacher_dir, out, seed, captions, source, args.steps or steps)
+            seconds = distil(teacher_dir, out, seed, captions, source, args.steps or steps,
+                             teacher_cache=not args.no_teacher_cache)
             teacher, student = evaluate(teacher_dir, task), evaluate(out, task)
             run = {"teacher": teacher, "student": student,
                    "retention": {k: student[k] / teacher[k] if teacher[k] else float("nan") for k in teacher},
@@ -134,7 +139,7 @@ def main() -> None:
         }
         results[name] = {"runs": runs, "summary": summary, "steps": args.steps or steps}
         log(f"{name}: {json.dumps(summary)}")
-        with open(os.path.join(args.output, "learn_distill.json"), "w") as f:
+        with open(os.path.join(args.output, f"learn_distill_{'_'.join(args.experiments)}.json"), "w") as f:
             json.dump(results, f, indent=1)
 
 
