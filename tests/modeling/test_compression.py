@@ -262,6 +262,10 @@ def test_compressed_outputs_survive_save_and_load(tmp_path):
     with torch.no_grad():
         video = pixels[:4].unsqueeze(1).repeat(1, 4, 1, 1, 1)
         assert model.get_video_features(video, compression="binary").pooler_output.shape == (4, 4)
+    # loaded in bf16, the calibrated int8 ranges stay fp32 (bf16 would move every bucket boundary)
+    half = XrayCLIPModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert half.embedding_compression.int8_ranges.dtype == torch.float32
+    assert torch.equal(half.embedding_compression.int8_ranges, model.embedding_compression.int8_ranges)
 
 
 def test_compression_added_to_a_checkpoint_without_one_starts_untrained(tmp_path):

@@ -77,6 +77,8 @@ class XrayCLIPPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["XrayVisualEmbeddings", "XrayVisualLayer"]
     _supports_sdpa = True
+    # calibrated int8 ranges are bucket boundaries: loaded in bf16 they would move (compressed embeddings, 6.4)
+    _keep_in_fp32_modules_strict = ["embedding_compression"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
