@@ -100,6 +100,16 @@ def test_distillation_resumes_to_the_uninterrupted_run(clip_teacher, tmp_path):
         assert torch.equal(b.state_dict()[name], value), name
 
 
+def test_distillation_under_bf16_autocast_keeps_fp32_losses_and_weights(clip_teacher, tmp_path):
+    results = run_stage("distill", distill_config(tmp_path / "bf16", clip_teacher, max_steps=4, bf16=True,
+                                                  use_cpu=True))
+    logged = [e for e in results["log_history"] if "loss" in e]
+    assert len(logged) == 4 and all(math.isfinite(e[k]) for e in logged for k in
+                                    ("feature_distill_loss", "relational_distill_loss", "contrastive_loss"))
+    student = XrayCLIPModel.from_pretrained(tmp_path / "bf16")
+    assert all(p.dtype == torch.float32 for p in student.parameters())  # autocast, not a bf16 model
+
+
 def test_image_only_teacher_distils_through_a_projection(tmp_path):
     teacher_dir = tmp_path / "teacher"
     torch.manual_seed(0)
