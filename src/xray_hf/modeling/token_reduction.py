@@ -78,7 +78,8 @@ def evit_reorganize(
     kept_tokens = tokens.gather(1, keep_idx[..., None].expand(-1, -1, dim))
     fuse_tokens = tokens.gather(1, fuse_idx[..., None].expand(-1, -1, dim))
     fuse_weights = cls_attention.gather(1, fuse_idx).to(tokens.dtype)
-    fused = (fuse_tokens * fuse_weights[..., None]).sum(dim=1, keepdim=True)
+    # CUDA autocast runs `sum` in fp32: cast back, or the concatenation would turn the whole stream fp32
+    fused = (fuse_tokens * fuse_weights[..., None]).sum(dim=1, keepdim=True).to(tokens.dtype)
     hidden_states = torch.cat([prefix, kept_tokens, fused], dim=1)
     if sizes is not None:
         token_sizes = sizes[:, num_prefix_tokens:]
