@@ -103,3 +103,14 @@ def test_cli_reports_bad_configs(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["train", "mae", "--config", path])
     assert err.value.code == 2 and "needs an 'image' or a 'video' source" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,kind", [("single", "NO"), ("ddp", "MULTI_GPU"), ("fsdp2", "FSDP")])
+def test_accelerate_configs_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(os.path.join(ROOT, "configs", "accelerate", f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.mixed_precision == "bf16"
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
