@@ -315,7 +315,8 @@ def main() -> None:
         else:
             raise ValueError(f"unknown experiment {experiment!r}")
         log(f"{experiment}: {json.dumps({k: v.get('mean_std', v) if isinstance(v, dict) else v for k, v in results[experiment].items()})}")
-        path = os.path.join(args.output, f"learn_clip_{'_'.join(args.experiments)}.json")
+        name = "_".join(args.experiments + (args.towers or []))  # a --towers subset does not overwrite the full run
+        path = os.path.join(args.output, f"learn_clip_{name}.json")
         with open(path, "w") as f:
             json.dump(results, f, indent=1)
     log(f"results in {path}")
