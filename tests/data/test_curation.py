@@ -104,7 +104,7 @@ def test_unigram_counts_merge_over_shards_and_resume():
 # -- WordNet concepts and MetaCLIP balancing --
 @pytest.fixture(scope="module")
 def wordnet():
-    from xray_hf.data.curation import WordNetConcepts
+    from xray_hf.data.concepts import WordNetConcepts
 
     return WordNetConcepts()
 
@@ -116,7 +116,7 @@ def test_wordnet_concepts_merge_synonyms_inflections_and_phrases(wordnet):
 
 
 def test_missing_wordnet_says_how_to_install_it(tmp_path):
-    from xray_hf.data.curation import WordNetConcepts
+    from xray_hf.data.concepts import WordNetConcepts
 
     with pytest.raises(FileNotFoundError, match="apt-get install wordnet-base"):
         WordNetConcepts(str(tmp_path))
@@ -125,7 +125,7 @@ def test_missing_wordnet_says_how_to_install_it(tmp_path):
 def test_metaclip_balancing_flattens_head_concepts_and_keeps_the_tail(wordnet, tmp_path):
     from collections import Counter
 
-    from xray_hf.data.curation import ConceptCounts, balance_concepts, balance_probability, plot_concept_histogram
+    from xray_hf.data.concepts import ConceptCounts, balance_concepts, balance_probability, plot_concept_histogram
 
     rows = load_embedded("openmoji", "train").select_columns(["id", "caption"])
     counts = ConceptCounts(wordnet).update(rows["caption"])
@@ -150,3 +150,26 @@ def test_metaclip_balancing_flattens_head_concepts_and_keeps_the_tail(wordnet, t
     only = ConceptCounts(wordnet).update(captions["caption"])
     survivors = Counter(row["caption"] for row in balance_concepts(captions, wordnet, only.counts, t, seed=0))
     assert 2 <= survivors["a dog"] <= 20 and survivors["a cat"] == 5  # expected 10 of 400 dogs, every cat
+
+
+def test_hashtags_canonicalised_through_wordnet_and_long_tail_resampled(wordnet):
+    from collections import Counter
+
+    from xray_hf.data.concepts import canonical_hashtags, canonicalize_hashtags, long_tail_repeats, resample_long_tail
+
+    counts = Counter({"#car": 10, "#cars": 4, "#Automobile": 2, "#IceCream": 3, "#ice_cream": 5, "#xyzzy": 1})
+    table = canonical_hashtags(counts, wordnet)
+    assert table == {"#car": "car", "#cars": "car", "#Automobile": "car", "#IceCream": "ice cream",
+                     "#ice_cream": "ice cream", "#xyzzy": "xyzzy"}
+    assert canonicalize_hashtags(["#cars", "#Automobile", "#IceCream", "#new_tag"], table) == [
+        "car", "ice cream", "new tag"]
+    # moving-shapes clips tagged shape + direction, with one rare tag: its pairs are repeated
+    clips = load_embedded("moving-shapes", "train").select_columns(["id", "shape", "direction"]).select(range(24))
+    names = clips.features["shape"].names, clips.features["direction"].names
+    rows = [{"id": r["id"], "hashtags": [names[0][r["shape"]], names[1][r["direction"]]]} for r in clips]
+    rows.append({"id": "rare", "hashtags": ["circle", "diagonal"]})
+    tag_counts = Counter(tag for row in rows for tag in row["hashtags"])
+    assert long_tail_repeats(["diagonal"], tag_counts, t=4) == 4 and long_tail_repeats(["circle"], tag_counts, t=4) == 1
+    stream = datasets.Dataset.from_list(rows).to_iterable_dataset()
+    out = list(resample_long_tail(stream, tag_counts, t=4))
+    assert sum(r["id"] == "rare" for r in out) == 4 and len(out) == len(rows) + 3

@@ -1,5 +1,5 @@
 """Data curation (paper section 2): caption cleaning, a language filter, sentence splitting and unigram counts, as
-streaming `datasets` steps.
+streaming `datasets` steps (WordNet concepts, MetaCLIP balancing and hashtag canonicalisation: `concepts.py`).
 
 Each step works on a `datasets.Dataset` or an `IterableDataset` through `map` / `filter`, so nothing is
 materialised: `clean_captions(ds)`, `filter_language(ds)`, `split_into_sentences(ds)` return datasets of the same
@@ -18,7 +18,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -210,170 +209,9 @@ class UnigramCounts:
 
 
 
-# ------------------------------------------------------------------------------------------------------- WordNet
-WORDNET_DIR = "/usr/share/wordnet"  # Debian's wordnet-base
-# lexnames(5): the lexicographer files, numbered; Debian's wordnet-base ships only the man page, nltk reads the file
-LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
-    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession",
-    "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
-    "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
-    "verb.social", "verb.stative", "verb.weather", "adj.ppl",
-)
-_SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
-
-
-def _reader_root(path: str) -> str:
-    """A directory nltk's reader accepts for the WordNet database at `path`: `path` itself when it has `lexnames`,
-    else a cache directory with copies of its files (once, ~30 MB) plus a generated `lexnames`."""
-    if os.path.isfile(os.path.join(path, "lexnames")):
-        return path
-    import hashlib
-
-    cache = os.path.join(os.path.expanduser(os.environ.get("XDG_CACHE_HOME", "~/.cache")), "xray_hf", "wordnet",
-                         hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16])
-    os.makedirs(cache, exist_ok=True)
-    for name in os.listdir(path):
-        source, target = os.path.join(path, name), os.path.join(cache, name)
-        if os.path.isfile(source) and not os.path.exists(target):
-            # a copy: nltk refuses symlinks that resolve outside the root and multiply-linked files
-            shutil.copyfile(source, target)
-    lexnames = "".join(f"{i:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(LEXNAMES))
-    with open(os.path.join(cache, "lexnames"), "w", encoding="utf-8") as f:
-        f.write(lexnames)
-    return cache
-
-
-class WordNetConcepts:
-    """Visual concepts of a caption: its words (and two-word phrases, e.g. "ice cream") mapped to WordNet noun and
-    verb synsets, most frequent sense first, so synonyms merge ("car", "automobile" -> `car.n.01`) and inflections
-    too ("dogs" -> `dog.n.01`). WordNet is read with nltk's `WordNetCorpusReader` from `path` (default Debian's
-    `wordnet-base` at /usr/share/wordnet, or `$XRAY_WORDNET`)."""
-
-    def __init__(self, path: str | None = None, pos: Sequence[str] = ("n",), stop_words: Iterable[str] | None = None):
-        path = path or os.environ.get("XRAY_WORDNET", WORDNET_DIR)
-        if not os.path.isfile(os.path.join(path, "data.noun")) or not os.path.isfile(os.path.join(path, "index.noun")):
-            raise FileNotFoundError(
-                f"no WordNet database at {path!r}: install Debian's `wordnet-base` (apt-get install wordnet-base) or "
-                "point `path` / $XRAY_WORDNET at a WordNet 3.x dict directory (data.noun, index.noun, ...)"
-            )
-        import warnings
-
-        import nltk
-        from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
-        root = _reader_root(path)
-        if root not in nltk.data.path:
-            nltk.data.path.append(root)  # nltk refuses corpus roots outside its data path
-        class Reader(WordNetCorpusReader):
-            def map_wn(self, version: str = "wordnet"):
-                return None  # the multilingual (OMW) mapping would load nltk's downloaded 'wordnet'; unused here
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*multilingual functions.*")
-            self.reader = Reader(root, None)
-        unknown = set(pos) - {"n", "v"}
-        if unknown:
-            raise ValueError(f"pos must be among 'n' (nouns) and 'v' (verbs), got {sorted(unknown)}")
-        self.pos = tuple(pos)
-        self.stop_words = frozenset(stop_words) if stop_words is not None else english_stop_words()
-
-    @functools.lru_cache(maxsize=200_000)  # noqa: B019 (one reader per process; the cache is the point)
-    def synset(self, phrase: str) -> str | None:
-        """The most frequent sense of `phrase` (a word or `two_words`) among `pos`, as a synset name, or None."""
-        for pos in self.pos:
-            base = self.reader.morphy(phrase, pos)
-            if base is None:
-                continue
-            synsets = self.reader.synsets(base, pos)
-            if synsets:
-                return synsets[0].name()
-        return None
-
-    def __call__(self, text: str) -> list[str]:
-        """The distinct concepts of `text`, in order; a two-word phrase with a synset replaces its words'."""
-        words = [m.group(0).lower() for m in WORD.finditer(text)]
-        concepts: list[str] = []
-        skip = False
-        for i, word in enumerate(words):
-            if skip:
-                skip = False
-                continue
-            if i + 1 < len(words):
-                pair = self.synset(f"{word}_{words[i + 1]}")
-                if pair is not None:
-                    concepts.append(pair)
-                    skip = True
-                    continue
-            if word not in self.stop_words and len(word) > 1:
-                concept = self.synset(word)
-                if concept is not None:
-                    concepts.append(concept)
-        return list(dict.fromkeys(concepts))
-
-
-class ConceptCounts(UnigramCounts):
-    """Like `UnigramCounts`, over WordNet concepts (`WordNetConcepts`) instead of words: mergeable, resumable."""
-
-    def __init__(self, concepts: WordNetConcepts, stop_words: Iterable[str] | None = None):
-        super().__init__(stop_words if stop_words is not None else concepts.stop_words)
-        self.concepts = concepts
-
-    def words(self, text: str) -> list[str]:
-        return self.concepts(text)
-
-
-def balance_probability(concepts: Sequence[str], counts: Counter, t: int) -> float:
-    """MetaCLIP's rule: each matched concept `c` independently keeps the pair with probability `t / max(counts[c], t)`;
-    the pair survives if any does, so `1 - prod(1 - t / max(count, t))`. Tail concepts (count <= t) keep every pair;
-    head concepts keep about `t` of theirs. A pair without concepts is not kept."""
-    dropped = 1.0
-    for concept in set(concepts):
-        dropped *= 1.0 - t / max(counts.get(concept, 0), t)
-    return 1.0 - dropped
-
-
-def balance_concepts(dataset: Any, concepts: WordNetConcepts, counts: Counter, t: int, column: str = "caption",
-                     id_column: str = "id", seed: int = 0) -> Any:
-    """Resample a stream by concept (MetaCLIP: t = 20k at 400M pairs; scale t with the data): each row survives
-    with `balance_probability`, drawn from (seed, row id) so a rerun or a resumed pass keeps the same rows."""
-    import hashlib
-
-    if t < 1:
-        raise ValueError(f"t must be >= 1, got {t}")
-
-    def keep(row: dict) -> bool:
-        probability = balance_probability(concepts(row[column]), counts, t)
-        digest = hashlib.sha256(f"{seed}:{row[id_column]}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64 < probability
-
-    return dataset.filter(keep)
-
-
-def plot_concept_histogram(before: Counter, after: Counter, path: str | os.PathLike, t: int | None = None) -> None:
-    """A PNG of concept counts by rank, before and after balancing (log-log), with the threshold `t`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for counts, label in ((before, "before"), (after, "after")):
-        values = sorted(counts.values(), reverse=True)
-        ax.plot(range(1, len(values) + 1), values, label=f"{label} ({len(values)} concepts, {sum(values)} matches)")
-    if t is not None:
-        ax.axhline(t, color="grey", linestyle="--", label=f"t = {t}")
-    ax.set(xscale="log", yscale="log", xlabel="concept rank", ylabel="pairs", title="WordNet concept counts")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 __all__ = [
-    "ConceptCounts", "LanguageFilter", "UnigramCounts", "WordNetConcepts", "balance_concepts", "balance_probability",
-    "clean_caption", "clean_captions", "english_stop_words", "filter_language", "plot_concept_histogram",
+    "LanguageFilter", "UnigramCounts", "clean_caption", "clean_captions", "english_stop_words", "filter_language",
     "split_into_sentences", "split_sentences",
 ]
