@@ -166,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_semantic_ids)
 
+    def _curate(args: argparse.Namespace) -> int:
+        from .data.curate import CurateConfig, curate
+
+        report = curate(CurateConfig.from_file(args.config))
+        steps = ", ".join(f"{s['step']} {s.get('rows_in', s['rows_out'])}->{s['rows_out']}" for s in report["steps"][1:])
+        print(f"curated {report['rows_written']} rows into {report['shards']} shards in {report['output_dir']}: {steps}")
+        return 0
+
+    p = sub.add_parser("curate", help="run the curation steps of a YAML config over a source, write shards + report")
+    p.add_argument("--config", required=True, help="curate config (see xray_hf/data/curate.py)")
+    p.set_defaults(func=_curate)
+
     return parser
 
 
