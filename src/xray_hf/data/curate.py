@@ -112,7 +112,7 @@ def _clean(ds: Any, settings: dict, ctx: Context, report: dict) -> Any:
 
 def _language(ds: Any, settings: dict, ctx: Context, report: dict) -> Any:
     return filter_language(ds, ctx.config.caption_column, settings.get("languages", ["en"]),
-                           settings.get("min_probability", 0.5))
+                           settings.get("min_probability", 0.5), settings.get("restrict_to"))
 
 
 def _sentences(ds: Any, settings: dict, ctx: Context, report: dict) -> Any:

@@ -108,9 +108,9 @@ class LanguageFilter:
 
 
 def filter_language(dataset: Any, column: str = "caption", languages: Sequence[str] = ("en",),
-                    min_probability: float = 0.5) -> Any:
-    """Keep the rows whose `column` is in one of `languages` (streaming-safe)."""
-    language_filter = LanguageFilter(languages, min_probability)
+                    min_probability: float = 0.5, restrict_to: Sequence[str] | None = None) -> Any:
+    """Keep the rows whose `column` is in one of `languages` (streaming-safe); see `LanguageFilter`."""
+    language_filter = LanguageFilter(languages, min_probability, restrict_to)
     return dataset.filter(lambda row: language_filter.keep(row[column]))
 
 
