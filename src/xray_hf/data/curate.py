@@ -14,6 +14,7 @@ steps:
   - balance: {t: 20}                            # WordNet concepts, MetaCLIP; a counting pass first
   - similarity: {model: runs/tiny/clip, drop_fraction: 0.1}   # or threshold: 0.25
   - hashtags: {column: hashtags}                # WordNet canonical hashtags (table written)
+  - rewrite: {model: smollm2, max_words: 30}    # a local LM rewrites each caption (2.3.1); rejects kept as is
 ```
 
 Counting: every step's output is counted as rows stream through (`report.json`: rows in and out of each step,
@@ -160,9 +161,18 @@ def _hashtags(ds: Any, settings: dict, ctx: Context, report: dict) -> Any:
     return ds.map(lambda row: {column: canonicalize_hashtags(row[column] or [], table)})
 
 
+def _rewrite(ds: Any, settings: dict, ctx: Context, report: dict) -> Any:
+    from .rewrite import CaptionRewriter, rewrite_captions
+
+    batch_size = int(settings.pop("batch_size", 16))
+    output_column = settings.pop("output_column", "rewritten_caption")
+    rewriter = CaptionRewriter(batch_size=batch_size, **settings)
+    return rewrite_captions(ds, rewriter, ctx.config.caption_column, output_column, batch_size)
+
+
 STEPS: dict[str, Callable[[Any, dict, Context, dict], Any]] = {
     "clean": _clean, "language": _language, "sentences": _sentences, "balance": _balance,
-    "similarity": _similarity, "hashtags": _hashtags,
+    "similarity": _similarity, "hashtags": _hashtags, "rewrite": _rewrite,
 }
 
 
@@ -211,7 +221,7 @@ def curate(config: CurateConfig) -> dict[str, Any]:
     reports = [source_report]
     for step in config.steps:
         name, settings = _step(step)
-        report = {"step": name, "settings": settings}
+        report = {"step": name, "settings": dict(settings)}
         stream = _counted(STEPS[name](stream, settings, ctx, report), report, ctx)
         reports.append(report)
     features = stream.features
