@@ -40,6 +40,11 @@ def test_curate_writes_shards_and_a_consistent_report(tmp_path, capsys):
     table = json.loads((tmp_path / "out" / "hashtag_table.json").read_text())
     assert steps[-1]["canonical_hashtags"] <= steps[-1]["hashtags"] == len(table)
     assert (tmp_path / "out" / "concepts.png").is_file()
+    # the canonical tags feed the hashtag stage's vocabulary
+    from xray_hf import HashtagVocabulary
+
+    vocabulary = HashtagVocabulary.from_dataset(shards(tmp_path / "out"))
+    assert set(vocabulary.labels) <= set(table.values())
 
 
 def test_an_interrupted_run_resumes_to_the_same_shards(tmp_path):

@@ -228,13 +228,18 @@ def curate(config: CurateConfig) -> dict[str, Any]:
     ctx.counting = True
     rows, shard = [], progress["shards"]
     written = progress["rows"]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=f"curating into {out}", unit=" rows", initial=written)
     for row in stream.skip(written) if written else stream:
+        bar.update(1)
         rows.append(row)
         if len(rows) == config.shard_size:
             shard = _write_shard(out, shard, rows, features)
             written += len(rows)
             rows = []
             _save_json(progress_file, {**progress, "rows": written, "shards": shard})
+    bar.close()
     if rows:
         shard = _write_shard(out, shard, rows, features)
         written += len(rows)
