@@ -1,4 +1,4 @@
-"""Losses of the recipe (`clip`, `distill`, `per_sample`; shared machinery in `distributed`), one `nn.Module` (or function, for per-sample losses) per objective, open_clip's shape:
+"""Losses of the recipe (`clip`, `distill`, `compression`, `per_sample`; shared machinery in `distributed`), one `nn.Module` (or function, for per-sample losses) per objective, open_clip's shape:
 `forward(..., output_dict=False)` returns the loss, or named `*_loss` terms with `output_dict=True`. All math is in
 fp32 (fp64 stays fp64), whatever the input dtype.
 
@@ -18,14 +18,33 @@ are lost. With unequal batch sizes per rank the local loss is `sum(local row los
 (the local mean when sizes are equal), so the rule still holds and the ranks' losses average to the global loss.
 """
 
-from .clip import CLIPStageLoss, ContrastiveLoss, DenoisingLoss, SiameseCaptionLoss, SLIPLoss
-from .distill import FEATURE_METRICS, DistillationLoss, FeatureDistillationLoss, RelationalDistillationLoss
-from .distributed import BatchCoupledLoss, fp32_loss, gather_rows, info_nce_rows, resolve_ranks, same_group_mask
+from .clip import (
+    CLIPStageLoss,
+    ContrastiveLoss,
+    DenoisingLoss,
+    SiameseCaptionLoss,
+    SLIPLoss,
+)
+from .compression import SimilarityDistillationLoss
+from .distill import (
+    FEATURE_METRICS,
+    DistillationLoss,
+    FeatureDistillationLoss,
+    RelationalDistillationLoss,
+)
+from .distributed import (
+    BatchCoupledLoss,
+    fp32_loss,
+    gather_rows,
+    info_nce_rows,
+    resolve_ranks,
+    same_group_mask,
+)
 from .per_sample import HASHTAG_LOSSES, hashtag_loss, masked_patch_loss, simcse_loss
 
 __all__ = [
     "FEATURE_METRICS", "HASHTAG_LOSSES", "BatchCoupledLoss", "CLIPStageLoss", "ContrastiveLoss", "DenoisingLoss",
     "DistillationLoss", "FeatureDistillationLoss", "RelationalDistillationLoss", "SLIPLoss", "SiameseCaptionLoss",
     "fp32_loss", "gather_rows", "hashtag_loss", "info_nce_rows", "masked_patch_loss", "resolve_ranks",
-    "same_group_mask", "simcse_loss",
+    "SimilarityDistillationLoss", "same_group_mask", "simcse_loss",
 ]
