@@ -448,3 +448,21 @@ def test_bad_input_raises_clear_error(model, pixel_values, message):
 def test_non_tensor_input_raises(model):
     with pytest.raises(TypeError, match="torch.Tensor"):
         model([[1.0]])
+
+
+class _CudaAutocastSum(torch.overrides.TorchFunctionMode):
+    """CUDA autocast's policy for `sum` (fp32 output), which CPU autocast does not apply."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.sum, torch.Tensor.sum) and isinstance(out, torch.Tensor) and out.is_floating_point():
+            return out.float()
+        return out
+
+
+def test_evit_fused_token_keeps_the_stream_dtype_under_an_fp32_sum():
+    hidden = torch.randn(2, 1 + 16, 8, dtype=torch.bfloat16)
+    attention = torch.rand(2, 16)
+    with _CudaAutocastSum():
+        out, _ = token_reduction.evit_reorganize(hidden, attention, num_prefix_tokens=1, keep_rate=0.5)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 1 + 8 + 1, 8)
