@@ -63,8 +63,12 @@ def test_an_interrupted_run_resumes_to_the_same_shards(tmp_path):
         curate(CurateConfig.from_file(write_config(tmp_path / "c.yaml", tmp_path / "b", shard_size=50)))
 
 
-def test_bad_curate_configs(tmp_path):
+def test_bad_curate_configs(tmp_path, caplog):
     with pytest.raises(ValueError, match="unknown curation step"):
         CurateConfig.from_file(write_config(tmp_path / "c.yaml", tmp_path / "x", steps=[{"dedupe": {}}]))
     with pytest.raises(ValueError, match="unknown curate config keys"):
         CurateConfig.from_file(write_config(tmp_path / "c.yaml", tmp_path / "x", shards=3))
+    with caplog.at_level("WARNING"):
+        CurateConfig.from_file(write_config(tmp_path / "c.yaml", tmp_path / "x",
+                                            steps=[{"similarity": {"model": "m"}}, {"balance": {"t": 5}}]))
+    assert "run once per pass" in caplog.text

@@ -17,6 +17,9 @@ steps:
   - rewrite: {model: smollm2, max_words: 30}    # a local LM rewrites each caption (2.3.1); rejects kept as is
 ```
 
+`balance` and `hashtags` read the stream before them once more to count (concepts, tags), so everything before
+them runs twice: put the model steps (`similarity`, `rewrite`) after them (a warning says so otherwise).
+
 Counting: every step's output is counted as rows stream through (`report.json`: rows in and out of each step,
 with the settings each step resolved, e.g. the calibrated similarity threshold). Resume: shards are written
 whole (`shard-00000.parquet`, ...), and `progress.json` records the rows written; a rerun with the same config
@@ -71,10 +74,15 @@ class CurateConfig:
         out = cls(**values)
         if out.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {out.shard_size}")
-        for step in out.steps:
-            name, _ = _step(step)
+        names = [_step(step)[0] for step in out.steps]
+        for name in names:
             if name not in STEPS:
                 raise ValueError(f"unknown curation step {name!r}; known: {sorted(STEPS)}")
+        counting = [i for i, name in enumerate(names) if name in COUNTING_STEPS]
+        costly = [name for name in names[: counting[-1]] if name in COSTLY_STEPS] if counting else []
+        if costly:
+            logger.warning("curation steps %s come before a step with a counting pass (%s): they will run once per "
+                           "pass; put them after it", costly, [names[i] for i in counting])
         return out
 
     def fingerprint(self) -> str:
@@ -170,6 +178,8 @@ def _rewrite(ds: Any, settings: dict, ctx: Context, report: dict) -> Any:
     return rewrite_captions(ds, rewriter, ctx.config.caption_column, output_column, batch_size)
 
 
+# steps that read the stream before them once more to count (concepts, hashtags), and steps that run a model
+COUNTING_STEPS, COSTLY_STEPS = ("balance", "hashtags"), ("similarity", "rewrite")
 STEPS: dict[str, Callable[[Any, dict, Context, dict], Any]] = {
     "clean": _clean, "language": _language, "sentences": _sentences, "balance": _balance,
     "similarity": _similarity, "hashtags": _hashtags, "rewrite": _rewrite,
