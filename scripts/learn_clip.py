@@ -83,23 +83,36 @@ def video_zero_shot(model_dir: str) -> dict[str, float]:
     return out
 
 
+def openmoji_data(image_source: dict | None = None) -> dict:
+    """The `data:` block of the OpenMoji retrieval runs (`image_source` replaces the embedded training set)."""
+    return {"resolution": 32, "image": {**(image_source or {"name": "openmoji", "split": "train"}), "batch_size": 64},
+            "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.2, "saturation": 0.2, "crop_scale": [0.7, 1.0]}}
+
+
+def plain_clip_config(out: str, seed: int, steps: int, data: dict, captions: dict, text: dict = PLAIN_TEXT,
+                      projection_dim: int = 64, learning_rate: float = 2e-3) -> dict:
+    """A `clip` run config of the tiny backbone with plain contrastive training (no SLIP, denoising or hashtags)."""
+    return {
+        "stage": "clip", "seed": seed,
+        "model": {"vision": VISION_TINY, "text": text,
+                  "config": {"projection_dim": projection_dim, "slip_weight": 0.0, "lambda_den": 0.0,
+                             "hashtag_loss_weight": 0.0}},
+        "captions": captions,
+        "data": data,
+        "training": {"output_dir": out, "max_steps": steps, "learning_rate": learning_rate, "optimizer": "adamw",
+                     "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50, "lr_scheduler_type": "cosine",
+                     **QUIET},
+    }
+
+
 def fashion(output: str, seeds: list[int], steps: int) -> dict:
     runs = []
     for seed in seeds:
         out = os.path.join(output, f"fashion_seed{seed}")
-        config = {
-            "stage": "clip", "seed": seed,
-            "model": {"vision": VISION_TINY, "text": PLAIN_TEXT,
-                      "config": {"projection_dim": 64, "slip_weight": 0.0, "lambda_den": 0.0, "hashtag_loss_weight": 0.0}},
-            "captions": {"templates": TRAIN_TEMPLATES},
-            "data": {"resolution": 32,
-                     "image": {"name": "fashion-mnist", "split": "train", "batch_size": 128},
-                     "augment": {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
-                                 "crop_scale": [0.7, 1.0]}},
-            "training": {"output_dir": out, "max_steps": steps, "learning_rate": 2e-3, "optimizer": "adamw",
-                         "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50, "lr_scheduler_type": "cosine",
-                         **QUIET},
-        }
+        data = {"resolution": 32, "image": {"name": "fashion-mnist", "split": "train", "batch_size": 128},
+                "augment": {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
+                            "crop_scale": [0.7, 1.0]}}
+        config = plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES})
         start = time.time()
         run_stage("clip", config)
         seconds = time.time() - start
@@ -130,20 +143,9 @@ def towers(output: str, seeds: list[int], steps: int, cache_dir: str, tower_vari
         runs = []
         for seed in seeds:
             out = os.path.join(output, f"towers_{name}_seed{seed}")
-            config = {
-                "stage": "clip", "seed": seed,
-                "model": {"vision": VISION_TINY, "text": text,
-                          "config": {"projection_dim": 128, "slip_weight": 0.0, "lambda_den": 0.0,
-                                     "hashtag_loss_weight": 0.0}},
-                "captions": {"column": "caption"},
-                "text_cache": {"dir": cache_dir},
-                "data": {"resolution": 32, "image": {"name": "openmoji", "split": "train", "batch_size": 64},
-                         "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.2, "saturation": 0.2,
-                                     "crop_scale": [0.7, 1.0]}},
-                "training": {"output_dir": out, "max_steps": steps, "learning_rate": 1e-3, "optimizer": "adamw",
-                             "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50,
-                             "lr_scheduler_type": "cosine", **QUIET},
-            }
+            config = plain_clip_config(out, seed, steps, openmoji_data(), {"column": "caption"}, text=text,
+                                       projection_dim=128, learning_rate=1e-3)
+            config["text_cache"] = {"dir": cache_dir}
             start = time.time()
             run_stage("clip", config)
             runs.append({**retrieval(out), **{f"shuffled_{k}": v for k, v in retrieval(out, shuffle_seed=seed).items()},
@@ -263,21 +265,11 @@ def video(output: str, seeds: list[int], steps: int) -> dict:
     runs = []
     for seed in seeds:
         out = os.path.join(output, f"video_seed{seed}")
-        config = {
-            "stage": "clip", "seed": seed,
-            "model": {"vision": VISION_TINY, "text": PLAIN_TEXT,
-                      "config": {"projection_dim": 64, "slip_weight": 0.0, "lambda_den": 0.0,
-                                 "hashtag_loss_weight": 0.0}},
-            "captions": {"column": "caption"},
-            "data": {"resolution": 32,
-                     "video": {"name": "moving-shapes", "split": "train", "batch_size": 32, "num_frames": 4,
-                               "stride": 2},
-                     "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
-                                 "crop_scale": [0.8, 1.0]}},
-            "training": {"output_dir": out, "max_steps": steps, "learning_rate": 2e-3, "optimizer": "adamw",
-                         "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50, "lr_scheduler_type": "cosine",
-                         **QUIET},
-        }
+        data = {"resolution": 32,
+                "video": {"name": "moving-shapes", "split": "train", "batch_size": 32, "num_frames": 4, "stride": 2},
+                "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
+                            "crop_scale": [0.8, 1.0]}}
+        config = plain_clip_config(out, seed, steps, data, {"column": "caption"})
         start = time.time()
         run_stage("clip", config)
         runs.append({**video_zero_shot(out), "train_seconds": time.time() - start})

@@ -15,24 +15,14 @@ import statistics
 
 import datasets
 import torch
-from learn_clip import PLAIN_TEXT, QUIET, VISION_TINY, log, retrieval  # scripts/ (the script's folder is on sys.path)
+from learn_clip import log, openmoji_data, plain_clip_config, retrieval  # scripts/ (the script's folder is on sys.path)
 
 from xray_hf.trainers.run import run_stage
 
 
 def train(out: str, image_source: dict, seed: int, steps: int) -> dict:
-    config = {
-        "stage": "clip", "seed": seed,
-        "model": {"vision": VISION_TINY, "text": PLAIN_TEXT,
-                  "config": {"projection_dim": 128, "slip_weight": 0.0, "lambda_den": 0.0, "hashtag_loss_weight": 0.0}},
-        "captions": {"column": "caption"},
-        "data": {"resolution": 32, "image": {**image_source, "batch_size": 64},
-                 "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.2, "saturation": 0.2,
-                             "crop_scale": [0.7, 1.0]}},
-        "training": {"output_dir": out, "max_steps": steps, "learning_rate": 1e-3, "optimizer": "adamw",
-                     "weight_decay": 0.05, "warmup_steps": 30, "logging_steps": 50, "lr_scheduler_type": "cosine",
-                     **QUIET},
-    }
+    config = plain_clip_config(out, seed, steps, openmoji_data(image_source), {"column": "caption"},
+                               projection_dim=128, learning_rate=1e-3)
     run_stage("clip", config)
     return retrieval(out)
 
