@@ -45,7 +45,8 @@ from .modeling.adapters import XrayLinearAdapter, list_adapters, load_adapter, s
 
 # -- compressed embeddings (6.3-6.4): 100-d / Matryoshka projection, int8, binary --
 from .configuration.compression import XrayCompressionConfig
-from .modeling.compression import SimilarityDistillationLoss, XrayEmbeddingCompression
+from .losses.compression import SimilarityDistillationLoss
+from .modeling.compression import XrayEmbeddingCompression
 
 # -- registrations (one block per module) --
 from . import registration as _registration  # noqa: E402,F401

@@ -5,6 +5,7 @@ saved beside the checkpoint by `xray-hf eval --save-adapter`; bad input refused 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -148,6 +149,7 @@ def test_fashion_mnist_adapter_on_clip_embeddings_beats_chance_and_zero_shot(cli
 
 
 def test_cli_saves_the_probe_beside_the_checkpoint_and_it_reproduces_the_probe_accuracy(clip_dir, tmp_path, capsys):
+    clip_dir = shutil.copytree(clip_dir, tmp_path / "clip")  # the module's checkpoint stays without adapters
     output = tmp_path / "lp.json"
     assert main(["eval", "--model", str(clip_dir), "--task", "linear-probe", "--dataset", "fashion-mnist",
                  "--max-samples", "300", "--max-train-samples", "400", "--feature", "embedding",

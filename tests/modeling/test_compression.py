@@ -15,8 +15,8 @@ from transformers import AutoModel
 from xray_hf import XrayCLIPConfig, XrayCLIPModel, XrayTextConfig, XrayVisualConfig
 from xray_hf.configuration.compression import XrayCompressionConfig
 from xray_hf.data.embedded import load_embedded
+from xray_hf.losses import SimilarityDistillationLoss
 from xray_hf.modeling.compression import (
-    SimilarityDistillationLoss,
     XrayEmbeddingCompression,
     binary_search,
     binary_search_rerank,
@@ -105,6 +105,14 @@ def test_binary_equals_sentence_transformers_ubinary_and_hamming_equals_unpacked
     # +-1 vectors: dot = dim - 2 x Hamming
     dots = unpack_binary(bits, 37) @ unpack_binary(quantize_binary(corpus), 37).T
     assert torch.equal(dots.long(), 37 - 2 * expected)
+    # the query chunk follows the corpus size (memory bound): a tiny budget, one query row per block, same result
+    import xray_hf.modeling.compression as compression
+
+    budget, compression.HAMMING_CHUNK_ELEMENTS = compression.HAMMING_CHUNK_ELEMENTS, 30 * 5
+    try:
+        assert torch.equal(hamming_distance(bits, quantize_binary(corpus)).long(), expected)
+    finally:
+        compression.HAMMING_CHUNK_ELEMENTS = budget
 
 
 def test_binary_search_with_float_rerank_recovers_the_float_top1():

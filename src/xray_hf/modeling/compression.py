@@ -28,11 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..configuration.compression import COMPRESSIONS, XrayCompressionConfig
-from ..losses.compression import SimilarityDistillationLoss  # noqa: F401 (its home before losses/)
 
 _POPCOUNT = torch.tensor([value.bit_count() for value in range(256)], dtype=torch.int32)
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.int32)  # numpy.packbits' big-endian order
-_CHUNK = 256  # query rows per Hamming block: bounds memory at chunk x corpus x bytes
+HAMMING_CHUNK_ELEMENTS = 1 << 26  # query rows x corpus rows x bytes per XOR block
 
 
 # ------------------------------------------------------------------------------------------------ functions
@@ -108,9 +107,12 @@ def hamming_distance(query_bits: torch.Tensor, corpus_bits: torch.Tensor) -> tor
     if query_bits.shape[1] != corpus_bits.shape[1]:
         raise ValueError(f"bytes per row differ: {query_bits.shape[1]} and {corpus_bits.shape[1]}")
     table = _POPCOUNT.to(query_bits.device)
+    # the (rows, N, bytes) XOR block and its int64 lookup grow with the corpus: size the query chunk to a fixed
+    # number of elements (~512 MB of int64 indices), not a fixed number of rows
+    rows = max(1, HAMMING_CHUNK_ELEMENTS // max(1, corpus_bits.shape[0] * corpus_bits.shape[1]))
     blocks = []
-    for start in range(0, query_bits.shape[0], _CHUNK):
-        xor = torch.bitwise_xor(query_bits[start : start + _CHUNK, None, :], corpus_bits[None, :, :])
+    for start in range(0, query_bits.shape[0], rows):
+        xor = torch.bitwise_xor(query_bits[start : start + rows, None, :], corpus_bits[None, :, :])
         blocks.append(table[xor.long()].sum(-1, dtype=torch.int32))
     return torch.cat(blocks) if blocks else torch.zeros(0, corpus_bits.shape[0], dtype=torch.int32)
 

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..eval.compression import compression_retention
-from ..modeling.compression import SimilarityDistillationLoss, XrayEmbeddingCompression
+from ..losses.compression import SimilarityDistillationLoss
+from ..modeling.compression import XrayEmbeddingCompression
 from .base import XrayTrainer, XrayTrainingArguments
 from .data import SourceSpec, check_keys
 from .run import RunContext, StageRun, check_model_keys
