@@ -101,10 +101,12 @@ def first_code_agreement(embeddings: torch.Tensor, codes: torch.Tensor) -> dict[
     }
 
 
-def semantic_id_report(quantizer: XraySemanticIDModel, embeddings: torch.Tensor) -> dict[str, Any]:
-    """The metrics of the module docstring for `embeddings` (N, D) under a fitted quantiser."""
+def semantic_id_report(quantizer: XraySemanticIDModel, embeddings: torch.Tensor,
+                       ids: torch.Tensor | None = None) -> dict[str, Any]:
+    """The metrics of the module docstring for `embeddings` (N, D) under a fitted quantiser (`ids`: their codes,
+    when already encoded)."""
     config = quantizer.config
-    ids = quantizer.encode(embeddings)
+    ids = quantizer.encode(embeddings) if ids is None else ids
     x = quantizer.prepare_embeddings(embeddings)
     codewords = quantizer.get_codewords(ids)
     reconstruction = quantizer.decode(ids)
@@ -237,7 +239,7 @@ def run_semantic_ids(
                                   codebook_size=codebook_size, distance=distance)
     quantizer = XraySemanticIDModel(config).fit(embeddings, epochs=epochs, batch_size=batch_size, seed=seed)
     ids = quantizer.encode(embeddings)
-    report = semantic_id_report(quantizer, embeddings)
+    report = semantic_id_report(quantizer, embeddings, ids)
     report.update(model=os.fspath(model), dataset=dataset, split=split, feature=feature,
                   embedding_dim=config.embedding_dim, epochs=epochs, batch_size=batch_size, seed=seed,
                   files={"ids": IDS_FILE, "quantizer": QUANTIZER_DIR, "report": REPORT_FILE})
