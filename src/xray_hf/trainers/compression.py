@@ -212,7 +212,7 @@ def embed_source(pieces: dict[str, Any], spec: SourceSpec, texts: TextSpec, need
     from ..eval.data import ProcessorTransform, decoded, load_eval_set
     from ..eval.features import embed_images, encode_texts
     from ..eval.retrieval import caption_targets
-    from ..eval.zero_shot import build_zero_shot_classifier, fill_template
+    from ..eval.zero_shot import build_zero_shot_classifier, fill_template, resolve_templates
 
     model, tokenizer = pieces["model"], pieces["tokenizer"]
     templated = texts.templates is not None
@@ -229,11 +229,16 @@ def embed_source(pieces: dict[str, Any], spec: SourceSpec, texts: TextSpec, need
         out.update(text_embeds=encode_texts(captions, model, tokenizer), text_to_image=text_to_image, kept=kept)
     if eval_set.label_column and eval_set.classnames:
         out.update(labels=torch.as_tensor(gathered[eval_set.label_column]).long(), classnames=eval_set.classnames)
-        templates = texts.templates or ("a photo of a {}.",)
-        prompts = [fill_template(t, name) for name in eval_set.classnames for t in templates]
-        out["classifier"] = build_zero_shot_classifier(model, tokenizer, eval_set.classnames, templates)
-        if templated:
+        templates = resolve_templates(texts.templates or ("a photo of a {}.",))
+        if templated:  # each prompt through the text tower once: kept, and averaged into the classifier
+            prompts = [fill_template(t, name) for name in eval_set.classnames for t in templates]
             out["text_embeds_templates"] = encode_texts(prompts, model, tokenizer)
+            cached = dict(zip(prompts, out["text_embeds_templates"]))
+            out["classifier"] = build_zero_shot_classifier(
+                None, None, eval_set.classnames, templates, encode_text=lambda batch: torch.stack([cached[p] for p in batch])
+            )
+        else:
+            out["classifier"] = build_zero_shot_classifier(model, tokenizer, eval_set.classnames, templates)
     return out
 
 
