@@ -178,6 +178,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="curate config (see xray_hf/data/curate.py)")
     p.set_defaults(func=_curate)
 
+    # -- pipeline: the whole recipe from one YAML, resumable, with report.json / report.md --
+    def _pipeline(args: argparse.Namespace) -> int:
+        from .pipeline import run_pipeline
+
+        report = run_pipeline(args.output, preset=args.preset, config=args.config, restart=args.restart)
+        print(f"pipeline finished: {len(report)} entries in {os.path.join(args.output, 'report.json')} "
+              f"and report.md")
+        return 0
+
+    p = sub.add_parser("pipeline", help="run the whole recipe (MAE -> hashtag -> CLIP -> distill -> compress -> "
+                       "semantic IDs -> eval) into one directory; rerun to continue after an interruption")
+    p.add_argument("--output", required=True, help="run directory: one checkpoint per stage + report.json/.md")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--preset", default=None, help="a shipped pipeline config: tiny (default)")
+    group.add_argument("--config", default=None, help="a pipeline YAML (see configs/pipeline_tiny.yaml)")
+    p.add_argument("--restart", nargs="*", default=None, metavar="STAGE",
+                   help="redo these stages (and everything after them) instead of keeping their results")
+    p.set_defaults(func=_pipeline)
+
+    # -- push: a checkpoint directory to a Hub (HF_ENDPOINT / HF_TOKEN), with model card and remote code --
+    def _push(args: argparse.Namespace) -> int:
+        from .hub import push_checkpoint
+
+        url = push_checkpoint(args.directory, args.repo_id, private=args.private, revision=args.revision,
+                              commit_message=args.commit_message)
+        print(f"pushed {args.directory} to {url}")
+        return 0
+
+    p = sub.add_parser("push", help="upload a checkpoint (weights, config, processor, model card, remote code)")
+    p.add_argument("directory", help="a checkpoint directory written by xray-hf train / pipeline")
+    p.add_argument("--repo-id", required=True, help="NAMESPACE/NAME on the Hub (HF_ENDPOINT, HF_TOKEN honoured)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--revision", default=None, help="branch to push to (default: main)")
+    p.add_argument("--commit-message", default=None)
+    p.set_defaults(func=_push)
+
     return parser
 
 
