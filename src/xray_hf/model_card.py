@@ -32,7 +32,10 @@ from typing import Any
 import jinja2
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+from huggingface_hub.repocard_data import (
+    eval_results_to_model_index,
+    model_index_to_eval_results,
+)
 
 from .eval.results import TASKS as BENCHMARK_TASKS
 from .stages import STAGES, get_stage
@@ -234,17 +237,17 @@ METRIC_NAMES: tuple[tuple[re.Pattern, str], ...] = (
 )
 
 GENERAL_LIMITATIONS = (
-    "The paper's models are trained on billions of social-media images and videos; they are strong on real-world "
-    "retrieval but not state of the art on small, low-resolution academic sets (CIFAR, SUN397, RESISC45: paper "
-    "5.1.2, 5.3), because of the mismatch in domain and resolution. Evaluate on your own data.",
-    "Compressing embeddings (100-d projections, int8, binary codes) loses retrieval quality (paper 6.3-6.4); "
-    "measure the loss before indexing compressed embeddings.",
-    "Checkpoints trained by this package's `tiny` preset on CPU (small embedded data sets, minutes of training) "
-    "are demonstrations of the recipe, not the paper's models: their numbers say the pipeline works, not how "
-    "good an Xray-Visual model is.",
-    "Embeddings inherit the biases of their training data: emoji art, digits and synthetic shapes here; "
-    "user-generated social-media content, hashtags and captions (English-centric, popularity-skewed) in the "
-    "paper. Do not use them to make decisions about individual people.",
+    ("The paper's models are trained on billions of social-media images and videos; they are strong on real-world "
+     "retrieval but not state of the art on small, low-resolution academic sets (CIFAR, SUN397, RESISC45: paper "
+     "5.1.2, 5.3), because of the mismatch in domain and resolution. Evaluate on your own data."),
+    ("Compressing embeddings (100-d projections, int8, binary codes) loses retrieval quality (paper 6.3-6.4); "
+     "measure the loss before indexing compressed embeddings."),
+    ("Checkpoints trained by this package's `tiny` preset on CPU (small embedded data sets, minutes of training) "
+     "are demonstrations of the recipe, not the paper's models: their numbers say the pipeline works, not how "
+     "good an Xray-Visual model is."),
+    ("Embeddings inherit the biases of their training data: emoji art, digits and synthetic shapes here; "
+     "user-generated social-media content, hashtags and captions (English-centric, popularity-skewed) in the "
+     "paper. Do not use them to make decisions about individual people."),
 )
 
 
@@ -480,13 +483,14 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
         library_name=LIBRARY_NAME, license=LICENSE, pipeline_tag=family.pipeline_tag, language=family.language,
         tags=[*BASE_TAGS, stage.name], model_name=model_name, eval_results=eval_results or None,
     )
-    template_vars = dict(
-        title=repo_id or f"Xray-Visual `{stage.name}` checkpoint", model_id=model_id, stage=stage.name,
-        stage_help=stage.help, section=_section(stage.help),
-        summary=family.summary, intended_use=family.intended_use, role=stage_card.role, parents=parent_rows,
-        architecture=_architecture(config), data=data, licence_notes=licence_notes, evaluation=eval_rows,
-        evaluation_notes=eval_notes, training=training_rows, plots=plots, limitations=limitations,
-    )
+    template_vars = {
+        "title": repo_id or f"Xray-Visual `{stage.name}` checkpoint", "model_id": model_id, "stage": stage.name,
+        "stage_help": stage.help, "section": _section(stage.help), "summary": family.summary,
+        "intended_use": family.intended_use, "role": stage_card.role, "parents": parent_rows,
+        "architecture": _architecture(config), "data": data, "licence_notes": licence_notes,
+        "evaluation": eval_rows, "evaluation_notes": eval_notes, "training": training_rows, "plots": plots,
+        "limitations": limitations,
+    }
     usage = jinja2.Template((TEMPLATE_DIR / family.usage).read_text(encoding="utf-8"))
     template_vars["usage"] = usage.render(**template_vars).strip()
     return ModelCard.from_template(card_data, template_path=str(CARD_TEMPLATE), **template_vars)
@@ -516,8 +520,6 @@ def check_model_card(card: ModelCard) -> None:
     for key in ("license", "library_name", "pipeline_tag", "tags"):
         if not metadata.get(key):
             raise ValueError(f"the card's metadata has no {key!r}")
-    if ModelCardData(**metadata).to_dict() != card.data.to_dict():
-        raise ValueError("the card's metadata does not re-parse to the same ModelCardData")
     if "model-index" in metadata:
         name, results = model_index_to_eval_results(metadata["model-index"])
         if eval_results_to_model_index(name, results) != metadata["model-index"]:
@@ -526,6 +528,8 @@ def check_model_card(card: ModelCard) -> None:
             value = result.metric_value
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"model-index metric {result.metric_type!r} has a non-numeric value {value!r}")
+    if ModelCardData(**metadata).to_dict() != card.data.to_dict():
+        raise ValueError("the card's metadata does not re-parse to the same ModelCardData")
 
 
 __all__ = [
