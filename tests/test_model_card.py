@@ -203,16 +203,18 @@ def test_backbone_body_shows_the_feature_extraction_snippet_and_the_settings(bac
 def test_without_entry_a_checkpoint_with_only_results_json(tmp_path):
     with open(tmp_path / "results.json", "w") as f:
         json.dump({"stage": "hashtag", "train_loss": 1.25, "global_step": 10, "vocabulary_size": 40,
-                   "eval": {"eval_loss": 0.5}, "log_history": []}, f)
+                   "eval": {"eval_loss": 0.5}, "log_history": [{"loss": 3.0}],
+                   "retention": {"openmoji": {"int8": {"relative_acc1": 0.98}}}}, f)
     path = write_model_card(str(tmp_path))
     card = ModelCard.load(path)
     data = card.data.to_dict()
     assert data["pipeline_tag"] == "image-feature-extraction" and "hashtag" in data["tags"]
     assert "model-index" not in data
     assert f"`mae` ({STAGES['mae'].help})" in card.text  # the recipe's previous stage
-    for row in ("| `train_loss` | 1.25 |", "| `global_step` | 10 |", "| `eval_loss` | 0.5 |"):
+    for row in ("| `train_loss` | 1.25 |", "| `global_step` | 10 |", "| `eval/eval_loss` | 0.5 |",
+                "| `retention/openmoji/int8/relative_acc1` | 0.98 |"):
         assert row in card.text
-    assert "not recorded with this checkpoint" in card.text
+    assert "not recorded with this checkpoint" in card.text and "log_history" not in card.text
     check_model_card(card)
 
 
@@ -229,6 +231,7 @@ def test_without_entry_eval_results_beside_the_checkpoint_become_the_model_index
     write_result(output / "eval" / "other.json", make_result(
         "openmoji", str(output / "clip"), "retrieval", {"image_retrieval_recall@1": 0.2}, split="test"))
     (output / "eval" / "notes.json").write_text('{"not": "a result"}')
+    (output / "eval" / "broken.json").write_text("{")
     card = ModelCard.load(write_model_card(str(checkpoint)))
     got = {(r.task_type, r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert got == {("image-classification", "mnist", "lp_acc1"): 0.5, ("image-classification", "mnist", "knn_acc1"): 0.4,

@@ -301,17 +301,29 @@ def _eval_results_beside(checkpoint_dir: str) -> list[dict[str, Any]]:
     candidates = [(p, True) for p in sorted(glob.glob(os.path.join(here, "eval", "*.json")))]
     candidates += [(p, False) for p in sorted(glob.glob(os.path.join(parent, "eval", "*.json")))]
     for path, inside in candidates:
-        result = _read_json(path)
         try:
+            result = _read_json(path)
             validate_result(result)
         except ValueError:
-            continue  # not an evaluation result
+            continue  # not an evaluation result (or not JSON)
         models = {os.path.realpath(os.path.join(root, str(result.get(key, ""))))
                   for key in ("model", "pretrained") for root in (os.getcwd(), parent)}
         if inside or here in models:
             found.append(result)
     return [{"task": _CLI_TASKS.get(r["task"], r["task"]), "dataset": r["dataset"], "split": r.get("split", "test"),
              "metrics": r["metrics"]} for r in found]
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Numbers and strings of a nested dict (`results.json`: `eval`, the compression `retention`), keyed by
+    their path: {"retention": {"openmoji": {"int8": {"relative_acc1": 0.98}}}} -> {"retention/openmoji/int8/..."}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _metric_name(key: str) -> str:
@@ -464,9 +476,7 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
     eval_results, eval_rows, eval_notes = _evaluation(evaluation_items)
 
     training = {"status": entry.get("status"), "seconds": entry.get("seconds")}
-    training.update({k: v for k, v in results.items() if isinstance(v, (int, float, str)) and k != "stage"})
-    training.update({f"eval/{k}" if not k.startswith("eval") else k: v
-                     for k, v in (results.get("eval") or {}).items() if isinstance(v, (int, float))})
+    training.update(_flatten({k: v for k, v in results.items() if k not in ("stage", "log_history")}))
     training.update({k: v for k, v in (entry.get("metrics") or {}).items() if isinstance(v, (int, float, str))})
     training_rows = [{"name": k, "value": v} for k, v in training.items() if v is not None]
 
