@@ -309,3 +309,11 @@ def test_check_model_card_refuses_what_the_hub_would(clip_dir):
 
 def test_every_stage_has_a_card_entry():
     assert set(STAGE_CARDS) == set(STAGES)
+
+
+def test_a_compress_card_shows_how_to_get_compressed_embeddings(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"stage": "compress"}))
+    card = build_model_card(str(tmp_path))
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    assert 'compression="int8"' in card.text and "Compressed embeddings lose quality" in card.text
+    assert "model_name" not in card.data.to_dict()  # only with a model-index

@@ -119,6 +119,7 @@ class StageCard:
     family: str
     role: str
     limitation: str | None = None
+    usage_note: str | None = None  # appended to the family's "How to use"
 
 
 STAGE_CARDS: dict[str, StageCard] = {
@@ -163,6 +164,13 @@ STAGE_CARDS: dict[str, StageCard] = {
         "Compressed embeddings lose quality: the paper measures about 4% (ImageNet) and 5% (Kinetics) lost with "
         "100-d projections and about 3% with int8 (6.3-6.4); `results.json` here reports the retention measured "
         "on this checkpoint. Int8 and binary codes need clients that support them.",
+        usage_note=(
+            "Compressed embeddings, from the settings in `config.compression_config`:\n\n```python\n"
+            'model.get_image_features(pixel_values, compression="projection", compressed_dim=32).pooler_output'
+            "  # unit-norm\n"
+            'model.get_text_features(**tokens, compression="int8").pooler_output  # int8 codes\n'
+            'model.get_image_features(pixel_values, compression="binary").pooler_output  # packed sign bits\n```'
+        ),
     ),
 }
 
@@ -491,7 +499,8 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
         limitations.insert(0, stage_card.limitation)
     card_data = ModelCardData(
         library_name=LIBRARY_NAME, license=LICENSE, pipeline_tag=family.pipeline_tag, language=family.language,
-        tags=[*BASE_TAGS, stage.name], model_name=model_name, eval_results=eval_results or None,
+        tags=[*BASE_TAGS, stage.name], model_name=model_name if eval_results else None,
+        eval_results=eval_results or None,
     )
     template_vars = {
         "title": repo_id or f"Xray-Visual `{stage.name}` checkpoint", "model_id": model_id, "stage": stage.name,
@@ -502,7 +511,7 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
         "limitations": limitations,
     }
     usage = jinja2.Template((TEMPLATE_DIR / family.usage).read_text(encoding="utf-8"))
-    template_vars["usage"] = usage.render(**template_vars).strip()
+    template_vars["usage"] = "\n\n".join(filter(None, [usage.render(**template_vars).strip(), stage_card.usage_note]))
     return ModelCard.from_template(card_data, template_path=str(CARD_TEMPLATE), **template_vars)
 
 
