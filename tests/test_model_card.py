@@ -232,10 +232,17 @@ def test_without_entry_eval_results_beside_the_checkpoint_become_the_model_index
         "openmoji", str(output / "clip"), "retrieval", {"image_retrieval_recall@1": 0.2}, split="test"))
     (output / "eval" / "notes.json").write_text('{"not": "a result"}')
     (output / "eval" / "broken.json").write_text("{")
-    card = ModelCard.load(write_model_card(str(checkpoint)))
-    got = {(r.task_type, r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
-    assert got == {("image-classification", "mnist", "lp_acc1"): 0.5, ("image-classification", "mnist", "knn_acc1"): 0.4,
-                   ("zero-shot-image-classification", "fashion-mnist", "acc1"): 0.3}
+    # the pipeline's layout: <output>/eval/<stage>_<task>_<dataset>_<split>.json naming the model by stage name
+    write_result(output / "eval" / "mae_knn_photos_test.json", make_result(
+        "photos", "mae", "knn", {"knn_acc1": 0.25}, split="test"))
+    for entry in (None, {"stage": "mae", "evaluation": []}):  # an empty evaluation list: look beside too
+        card = ModelCard.load(write_model_card(str(checkpoint), entry))
+        got = {(r.task_type, r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+        assert got == {
+            ("image-classification", "mnist", "lp_acc1"): 0.5, ("image-classification", "mnist", "knn_acc1"): 0.4,
+            ("zero-shot-image-classification", "fashion-mnist", "acc1"): 0.3,
+            ("image-classification", "photos", "knn_acc1"): 0.25,
+        }
 
 
 def test_a_distilled_clip_student_gets_the_clip_card(tmp_path):

@@ -278,7 +278,8 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
 
     text_config = config.get("text_config") if family_name == "clip" else config
     data, licence_notes = _data_rows(entry.get("data") or [], _is_smollm2(text_config or {}))
-    evaluation_items = entry["evaluation"] if "evaluation" in entry else _eval_results_beside(checkpoint_dir)
+    # an entry without evaluation (or an empty list, as the pipeline writes before its eval step): look beside
+    evaluation_items = entry.get("evaluation") or _eval_results_beside(checkpoint_dir)
     eval_results, eval_rows, eval_notes = _evaluation(evaluation_items)
 
     training = {"status": entry.get("status"), "seconds": entry.get("seconds")}
