@@ -1,5 +1,6 @@
-"""What every xray_hf stage trainer shares: optimizer choice (Lion / AdamW, layer-wise decay) and resumable
-streaming input (a `MultimodalLoader` or `StreamingDataLoader` whose position is saved with each checkpoint).
+"""What every xray_hf stage trainer shares: optimizer choice (Lion / AdamW, layer-wise decay), resumable
+streaming input (a `MultimodalLoader` or `StreamingDataLoader` whose position is saved with each checkpoint), and
+FSDP2 on CPU ranks and GPUs alike (`FSDPTrainerMixin`, see `trainers/fsdp.py`).
 
 The Trainer sees the stream as one endless iterator without `len()` (see `trainers/resume.py`): it counts
 optimizer steps only, `max_steps` is always reached, and each checkpoint holds every rank's data position as
@@ -11,15 +12,21 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_pt_utils import reissue_pt_warnings
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from .fsdp import (
+    FSDPSettings, fsdp_settings, full_model_state, full_optimizer_state, is_sharded, meta_copy, prepare_optimizer,
+    shard_model, unshard_into,
+)
 from .optim import OPTIMIZERS, build_optimizer, param_groups
 from .resume import DATA_STATE_NAME, ResumableLoader, load_data_state, save_data_state
 
@@ -60,9 +67,97 @@ class XrayTrainingArguments(TrainingArguments):
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
-class JSONTrainingArgumentsMixin:
+class FSDPTrainerMixin:
+    """For `Trainer` subclasses: FSDP2 when the run asks for it (`fsdp`/`fsdp_config` training arguments, or
+    `accelerate launch` with an FSDP config), on CPU processes (gloo) and GPUs alike, through `trainers/fsdp.py`.
+
+    accelerate is told nothing about FSDP (on CPU it would silently run DDP, on GPUs wrap the model its own way);
+    the model is sharded in place just before the optimizer is created, and marked prepared so that accelerate
+    does not wrap it in DDP. Checkpoints hold full tensors in an unsharded run's layout (a DDP checkpoint resumes
+    under FSDP2 and the other way round). After `train()` the model is a plain module with the full trained weights
+    on every rank again, so what runs after training (saving, evaluation on one rank, merging LoRA) is unchanged;
+    a later `train()` shards it again with a new optimizer (resume from a checkpoint to keep optimizer state).
+    """
+
+    fsdp: FSDPSettings | None = None
+    _fsdp_frame: Any = None  # the model's meta-device frame, filled with the trained weights after training
+
+    def create_accelerator_and_postprocess(self) -> None:
+        self.fsdp = fsdp_settings(self.args)
+        if self.fsdp is None:
+            return super().create_accelerator_and_postprocess()
+        if self.fsdp.activation_checkpointing:
+            raise ValueError("fsdp_config activation_checkpointing is FSDP1's wrapper; set the training argument "
+                             "gradient_checkpointing: true (non-reentrant here) instead")
+        plugin_args, env = self.args.fsdp_plugin_args, os.environ.get("ACCELERATE_USE_FSDP")
+        self.args.fsdp_plugin_args = None  # accelerate would shard (GPUs) or ignore it (CPU): the mixin shards
+        os.environ["ACCELERATE_USE_FSDP"] = "false"
+        try:
+            super().create_accelerator_and_postprocess()
+        finally:
+            self.args.fsdp_plugin_args = plugin_args
+            if env is None:
+                os.environ.pop("ACCELERATE_USE_FSDP", None)
+            else:
+                os.environ["ACCELERATE_USE_FSDP"] = env
+
+    def shard_for_fsdp(self) -> None:
+        """Shard `self.model` in place if the run asked for FSDP2 and it is not sharded yet."""
+        if self.fsdp is None or is_sharded(self.model):
+            return
+        if self.args.world_size < 2:
+            raise ValueError("FSDP needs several processes: launch with torchrun or accelerate launch")
+        self._fsdp_frame = meta_copy(self.model)
+        shard_model(self.model, self.fsdp, device=self.args.device)
+        # accelerate's prepare_model returns a model it prepared before as it is: no DDP around the sharded model
+        self.model._is_accelerate_prepared = True
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        self.shard_for_fsdp()
+        optimizer = super().create_optimizer(model)
+        if is_sharded(self.model) and not getattr(optimizer, "_xray_full_state_loading", False):
+            prepare_optimizer(optimizer)  # resuming loads full states (from DDP or FSDP2) into shards
+            optimizer._xray_full_state_loading = True
+        return optimizer
+
+    def train(self, *args: Any, **kwargs: Any):
+        output = super().train(*args, **kwargs)
+        self._unshard_model()
+        return output
+
+    def _unshard_model(self) -> None:
+        """Replace the sharded model by a plain one with its full weights, on every rank (collective)."""
+        if self._fsdp_frame is None or not is_sharded(self.model):
+            return
+        model = unshard_into(self.model, self._fsdp_frame)
+        self._fsdp_frame = None
+        self.model = self.model_wrapped = self.callback_handler.model = model
+        self.optimizer = self.lr_scheduler = None  # they hold the shards
+
+    def _load_best_model(self) -> None:
+        self._unshard_model()  # then the Trainer loads the best checkpoint's full weights as usual
+        super()._load_best_model()
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is None and is_sharded(self.model):
+            state_dict = full_model_state(self.model)  # every rank gathers, rank 0 writes
+        super()._save(output_dir, state_dict)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        if not is_sharded(self.model):
+            return super()._save_optimizer_and_scheduler(output_dir)
+        state = full_optimizer_state(self.optimizer)  # every rank gathers: an unsharded run's layout
+        if self.args.should_save:
+            torch.save(state, os.path.join(output_dir, OPTIMIZER_NAME))
+            with warnings.catch_warnings(record=True) as caught_warnings:
+                torch.save(self.lr_scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+            reissue_pt_warnings(caught_warnings)
+
+
+class JSONTrainingArgumentsMixin(FSDPTrainerMixin):
     """For `Trainer` subclasses: save the training arguments as JSON (`training_args.json`) instead of the Trainer's
-    pickled `training_args.bin`, so nothing this package writes needs pickle to read."""
+    pickled `training_args.bin`, so nothing this package writes needs pickle to read. Every trainer of the package
+    derives from it (the LLM2Vec ones too), so it also brings `FSDPTrainerMixin`."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -90,12 +185,6 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
                 f"torch.distributed has {dist.get_world_size()} processes but the Trainer sees world_size "
                 f"{self.args.world_size}: each rank would train alone on the same data. Without accelerators, "
                 "set use_cpu=True (accelerate then runs DDP over gloo)"
-            )
-        if getattr(self.args, "fsdp_plugin_args", None) is not None and not self.is_fsdp_enabled:
-            raise ValueError(
-                f"FSDP was requested (fsdp={self.args.fsdp!r}) but accelerate did not enable it for "
-                f"{self.accelerator.distributed_type}: accelerate shards only on accelerators (GPUs and the like); on "
-                "CPU processes the run would silently train unsharded under DDP. Drop `fsdp` to train with DDP"
             )
         # xray_hf losses are per-batch means; the Trainer must not rescale them by token counts
         self.model_accepts_loss_kwargs = False
@@ -161,10 +250,9 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
 
     # ------------------------------------------------------------- optimizer
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
-        if self.optimizer is None:
-            args = self.args
-            if not isinstance(args, XrayTrainingArguments):
-                return super().create_optimizer(model)
+        args = self.args
+        if self.optimizer is None and isinstance(args, XrayTrainingArguments):
+            self.shard_for_fsdp()  # the optimizer must see the sharded parameters
             groups = param_groups(self.model if model is None else model, args.learning_rate, args.weight_decay,
                                   args.layer_decay)
             if args.optimizer == "lion":
@@ -172,7 +260,7 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
             else:
                 betas = (args.adam_beta1, args.adam_beta2)
             self.optimizer = build_optimizer(args.optimizer, groups, args.learning_rate, betas, args.adam_epsilon)
-        return self.optimizer
+        return super().create_optimizer(model)
 
     @staticmethod
     def model_inputs(inputs: dict[str, Any]) -> torch.Tensor:
@@ -182,4 +270,4 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
         return inputs["pixel_values"]
 
 
-__all__ = ["DATA_STATE_NAME", "JSONTrainingArgumentsMixin", "ResumableLoader", "XrayTrainer", "XrayTrainingArguments"]
+__all__ = ["DATA_STATE_NAME", "FSDPTrainerMixin", "JSONTrainingArgumentsMixin", "ResumableLoader", "XrayTrainer", "XrayTrainingArguments"]
