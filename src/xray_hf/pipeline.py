@@ -1,0 +1,561 @@
+"""`xray-hf pipeline`: the whole recipe from one YAML into one run directory, resumable at any point.
+
+A pipeline config (`configs/pipeline_tiny.yaml`) has
+
+- `stages:` an ordered mapping of stage name (an entry of `xray_hf.stages.STAGES`) to its run config, in exactly
+  the schema `xray-hf train <stage> --config` reads. `base: <file>` layers the section over a stage config file
+  (relative to the pipeline file), so the settings a pipeline changes are all that it holds. `{output}` in any
+  string is the run directory: `from_pretrained: "{output}/hashtag"` chains a stage to the one before it, and
+  `training.output_dir` is always `{output}/<stage>`;
+- `semantic_ids:` (optional) the `xray-hf semantic-ids` settings, with `model:` a stage name;
+- `evaluation:` (optional) a list of `xray-hf eval` runs, each with `model:` a stage name.
+
+The run directory gets one checkpoint directory per stage (loadable with `AutoModel.from_pretrained`), `eval/`
+(results JSON and plots), `plots/` (loss curves), `report.json` (one entry per stage with its metrics and
+evaluations), `report.md`, a model card in every checkpoint, and `pipeline_state.json`, which is what makes a rerun
+continue: finished steps are kept (their settings are fingerprinted; a changed step is refused unless restarted),
+an interrupted training stage resumes from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .stages import STAGES, get_stage
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "pipeline_state.json"
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+PIPELINE_KEYS = ("seed", "stages", "semantic_ids", "evaluation")
+OUTPUT = "{output}"
+
+
+# ------------------------------------------------------------------------------------------------ config
+def preset_path(preset: str) -> Path:
+    """The shipped pipeline config of a preset (`configs/pipeline_<preset>.yaml` inside the package)."""
+    path = Path(str(resources.files("xray_hf") / "configs" / f"pipeline_{preset}.yaml"))
+    if not path.is_file():
+        shipped = sorted(p.name[len("pipeline_"):-len(".yaml")]
+                         for p in Path(str(resources.files("xray_hf") / "configs")).glob("pipeline_*.yaml"))
+        raise ValueError(f"unknown pipeline preset {preset!r}; shipped presets: {shipped}")
+    return path
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """`update` over `base`, mappings merged key by key (lists and scalars replaced)."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        merged = dict(base)
+        for key, value in update.items():
+            merged[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(update)
+
+
+def _substitute(value: Any, output: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(OUTPUT, output)
+    if isinstance(value, dict):
+        return {key: _substitute(item, output) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, output) for item in value]
+    return value
+
+
+def _references(value: Any, own: str | None = None) -> list[str]:
+    """The stage names a section reads from the run directory (`{output}/<stage>`; not its own output)."""
+    text = json.dumps(value, sort_keys=True)
+    found = re.findall(re.escape(OUTPUT) + r"/([A-Za-z0-9_-]+)", text)
+    return [name for name in dict.fromkeys(found) if name != own]
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a pipeline YAML, resolve each stage's `base:` file and check the stage sections; `{output}` is kept."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a pipeline config must be a YAML mapping")
+    unknown = set(raw) - set(PIPELINE_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown pipeline keys {sorted(unknown)}; known: {list(PIPELINE_KEYS)}")
+    if not isinstance(raw.get("stages"), dict) or not raw["stages"]:
+        raise ValueError(f"{path}: 'stages:' must map stage names to run configs")
+    stages: dict[str, dict] = {}
+    for name, section in raw["stages"].items():
+        get_stage(name)  # a clear error for an unknown stage
+        section = dict(section or {})
+        if "base" in section:
+            base_path = path.parent / section.pop("base")
+            with open(base_path, encoding="utf-8") as f:
+                section = _merge(yaml.safe_load(f), section)
+        section.setdefault("stage", name)
+        if "seed" in raw:
+            section.setdefault("seed", raw["seed"])
+        section.setdefault("training", {})["output_dir"] = f"{OUTPUT}/{name}"
+        for parent in _references(section, name):
+            if parent not in stages:
+                raise ValueError(f"stage {name!r} reads {OUTPUT}/{parent}, which no earlier stage writes")
+        stages[name] = section
+    evaluation = raw.get("evaluation") or []
+    if not isinstance(evaluation, list):
+        raise ValueError("'evaluation:' must be a list of xray-hf eval settings")
+    for spec in [raw.get("semantic_ids") or {}, *evaluation]:
+        if spec and spec.get("model") not in stages:
+            raise ValueError(f"{spec} must name a stage of this pipeline as model: (one of {list(stages)})")
+    return {"seed": raw.get("seed", 0), "stages": stages, "semantic_ids": raw.get("semantic_ids"),
+            "evaluation": evaluation, "path": str(path)}
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` of a stage whose save finished: a process killed while saving leaves a folder
+    without its trainer state or (for streamed stages) the data position that is written last."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not os.path.isdir(output_dir):
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    candidates = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
+                         if (m := pattern.match(name))), reverse=True)
+    streamed = any(name.startswith("data_state") for _, c in candidates
+                   for name in os.listdir(os.path.join(output_dir, c)))
+    for _, name in candidates:
+        folder = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError):
+            continue
+        if streamed and not any(f.startswith("data_state-rank0") for f in os.listdir(folder)):
+            continue
+        return folder
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- steps
+@dataclass
+class Pipeline:
+    """The run directory and its state; what each step reads and writes."""
+
+    output: str
+    config: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_main(self) -> bool:
+        return int(os.environ.get("RANK", "0")) == 0
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.output, *parts)
+
+    def resolve(self, value: Any) -> Any:
+        return _substitute(value, self.output)
+
+    def save_state(self) -> None:
+        if not self.is_main:
+            return
+        tmp = self.path(STATE_FILE + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.state, f, indent=1, default=str)
+        os.replace(tmp, self.path(STATE_FILE))
+
+
+class TrainStep:
+    """One training stage (`xray-hf train <stage>`), resumed from its last complete checkpoint."""
+
+    kind = "train"
+    every_rank = True  # a Trainer runs on every process of a distributed launch
+
+    def __init__(self, name: str, section: dict[str, Any]):
+        self.name, self.section = name, section
+        self.parents = _references(section, name)
+
+    def settings(self) -> Any:
+        return self.section
+
+    def run(self, pipeline: Pipeline, progress: Any) -> dict[str, Any]:
+        from .trainers.run import run_stage
+
+        config = pipeline.resolve(self.section)
+        output_dir = config["training"]["output_dir"]
+        config["training"].setdefault("disable_tqdm", False)
+        resume = last_complete_checkpoint(output_dir)
+        if resume:
+            progress.write(f"[pipeline] {self.name}: resuming from {os.path.relpath(resume, pipeline.output)}")
+        results = run_stage(self.name, config, resume_from_checkpoint=resume)
+        return self.entry(pipeline, results)
+
+    def entry(self, pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Any]:
+        folder = pipeline.path(self.name)
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        metrics = {key: value for key, value in results.items() if _is_number(value)}
+        evaluation = {key.removeprefix("eval_"): value for key, value in (results.get("eval") or {}).items()
+                      if not key.endswith(("_runtime", "_per_second"))}
+        metrics.update(_flatten("eval", evaluation))
+        metrics.update(_flatten("retention", results.get("retention") or {}))
+        data = self.section.get("data", {})
+        sources = [{"name": spec.get("name") or spec.get("path"), "split": spec.get("split", "train")}
+                   for spec in (data.get("image"), data.get("video"), *data.get("sources", []))
+                   if isinstance(spec, dict)]
+        plots = [os.path.relpath(os.path.join(folder, name), pipeline.output)
+                 for name in sorted(os.listdir(folder)) if name.endswith(".png")]
+        loss_plot = plot_loss_curves(results.get("log_history") or [], pipeline.path("plots", f"{self.name}_loss.png"),
+                                     title=f"{self.name} training")
+        if loss_plot:
+            plots.insert(0, os.path.relpath(loss_plot, pipeline.output))
+        return {
+            "stage": self.name, "checkpoint": self.name, "parents": pipeline_parents(pipeline, self.name),
+            "model_type": config.get("model_type"), "architectures": config.get("architectures", []),
+            "data": sources, "metrics": metrics, "evaluation": [], "plots": plots,
+        }
+
+
+class SemanticIdsStep:
+    """RQ/PQ semantic IDs of a dataset's embeddings under one stage's checkpoint (`xray-hf semantic-ids`)."""
+
+    kind = "semantic_ids"
+    name = "semantic_ids"
+    every_rank = False
+
+    def __init__(self, settings: dict[str, Any]):
+        self.spec = dict(settings)
+        self.parents = [self.spec["model"]]
+
+    def settings(self) -> Any:
+        return self.spec
+
+    def run(self, pipeline: Pipeline, progress: Any) -> dict[str, Any]:
+        from .semantic_ids import run_semantic_ids
+
+        spec = dict(self.spec)
+        model = spec.pop("model")
+        report = run_semantic_ids(pipeline.path(model), spec.pop("dataset"), pipeline.path(self.name), **spec)
+        metrics = {"reconstruction_cosine": report["reconstruction_cosine"], "num_items": report["num_items"]}
+        for level, row in enumerate(report.get("levels", [])):
+            metrics.update({f"level{level}/{key}": value for key, value in row.items() if _is_number(value)})
+        return {"stage": self.name, "checkpoint": self.name, "parents": [model, *pipeline_parents(pipeline, model)],
+                "method": report["method"], "data": [{"name": report["dataset"], "split": report["split"]}],
+                "metrics": metrics, "evaluation": [], "plots": []}
+
+
+class EvalStep:
+    """Every `evaluation:` run (`xray-hf eval`), each result attached to the entry of the stage it evaluates.
+    Results already written are kept on a rerun."""
+
+    kind = "eval"
+    name = "eval"
+    every_rank = False
+
+    def __init__(self, runs: list[dict[str, Any]]):
+        self.runs = [dict(run) for run in runs]
+        self.parents = list(dict.fromkeys(run["model"] for run in self.runs))
+
+    def settings(self) -> Any:
+        return self.runs
+
+    @staticmethod
+    def file_name(run: dict[str, Any]) -> str:
+        return f"{run['model']}_{run['task']}_{run['dataset']}_{run.get('split', 'test')}.json"
+
+    def run(self, pipeline: Pipeline, progress: Any) -> dict[str, Any]:
+        from .eval.run import run_eval
+
+        results = []
+        for spec in self.runs:
+            output = pipeline.path("eval", self.file_name(spec))
+            if os.path.exists(output):
+                with open(output, encoding="utf-8") as f:
+                    result = json.load(f)
+            else:
+                options = dict(spec)
+                model, task, dataset = options.pop("model"), options.pop("task"), options.pop("dataset")
+                progress.write(f"[pipeline] eval: {task} of {model} on {dataset}")
+                result = run_eval(pipeline.path(model), task, dataset, output=output, model_name=model, **options)
+            plots = [os.path.join("eval", name) for name in (result.get("plots") or {}).values()]
+            results.append({"model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
+                            "split": spec.get("split", "test"), "metrics": result["metrics"], "plots": plots})
+        return {"stage": self.name, "runs": results}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, float]:
+    """The numbers of a nested dict as `prefix/key/subkey` metrics."""
+    if _is_number(value):
+        return {prefix: value}
+    if not isinstance(value, dict):
+        return {}
+    flat: dict[str, float] = {}
+    for key, item in value.items():
+        flat.update(_flatten(f"{prefix}/{key}", item))
+    return flat
+
+
+def pipeline_parents(pipeline: Pipeline, name: str) -> list[str]:
+    """The stages a stage starts from, nearest first (`clip` -> `hashtag`, `mae`)."""
+    section = pipeline.config["stages"].get(name)
+    if section is None:
+        return []
+    parents: list[str] = []
+    for parent in _references(section, name):
+        for ancestor in [parent, *pipeline_parents(pipeline, parent)]:
+            if ancestor not in parents:
+                parents.append(ancestor)
+    return parents
+
+
+def build_steps(config: dict[str, Any]) -> list[Any]:
+    """The pipeline's steps in order: every stage, then semantic IDs, then the evaluations."""
+    steps: list[Any] = [TrainStep(name, section) for name, section in config["stages"].items()]
+    if config.get("semantic_ids"):
+        steps.append(SemanticIdsStep(config["semantic_ids"]))
+    if config.get("evaluation"):
+        steps.append(EvalStep(config["evaluation"]))
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------ report
+def plot_loss_curves(log_history: list[dict[str, Any]], path: str, title: str = "") -> str | None:
+    """The training loss (and every logged loss term) against the step, as a PNG; None without logged losses."""
+    rows = [row for row in log_history if "loss" in row and "step" in row]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["loss"] + sorted({key for row in rows for key in row
+                              if key.endswith("loss") and key != "loss" and _is_number(row[key])})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        points = [(row["step"], row[key]) for row in rows if _is_number(row.get(key))]
+        ax.plot(*zip(*points), label=key, linewidth=2 if key == "loss" else 1)
+    evals = [(row["step"], row["eval_loss"]) for row in log_history if _is_number(row.get("eval_loss"))]
+    if evals:
+        ax.plot(*zip(*evals), "o--", label="eval_loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def build_report(pipeline: Pipeline) -> dict[str, Any]:
+    """`report.json`: one entry per finished stage (and semantic IDs), evaluations attached to the stage evaluated."""
+    steps = pipeline.state.get("steps", {})
+    report: dict[str, Any] = {}
+    for name, info in steps.items():
+        if info.get("status") != "done" or "entry" not in info or info["entry"].get("stage") == "eval":
+            continue
+        report[name] = {**copy.deepcopy(info["entry"]), "status": "done", "seconds": round(info["seconds"], 1)}
+    for run in (steps.get("eval", {}).get("entry") or {}).get("runs", []):
+        if run["model"] in report:
+            report[run["model"]]["evaluation"].append({k: run[k] for k in ("task", "dataset", "split", "metrics")})
+            report[run["model"]]["plots"].extend(run["plots"])
+    return report
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_report_md(report: dict[str, Any], total_seconds: float | None = None) -> str:
+    """`report.md`: a summary table, then per stage its metrics, evaluations and plots."""
+    lines = ["# Xray-Visual pipeline report", ""]
+    if total_seconds is not None:
+        lines += [f"Total time of the steps: {total_seconds / 60:.1f} min.", ""]
+    lines += ["| stage | from | steps | train loss | time (s) |", "|---|---|---|---|---|"]
+    for name, entry in report.items():
+        metrics = entry.get("metrics", {})
+        lines.append(f"| {name} | {', '.join(entry.get('parents', [])[:1]) or '-'} | "
+                     f"{_format(metrics.get('global_step', '-'))} | {_format(metrics.get('train_loss', '-'))} | "
+                     f"{_format(entry.get('seconds', '-'))} |")
+    for name, entry in report.items():
+        lines += ["", f"## {name}", ""]
+        if entry.get("parents"):
+            lines.append(f"Starts from: {' <- '.join(entry['parents'])}. ")
+        if entry.get("data"):
+            lines.append("Data: " + ", ".join(f"{d['name']} ({d['split']})" for d in entry["data"]) + ".")
+        shown = {k: v for k, v in entry.get("metrics", {}).items() if k not in ("global_step",)}
+        if shown:
+            lines += ["", "| metric | value |", "|---|---|"]
+            lines += [f"| {key} | {_format(value)} |" for key, value in shown.items()]
+        for run in entry.get("evaluation", []):
+            lines += ["", f"**{run['task']}** on {run['dataset']} ({run['split']}): "
+                      + ", ".join(f"{k} {_format(v)}" for k, v in run["metrics"].items())]
+        for plot in entry.get("plots", []):
+            lines += ["", f"![{name}: {Path(plot).stem}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(pipeline: Pipeline) -> dict[str, Any]:
+    report = build_report(pipeline)
+    if pipeline.is_main:
+        with open(pipeline.path(REPORT_JSON), "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+        total = sum(info.get("seconds", 0.0) for info in pipeline.state.get("steps", {}).values())
+        with open(pipeline.path(REPORT_MD), "w", encoding="utf-8") as f:
+            f.write(render_report_md(report, total))
+    return report
+
+
+def write_model_cards(pipeline: Pipeline, report: dict[str, Any]) -> None:
+    """A model card (README.md) in every checkpoint directory the pipeline wrote."""
+    from .model_card import write_model_card
+
+    for name, entry in report.items():
+        if name in pipeline.config["stages"] and os.path.isfile(pipeline.path(name, "config.json")):
+            write_model_card(pipeline.path(name), entry)
+
+
+# --------------------------------------------------------------------------------------------------- run
+class _Progress:
+    """The whole run's progress display (one tick per step); each Trainer shows its own below it."""
+
+    def __init__(self, total: int, done: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc="pipeline", unit="step", position=0, leave=True,
+                        disable=int(os.environ.get("RANK", "0")) != 0)
+
+    def write(self, message: str) -> None:
+        logger.info(message)
+        self.bar.write(message)
+
+    def step(self, name: str) -> None:
+        self.bar.set_postfix_str(name)
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def run_pipeline(output: str | os.PathLike, preset: str | None = None, config: str | os.PathLike | None = None,
+                 restart: list[str] | None = None) -> dict[str, Any]:
+    """Run (or continue) the pipeline of `config` (a YAML path) or `preset` (default `tiny`) in `output`; returns
+    the report (also written as report.json / report.md). `restart` names steps to redo, with every step after."""
+    path = Path(config) if config is not None else preset_path(preset or "tiny")
+    settings = load_pipeline_config(path)
+    output = os.path.abspath(os.fspath(output))
+    os.makedirs(output, exist_ok=True)
+    pipeline = Pipeline(output, settings)
+    if os.path.exists(pipeline.path(STATE_FILE)):
+        with open(pipeline.path(STATE_FILE), encoding="utf-8") as f:
+            pipeline.state = json.load(f)
+    pipeline.state.setdefault("steps", {})
+    pipeline.state["config"] = str(path)
+    steps = build_steps(settings)
+    names = [step.name for step in steps]
+    _apply_restart(pipeline, names, restart or [])
+    done_steps = _check_finished(pipeline, steps)
+    progress = _Progress(len(steps), len(done_steps))
+    try:
+        for index, step in enumerate(steps):
+            if step.name in done_steps:
+                continue
+            progress.step(step.name)
+            progress.write(f"[pipeline] step {index + 1}/{len(steps)}: {step.name}")
+            record = pipeline.state["steps"].setdefault(step.name, {})
+            record.update(status="running", digest=_digest(step.settings()), kind=step.kind)
+            record.setdefault("seconds", 0.0)
+            pipeline.save_state()
+            start = time.time()
+            try:
+                entry = step.run(pipeline, progress) if step.every_rank or pipeline.is_main else None
+                _barrier()
+            finally:
+                record["seconds"] = record.get("seconds", 0.0) + time.time() - start
+                pipeline.save_state()
+            record.update(status="done", entry=entry)
+            pipeline.save_state()
+            write_report(pipeline)
+            progress.advance()
+    except KeyboardInterrupt:
+        progress.write(f"[pipeline] interrupted; rerun the same command to continue from {output}")
+        raise
+    finally:
+        progress.close()
+    report = write_report(pipeline)
+    if pipeline.is_main:
+        write_model_cards(pipeline, report)
+    return report
+
+
+def _apply_restart(pipeline: Pipeline, names: list[str], restart: list[str]) -> None:
+    """Forget `restart` steps and every step after the first of them; their stage folders are moved aside."""
+    unknown = [name for name in restart if name not in names]
+    if unknown:
+        raise ValueError(f"--restart {unknown}: not steps of this pipeline ({names})")
+    if not restart:
+        return
+    first = min(names.index(name) for name in restart)
+    for name in names[first:]:
+        pipeline.state["steps"].pop(name, None)
+        folder = pipeline.path(name)
+        if pipeline.is_main and os.path.isdir(folder) and name in STAGES:
+            aside = folder + ".previous"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(folder, aside)
+            logger.info("restart: moved %s aside to %s", folder, aside)
+    if pipeline.is_main and os.path.isdir(pipeline.path("eval")) and "eval" in names[first:]:
+        shutil.rmtree(pipeline.path("eval"))
+    pipeline.save_state()
+
+
+def _check_finished(pipeline: Pipeline, steps: list[Any]) -> set[str]:
+    """The steps a rerun keeps; a finished step whose settings changed since is an error naming it."""
+    done: set[str] = set()
+    for step in steps:
+        record = pipeline.state["steps"].get(step.name)
+        if not record:
+            continue
+        if record.get("digest") != _digest(step.settings()):
+            raise ValueError(f"the settings of step {step.name!r} changed since it ran in {pipeline.output}; "
+                             f"rerun with --restart {step.name} to redo it (and the steps after it), or use a new "
+                             "--output")
+        if record.get("status") == "done":
+            done.add(step.name)
+    return done
+
+
+__all__ = [
+    "build_report", "build_steps", "last_complete_checkpoint", "load_pipeline_config", "plot_loss_curves",
+    "preset_path", "render_report_md", "run_pipeline",
+]
