@@ -7,7 +7,7 @@ nothing about FSDP (it would otherwise wrap the model again):
 
 - units (`shard_model`): every transformer block (a module whose class the model names in `_no_split_modules`, held in
   an `nn.ModuleList`: `XrayVisualLayer`, the LLM's decoder layers, `CLIPEncoderLayer`), then every largest frozen
-  subtree left (the LLM2CLIP tower's frozen LLM), then the root. Other no-split modules (the patch embeddings, whose
+  submodel left (the LLM2CLIP tower's frozen LLM), then the root. Other no-split modules (the patch embeddings, whose
   `embed_patches` MAE calls outside their `forward`) stay in the root unit;
 - 0-d parameters (CLIP's `logit_scale`), which `fully_shard` refuses, stay replicated as DDP keeps every parameter:
   equal on every rank and their gradient averaged over the ranks in backward;
@@ -94,8 +94,13 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def frozen_subtrees(model: nn.Module, taken: set[int]) -> list[nn.Module]:
-    """The largest submodules (not the root) whose parameters outside `taken` (ids) are all frozen, so that no unit
-    mixes frozen and trainable parameters: a frozen LLM's embeddings and norm beside a trainable adapter."""
+    """The largest submodels (`PreTrainedModel`s below the root) whose parameters outside `taken` (ids) are all
+    frozen, so that no unit mixes frozen and trainable parameters: a frozen LLM's embeddings and norm beside a
+    trainable adapter. Only submodels: a unit gathers its parameters in its `forward`, and models call their
+    submodels through `forward` (a PEFT wrapper skips its `LoraModel`'s; an LLM's tied head reads the embeddings'
+    weight directly), while they may use other modules' parameters directly."""
+    from transformers import PreTrainedModel
+
     found: list[nn.Module] = []
 
     def visit(module: nn.Module) -> None:
@@ -103,7 +108,7 @@ def frozen_subtrees(model: nn.Module, taken: set[int]) -> list[nn.Module]:
             params = [p for p in child.parameters() if id(p) not in taken and p.ndim > 0]
             if not params:
                 continue
-            if not any(p.requires_grad for p in params):
+            if isinstance(child, PreTrainedModel) and not any(p.requires_grad for p in params):
                 found.append(child)
                 taken.update(id(p) for p in params)
             else:

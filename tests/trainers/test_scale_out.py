@@ -1,0 +1,483 @@
+"""Every stage trainer under real DDP and FSDP2 on 2 CPU processes (gloo), against one process on the same global
+batch; checkpoints that cross between DDP and FSDP2; `accelerate launch` with the shipped configs.
+
+Launch 1 (`torchrun`, one import, many runs chained): MAE and CLIP under DDP and FSDP2 (each rank records its inputs
+and per-step losses), MAE resumed under FSDP2 from an FSDP2 and from a DDP checkpoint and under DDP from an FSDP2
+checkpoint, MAE under FSDP2 with non-reentrant gradient checkpointing and over a stream with a corrupt sample on one
+rank, then hashtag, distill, mntp and simcse for 2 steps under DDP and FSDP2. The single-process references are
+`run_stage` in the test process, fed the union of both ranks' recorded batches (and MAE masks). Launch 2 and 3:
+`accelerate launch --config_file configs/accelerate/{fsdp2,ddp}.yaml`.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+
+from xray_hf import XrayCLIPModel, XrayLLM2CLIPTextModel, XrayVisualForPreTraining, XrayVisualModel
+from xray_hf.convert import smollm2_tokenizer
+from xray_hf.trainers import clip_run, mae
+from xray_hf.trainers.run import run_stage
+
+from .test_distributed import HASHTAG, MODEL, free_port, launch
+
+pytestmark = pytest.mark.slow  # three launches, ~2.5 min on 2 cores
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "accelerate")
+
+WORKER = r'''
+"""Run `xray-hf` commands in this rank; record per run what the trainer did into <prefix>-rank<r>.json and the
+inputs of every training step into <prefix>-rank<r>.safetensors."""
+import hashlib, json, os, sys
+
+import torch
+from safetensors.torch import save_file
+
+from transformers import Trainer
+
+from xray_hf.cli import main
+from xray_hf.trainers.mae import MAETrainer
+
+record, tensors = {"runs": []}, {}
+trainer_init, mask_noise = Trainer.__init__, MAETrainer.mask_noise
+
+
+def weights_hash(model):
+    state = model.state_dict()
+    return hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
+
+
+def sharding(model):
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    units = [type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)]
+    return {"units": units, "dtensors": sum(isinstance(p, DTensor) for p in params), "params": len(params),
+            "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
+            "full": sum(p.numel() for p in params)}
+
+
+def recording_init(self, *args, **kwargs):
+    trainer_init(self, *args, **kwargs)
+    index = len(record["runs"])
+    run = {"world_size": self.args.world_size, "process_index": self.args.process_index, "steps": []}
+    record["runs"].append(run)
+    compute_loss, train = self.compute_loss, self.train
+
+    def recording_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training and "sharding" not in run:
+            run["sharding"] = sharding(model)
+            loss_fn = getattr(self, "loss_fn", None)
+            gathering = [m for m in getattr(loss_fn, "modules", list)() if hasattr(m, "ranks")]
+            run["loss_world_size"] = gathering[0].ranks()[1] if gathering else None  # the contrastive loss's
+        out = compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            step = len(run["steps"])
+            run["steps"].append({"ids": [str(i) for i in inputs.get("id", [])],
+                                 "loss": (out[0] if return_outputs else out).item()})
+            for key, value in inputs.items():
+                if torch.is_tensor(value):
+                    tensors[f"{index}.{step}.{key}"] = value.detach().cpu().contiguous()
+        return out
+
+    def recording_train(*args, **kwargs):
+        output = train(*args, **kwargs)
+        run["global_step"], run["weights"] = self.state.global_step, weights_hash(self.model)
+        run["plain_after_train"] = sharding(self.model)["dtensors"] == 0
+        return output
+
+    self.compute_loss, self.train = recording_compute_loss, recording_train
+
+
+def recording_noise(self, model, pixel_values):
+    noise = mask_noise(self, model, pixel_values)
+    if model.training:
+        index, run = len(record["runs"]) - 1, record["runs"][-1]
+        tensors[f"{index}.{len(run['steps'])}.noise"] = noise.detach().cpu().contiguous()
+    return noise
+
+
+Trainer.__init__, MAETrainer.mask_noise = recording_init, recording_noise
+for argv in json.loads(sys.argv[2]):
+    if main(argv) != 0:
+        sys.exit(1)
+rank = os.environ["RANK"]
+with open(f"{sys.argv[1]}-rank{rank}.json", "w") as f:
+    json.dump(record, f)
+save_file(tensors, f"{sys.argv[1]}-rank{rank}.safetensors")
+'''
+
+FSDP = {"fsdp": True, "fsdp_config": {"version": 2}}
+STEPS = 4
+MAE = {
+    "stage": "mae", "seed": 0, "model": MODEL,
+    "data": {"resolution": 16, "image": {"name": "mnist", "batch_size": 4, "max_samples": 32},
+             "augment": {"flip_p": 0.5, "blur_p": 0.0}},
+    "training": {"output_dir": "unused", "max_steps": STEPS, "save_steps": 2, "logging_steps": 1,
+                 "learning_rate": 1e-3, "warmup_steps": 1, "optimizer": "adamw", "report_to": [],
+                 "disable_tqdm": True},
+}
+VISION = {"preset": "tiny", "config": {"image_size": 16, "patch_size": 4, "num_frames": 4, "hidden_size": 32,
+                                       "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}}
+TEXT = {"preset": "tiny", "tokenizer": "smollm2", "config": {"num_hidden_layers": 1, "hidden_size": 32,
+                                                             "num_attention_heads": 2, "max_position_embeddings": 32}}
+CLIP = {
+    "stage": "clip", "seed": 0,
+    "model": {"vision": VISION, "text": TEXT,
+              "config": {"projection_dim": 16, "slip_weight": 0.0, "lambda_den": 0.0, "hashtag_loss_weight": 0.0}},
+    "captions": {"column": "caption", "hashtag_column": None},
+    "data": {"resolution": 16, "image": {"name": "openmoji", "split": "train", "batch_size": 8, "max_samples": 64},
+             "augment": {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
+                         "crop_scale": [0.8, 1.0]}},
+    "training": {"output_dir": "unused", "max_steps": 3, "learning_rate": 2e-3, "optimizer": "adamw",
+                 "warmup_steps": 1, "logging_steps": 1, "save_strategy": "no", "report_to": [], "disable_tqdm": True},
+}
+TWO_STEPS = {"max_steps": 2, "save_strategy": "no", "report_to": [], "disable_tqdm": True}
+
+
+def _png(value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(value).integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def corrupt_source(folder) -> str:
+    """Two Parquet shards of 8 images (one shard per rank); the second holds one corrupt image."""
+    os.makedirs(folder, exist_ok=True)
+    for shard in (0, 1):
+        rows = [8 * shard + i for i in range(8)]
+        images = [{"bytes": b"not an image" if row == 11 else _png(row), "path": None} for row in rows]
+        table = datasets.Dataset.from_dict({"id": [f"img{row}" for row in rows], "image": images},
+                                           features=datasets.Features({"id": datasets.Value("string"),
+                                                                       "image": datasets.Image()}))
+        table.to_parquet(os.path.join(folder, f"shard-{shard}.parquet"))
+    return str(folder)
+
+
+def write(folder, name: str, config: dict) -> str:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def with_training(config: dict, **training) -> dict:
+    return {**config, "training": {**config["training"], **training}}
+
+
+def run_worker(folder, name: str, commands: list[list[str]], launcher: list[str] | None = None) -> list[dict]:
+    worker = folder / "worker.py"
+    worker.write_text(WORKER)
+    args = [str(worker), str(folder / name), json.dumps(commands)]
+    if launcher is None:
+        proc = launch(folder, *args)
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+        proc = subprocess.run([*launcher, *args], cwd=folder, env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
+    errors = [line for line in proc.stderr.splitlines() if "Error" in line or "error:" in line]
+    assert proc.returncode == 0, "launch failed:\n" + "\n".join(errors[-20:]) + proc.stderr[-4000:]
+    records = []
+    for rank in (0, 1):
+        record = json.loads((folder / f"{name}-rank{rank}.json").read_text())
+        record["tensors"] = load_file(folder / f"{name}-rank{rank}.safetensors")
+        records.append(record)
+    return records
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    tokenizer = smollm2_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    path = tmp_path_factory.mktemp("llm")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    tower = XrayLLM2CLIPTextModel.from_llm(path, pooling="mean", max_text_length=16, projection_dim=16)
+    tower.save_pretrained(path / "tower")  # what simcse starts from (an mntp output, without training it here)
+    tokenizer.save_pretrained(path / "tower")
+    return path
+
+
+RUNS = ["mae_ddp", "mae_fsdp", "mae_fsdp_from_fsdp", "mae_fsdp_from_ddp", "mae_ddp_from_fsdp", "mae_fsdp_checkpointing",
+        "mae_corrupt", "clip_ddp", "clip_fsdp", "hashtag_ddp", "hashtag_fsdp", "distill_ddp", "distill_fsdp",
+        "mntp_ddp", "mntp_fsdp", "simcse_ddp", "simcse_fsdp"]
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory, llm_dir):
+    """Launch 1: every run of `RUNS` in order, in one `torchrun` of 2 ranks; returns (folder, {run: [rank records]})."""
+    folder = tmp_path_factory.mktemp("scale_out")
+    out = {name: str(folder / name) for name in RUNS}
+    mae_cfg, clip_cfg = write(folder, "mae", MAE), write(folder, "clip", CLIP)
+    mae_fsdp = write(folder, "mae_fsdp", with_training(MAE, **FSDP))
+    commands = [
+        ["train", "mae", "--config", mae_cfg, "--output-dir", out["mae_ddp"]],
+        ["train", "mae", "--config", mae_fsdp, "--output-dir", out["mae_fsdp"]],
+        ["train", "mae", "--config", mae_fsdp, "--output-dir", out["mae_fsdp_from_fsdp"],
+         "--resume", os.path.join(out["mae_fsdp"], "checkpoint-2")],
+        ["train", "mae", "--config", mae_fsdp, "--output-dir", out["mae_fsdp_from_ddp"],
+         "--resume", os.path.join(out["mae_ddp"], "checkpoint-2")],
+        ["train", "mae", "--config", mae_cfg, "--output-dir", out["mae_ddp_from_fsdp"],
+         "--resume", os.path.join(out["mae_fsdp"], "checkpoint-2")],
+        ["train", "mae", "--config", write(folder, "mae_ckpt", with_training(
+            MAE, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}, **FSDP)),
+         "--output-dir", out["mae_fsdp_checkpointing"]],
+        ["train", "mae", "--config", write(folder, "mae_corrupt", {
+            **with_training(MAE, max_steps=5, save_strategy="no", **FSDP),
+            "data": {"resolution": 16, "augment": {"flip_p": 0.0, "blur_p": 0.0},
+                     "image": {"path": corrupt_source(folder / "corrupt"), "num_samples": 16, "batch_size": 2}}}),
+         "--output-dir", out["mae_corrupt"]],
+        ["train", "clip", "--config", clip_cfg, "--output-dir", out["clip_ddp"]],
+        ["train", "clip", "--config", write(folder, "clip_fsdp", with_training(CLIP, **FSDP)),
+         "--output-dir", out["clip_fsdp"]],
+    ]
+    for kind, extra in (("ddp", {}), ("fsdp", FSDP)):
+        hashtag = {**HASHTAG, "model": {"from_pretrained": out["mae_ddp"]},
+                   "training": {**HASHTAG["training"], **extra, "output_dir": out[f"hashtag_{kind}"]}}
+        distill = {
+            "stage": "distill", "seed": 0, "teacher": {"from_pretrained": out["clip_ddp"]},
+            "model": {"vision": VISION}, "captions": {"column": "caption", "hashtag_column": None},
+            "data": {"resolution": 16, "image": {"name": "openmoji", "split": "train", "batch_size": 4,
+                                                 "max_samples": 16}},
+            "training": {**TWO_STEPS, **extra, "output_dir": out[f"distill_{kind}"]}}
+        text = {"from_llm": str(llm_dir), "config": {"pooling": "mean", "max_text_length": 16, "projection_dim": 16}}
+        llm2vec_data = {"sources": [{"name": "openmoji", "split": "train", "columns": ["caption", "hashtags"],
+                                     "max_samples": 32}], "max_length": 16}
+        llm2vec_training = {**TWO_STEPS, **extra, "per_device_train_batch_size": 4, "use_cpu": True}
+        mntp = {"stage": "mntp", "seed": 0, "model": {"text": text, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+                "data": llm2vec_data, "training": {**llm2vec_training, "output_dir": out[f"mntp_{kind}"]}}
+        simcse = {"stage": "simcse", "seed": 0,
+                  "model": {"text": {"from_pretrained": str(llm_dir / "tower")}, "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+                  "data": llm2vec_data, "training": {**llm2vec_training, "output_dir": out[f"simcse_{kind}"]}}
+        for stage, config in (("hashtag", hashtag), ("distill", distill), ("mntp", mntp)):
+            commands.append(["train", stage, "--config", write(folder, f"{stage}_{kind}", config)])
+        simcse_command = ["train", "simcse", "--config", write(folder, f"simcse_{kind}", simcse)]
+        commands.append(simcse_command)
+    order = RUNS[:9] + ["hashtag_ddp", "distill_ddp", "mntp_ddp", "simcse_ddp", "hashtag_fsdp", "distill_fsdp",
+                        "mntp_fsdp", "simcse_fsdp"]
+    records = run_worker(folder, "chained", commands)
+    assert [len(record["runs"]) for record in records] == [len(order)] * 2  # one trainer per run
+    runs = {name: [record["runs"][i] | {"tensors": {k.split(".", 1)[1]: v for k, v in record["tensors"].items()
+                                                    if k.split(".", 1)[0] == str(i)}}
+                   for record in records] for i, name in enumerate(order)}
+    return folder, runs
+
+
+class ReplayLoader:
+    """A stateful loader yielding recorded global batches (both ranks' batches, rank 0's rows first)."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches, self.position = batches, 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        while self.position < len(self.batches):
+            self.position += 1
+            yield self.batches[self.position - 1]
+
+    def state_dict(self) -> dict:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = state["position"]
+
+
+def union_batches(ranks: list[dict], skip: set[str] = frozenset()) -> list[dict]:
+    """Per step, the concatenation of both ranks' recorded tensors (token tensors padded to one length)."""
+    batches = []
+    for step in range(len(ranks[0]["steps"])):
+        keys = {k.split(".", 1)[1] for k in ranks[0]["tensors"] if k.split(".", 1)[0] == str(step)} - set(skip)
+        batch = {}
+        for key in sorted(keys):
+            parts = [r["tensors"][f"{step}.{key}"] for r in ranks]
+            if parts[0].ndim == 2 and not parts[0].is_floating_point() and key != "noise":
+                width = max(p.shape[1] for p in parts)
+                parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
+            batch[key] = torch.cat(parts)
+        batch["id"] = [i for r in ranks for i in r["steps"][step]["ids"]]
+        batches.append(batch)
+    return batches
+
+
+@pytest.fixture(scope="module")
+def references(chained, tmp_path_factory, monkeypatch_module):
+    """The single-process MAE and CLIP runs over the union of the DDP run's batches (and masks)."""
+    folder, runs = chained
+    out = tmp_path_factory.mktemp("single")
+    results = {}
+    mae_batches = union_batches(runs["mae_ddp"])
+    noise = [batch.pop("noise") for batch in mae_batches]
+    monkeypatch_module.setattr(mae, "build_train_loader", lambda *a, **k: ReplayLoader(mae_batches))
+    monkeypatch_module.setattr(mae.MAETrainer, "mask_noise",
+                               lambda self, model, pixels: noise[self.state.global_step] if model.training else None)
+    results["mae"] = run_stage("mae", with_training(MAE, output_dir=str(out / "mae"), save_strategy="no"))
+    clip_batches = union_batches(runs["clip_ddp"])
+    monkeypatch_module.setattr(clip_run, "build_train_loader", lambda *a, **k: ReplayLoader(clip_batches))
+    results["clip"] = run_stage("clip", with_training(CLIP, output_dir=str(out / "clip")))
+    return out, results
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def losses(ranks: list[dict]) -> list[float]:
+    """Per step, the mean of the ranks' losses: the loss of the global batch."""
+    return [sum(r["steps"][s]["loss"] for r in ranks) / len(ranks) for s in range(len(ranks[0]["steps"]))]
+
+
+def single_losses(results: dict) -> list[float]:
+    return [e["loss"] for e in results["log_history"] if "loss" in e]
+
+
+def test_ranks_read_disjoint_samples_of_the_same_global_batch(chained):
+    _, runs = chained
+    for name in ("mae_ddp", "mae_fsdp", "clip_ddp", "clip_fsdp"):
+        ranks = runs[name]
+        assert [(r["process_index"], r["world_size"]) for r in ranks] == [(0, 2), (1, 2)], name
+        assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == ranks[0]["global_step"], name
+        for s0, s1 in zip(ranks[0]["steps"], ranks[1]["steps"]):
+            assert s0["ids"] and not set(s0["ids"]) & set(s1["ids"]), name
+    for stage in ("mae", "clip"):  # DDP and FSDP2 read the very same samples
+        assert ([[s["ids"] for s in r["steps"]] for r in runs[f"{stage}_ddp"]]
+                == [[s["ids"] for s in r["steps"]] for r in runs[f"{stage}_fsdp"]])
+
+
+def test_fsdp_really_shards_every_block_and_ddp_does_not(chained):
+    _, runs = chained
+    for rank in runs["mae_fsdp"]:
+        sharding = rank["sharding"]
+        assert sharding["dtensors"] == sharding["params"]  # no 0-d parameter in MAE: every one sharded
+        assert sharding["units"].count("FSDPXrayVisualLayer") == 3  # 2 encoder + 1 decoder blocks, then the root
+        assert sharding["units"][0] == "FSDPXrayVisualForPreTraining"
+        assert sharding["local"] < 0.6 * sharding["full"]  # about half the parameters live on each rank
+        assert rank["plain_after_train"]
+    assert sum(r["sharding"]["local"] for r in runs["mae_fsdp"]) == runs["mae_fsdp"][0]["sharding"]["full"]
+    clip = runs["clip_fsdp"][0]["sharding"]
+    assert clip["params"] - clip["dtensors"] == 1  # logit_scale: 0-d, replicated
+    assert clip["units"].count("FSDPCLIPEncoderLayer") == 1 and clip["units"].count("FSDPXrayVisualLayer") == 2
+    assert runs["mae_ddp"][0]["sharding"]["dtensors"] == 0 and runs["mae_ddp"][0]["sharding"]["units"] == []
+
+
+def test_ddp_and_fsdp_losses_equal_one_process_on_the_global_batch(chained, references):
+    _, runs = chained
+    _, results = references
+    for stage in ("mae", "clip"):
+        single = single_losses(results[stage])
+        for kind in ("ddp", "fsdp"):
+            got = losses(runs[f"{stage}_{kind}"])
+            assert len(got) == len(single)
+            assert max(abs(a - b) for a, b in zip(got, single)) < 1e-5, (stage, kind, got, single)
+        ranks = runs[f"{stage}_fsdp"]
+        assert ranks[0]["weights"] == ranks[1]["weights"]  # the gathered model is the same on both ranks
+    # CLIP's loss gathered the features of both ranks (with gradients): each rank's loss is its rows against the
+    # global batch, and the ranks' mean is the one-process loss of the union checked above
+    assert [r["loss_world_size"] for r in runs["clip_fsdp"] + runs["clip_ddp"]] == [2, 2, 2, 2]
+    assert runs["clip_fsdp"][0]["steps"][0]["loss"] != runs["clip_fsdp"][1]["steps"][0]["loss"]
+
+
+def test_saved_models_load_with_from_pretrained_and_embed_like_one_process(chained, references):
+    folder, _ = chained
+    single, _ = references
+    pixels = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for stage in ("mae", "clip"):
+        embeds = []
+        for path in (single / stage, folder / f"{stage}_ddp", folder / f"{stage}_fsdp"):
+            assert (path / "model.safetensors").is_file() and not list(path.glob("*.bin"))
+            with torch.no_grad():
+                embeds.append(XrayVisualModel.from_pretrained(path).eval()(pixels).pooler_output)
+        for other in embeds[1:]:
+            torch.testing.assert_close(other, embeds[0], atol=1e-5, rtol=0)
+    clip = AutoModel.from_pretrained(folder / "clip_fsdp")
+    assert isinstance(clip, XrayCLIPModel) and clip.logit_scale.ndim == 0
+    assert isinstance(AutoModel.from_pretrained(folder / "mae_fsdp"), XrayVisualForPreTraining)
+
+
+def test_fsdp_resume_continues_the_loss_curve_from_fsdp_and_ddp_checkpoints(chained):
+    _, runs = chained
+    for name, source in (("mae_fsdp_from_fsdp", "mae_fsdp"), ("mae_fsdp_from_ddp", "mae_ddp"),
+                         ("mae_ddp_from_fsdp", "mae_fsdp")):
+        for rank in (0, 1):
+            before, after = runs[source][rank], runs[name][rank]
+            assert after["global_step"] == STEPS and len(after["steps"]) == STEPS - 2
+            assert [s["ids"] for s in after["steps"]] == [s["ids"] for s in before["steps"][2:]], name
+            for got, want in zip(after["steps"], before["steps"][2:]):
+                assert abs(got["loss"] - want["loss"]) < 1e-5, (name, rank, got, want)
+    # checkpoints hold full tensors in one layout: the FSDP2 checkpoint's optimizer state has full-shape moments
+    state = torch.load(os.path.join(chained[0], "mae_fsdp", "checkpoint-2", "optimizer.pt"), weights_only=True)
+    ddp = torch.load(os.path.join(chained[0], "mae_ddp", "checkpoint-2", "optimizer.pt"), weights_only=True)
+    assert state["param_groups"] == ddp["param_groups"]
+    for index, entry in ddp["state"].items():
+        assert state["state"][index]["exp_avg"].shape == entry["exp_avg"].shape
+
+
+def test_non_reentrant_gradient_checkpointing_under_fsdp_gives_the_same_losses(chained):
+    _, runs = chained
+    got, want = losses(runs["mae_fsdp_checkpointing"]), losses(runs["mae_fsdp"])
+    assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6
+
+
+def test_corrupt_sample_on_one_rank_is_skipped_and_both_ranks_take_the_same_steps(chained):
+    _, runs = chained
+    ranks = runs["mae_corrupt"]
+    assert [r["global_step"] for r in ranks] == [5, 5] and [len(r["steps"]) for r in ranks] == [5, 5]
+    seen = [[i for s in r["steps"][:4] for i in s["ids"]] for r in ranks]  # the first epoch of each rank
+    assert not set(seen[0]) & set(seen[1])
+    assert "img11" not in {i for r in ranks for s in r["steps"] for i in s["ids"]}
+    assert all(s["ids"][0][:3] == "img" for r in ranks for s in r["steps"])
+    shards = [{int(i[3:]) // 8 for i in ids} for ids in seen]
+    assert len(shards[0]) == len(shards[1]) == 1 and shards[0] != shards[1]  # one Parquet shard per rank
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+
+
+@pytest.mark.parametrize("stage", ["hashtag", "distill", "mntp", "simcse"])
+def test_every_other_stage_trains_under_ddp_and_fsdp(chained, stage):
+    folder, runs = chained
+    for kind in ("ddp", "fsdp"):
+        ranks = runs[f"{stage}_{kind}"]
+        assert [(r["process_index"], r["world_size"], r["global_step"]) for r in ranks] == [(0, 2, 2), (1, 2, 2)]
+        assert ranks[0]["weights"] == ranks[1]["weights"]
+        assert all(torch.isfinite(torch.tensor(s["loss"])) for r in ranks for s in r["steps"])
+        assert (folder / f"{stage}_{kind}" / "model.safetensors").is_file()
+        assert AutoModel.from_pretrained(folder / f"{stage}_{kind}") is not None
+    fsdp = runs[f"{stage}_fsdp"][0]["sharding"]
+    assert fsdp["units"] and fsdp["local"] < fsdp["full"]
+    assert runs[f"{stage}_fsdp"][0]["plain_after_train"]
+
+
+def test_accelerate_launch_with_the_shipped_fsdp2_and_ddp_configs(tmp_path):
+    config = write(tmp_path, "mae", with_training(MAE, max_steps=2, save_strategy="no"))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+    fsdp = run_worker(tmp_path, "fsdp2", [["train", "mae", "--config", config, "--output-dir", str(tmp_path / "a")]],
+                      launcher=[*accelerate, "--config_file", os.path.join(CONFIGS, "fsdp2.yaml")])
+    for rank in fsdp:
+        run = rank["runs"][0]
+        assert run["world_size"] == 2 and run["global_step"] == 2
+        assert run["sharding"]["dtensors"] == run["sharding"]["params"]  # real sharding on CPU processes
+        assert run["sharding"]["local"] < 0.6 * run["sharding"]["full"]
+    assert (tmp_path / "a" / "model.safetensors").is_file()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    accelerate[-1] = str(free_port())
+    proc = subprocess.run([*accelerate, "--config_file", os.path.join(CONFIGS, "ddp.yaml"), "-m", "xray_hf.cli",
+                           "train", "mae", "--config", config, "--output-dir", str(tmp_path / "b")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert results["global_step"] == 2 and proc.stdout.count("mae finished") == 1
