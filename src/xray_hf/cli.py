@@ -224,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:
         parser.exit(2, f"xray-hf {args.command}: error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, f"xray-hf {args.command}: interrupted\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""`xray-hf pipeline`: the shipped config resolves into the stages' run configs; a small pipeline of every step runs
+into one directory, is interrupted (Ctrl-C) inside a stage and continues to the same result; report and cards."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+from transformers import AutoModel
+
+from xray_hf.pipeline import (
+    STATE_FILE, build_steps, last_complete_checkpoint, load_pipeline_config, preset_path, run_pipeline,
+)
+from xray_hf.stages import STAGES
+from xray_hf.trainers.run import check_run_config, load_run_config, run_stage
+
+CONFIGS = preset_path("tiny").parent
+
+
+def test_shipped_pipeline_layers_each_stage_over_its_own_config():
+    config = load_pipeline_config(preset_path("tiny"))
+    assert list(config["stages"]) == ["mae", "hashtag", "clip", "distill", "compress"]
+    for name, section in config["stages"].items():
+        check_run_config(section, name)  # the schema `xray-hf train` reads
+        assert section["training"]["output_dir"] == f"{{output}}/{name}"
+        base = load_run_config(CONFIGS / f"{name}_tiny.yaml")
+        assert section["data"] == base["data"]  # what the pipeline does not change comes from the stage config
+        assert section["training"]["max_steps"] < base["training"]["max_steps"]
+    assert config["stages"]["clip"]["model"]["vision"]["from_pretrained"] == "{output}/hashtag"
+    assert config["stages"]["clip"]["model"]["text"] == load_run_config(CONFIGS / "clip_tiny.yaml")["model"]["text"]
+    steps = build_steps(config)
+    assert [(s.name, s.parents) for s in steps] == [
+        ("mae", []), ("hashtag", ["mae"]), ("clip", ["hashtag"]), ("distill", ["clip"]), ("compress", ["clip"]),
+        ("semantic_ids", ["clip"]), ("eval", ["mae", "hashtag", "clip", "distill"]),
+    ]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"stagez": {}}, "unknown pipeline keys"),
+    ({"stages": {"mea": {}}}, "stage must be one of"),
+    ({"stages": {"hashtag": {"model": {"from_pretrained": "{output}/mae"}}}}, "no earlier stage writes"),
+    ({"stages": {"mae": {}}, "evaluation": [{"model": "clip", "task": "zero-shot", "dataset": "mnist"}]},
+     "must name a stage"),
+])
+def test_bad_pipeline_configs_name_the_problem(tmp_path, change, message):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(change))
+    with pytest.raises(ValueError, match=message):
+        load_pipeline_config(path)
+    with pytest.raises(ValueError, match="unknown pipeline preset 'huge'.*tiny"):
+        preset_path("huge")
+
+
+def test_last_complete_checkpoint_skips_a_save_cut_short(tmp_path):
+    for step, files in ((2, {"trainer_state.json": "{}", "data_state-rank0.json": "{}"}),
+                        (4, {"trainer_state.json": "{}", "data_state-rank0.json": "{}"}),
+                        (6, {"trainer_state.json": '{"global'}),          # killed while writing the trainer state
+                        (8, {"model.safetensors": ""})):                    # killed while writing the weights
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(str(tmp_path / "missing")) is None
+
+
+# ------------------------------------------------------------------------------------------ a small pipeline
+VISION = {"image_size": 16, "patch_size": 4, "num_frames": 4, "hidden_size": 32, "num_hidden_layers": 2,
+          "num_attention_heads": 2, "intermediate_size": 64}
+AUGMENT = {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0, "crop_scale": [0.8, 1.0]}
+IMAGES = {"name": "openmoji", "split": "train", "batch_size": 16, "max_samples": 64}
+VIDEOS = {"name": "moving-shapes", "split": "train", "batch_size": 8, "max_samples": 16, "num_frames": 4}
+STEPS = {"max_steps": 4, "warmup_steps": 1, "logging_steps": 1, "save_steps": 2, "eval_steps": 4,
+         "learning_rate": 2e-3, "per_device_eval_batch_size": 64}
+
+
+def small_pipeline() -> dict:
+    """Every step of the shipped pipeline on a few samples: `base:` for the backbone stages, full sections (a
+    plain text tower instead of SmolLM2) for the CLIP ones."""
+    data = {"resolution": 16, "augment": AUGMENT, "num_workers": 0}
+    return {
+        "seed": 0,
+        "stages": {
+            "mae": {"base": str(CONFIGS / "mae_tiny.yaml"),
+                    "model": {"config": {**VISION, "decoder_hidden_size": 32, "decoder_num_attention_heads": 2,
+                                         "decoder_intermediate_size": 64, "decoder_num_hidden_layers": 1}},
+                    "data": {**data, "image": {"name": "mnist", "split": "train", "batch_size": 16, "max_samples": 64},
+                             "video": VIDEOS, "eval": {"name": "mnist", "split": "validation", "max_samples": 32}},
+                    "training": STEPS},
+            "hashtag": {"base": str(CONFIGS / "hashtag_tiny.yaml"), "model": {"from_pretrained": "{output}/mae"},
+                        "vocabulary": {"min_count": 2},
+                        "data": {**data, "image": IMAGES, "video": {**VIDEOS, "hashtags_from": ["shape", "direction"]},
+                                 "eval": {"name": "openmoji", "split": "validation", "max_samples": 32}},
+                        "training": {**STEPS, "logging_steps": 1}},
+            "clip": {
+                "model": {"vision": {"from_pretrained": "{output}/hashtag"},
+                          "text": {"preset": "tiny", "tokenizer": "smollm2",
+                                   "config": {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+                                              "max_position_embeddings": 32}},
+                          "config": {"projection_dim": 16, "slip_hidden_size": 32, "slip_projection_dim": 8}},
+                "captions": {"column": "caption", "hashtag_column": "hashtags"},
+                "data": {**data, "image": IMAGES, "video": {**VIDEOS, "hashtags_from": ["shape", "direction"]},
+                         "eval": [{"name": "openmoji", "split": "validation", "max_samples": 32}]},
+                "training": {**STEPS, "optimizer": "adamw", "resolution_schedule": [[0, 8], [2, 16]]}},
+            "distill": {
+                "teacher": {"from_pretrained": "{output}/clip"},
+                "model": {"vision": {"preset": "tiny", "config": {**VISION, "hidden_size": 16,
+                                                                  "num_hidden_layers": 1, "intermediate_size": 32}}},
+                "captions": {"column": "caption"},
+                "data": {**data, "image": IMAGES, "video": VIDEOS, "video_fraction": 0.25,
+                         "eval": [{"name": "openmoji", "split": "validation", "max_samples": 32}]},
+                "training": {**STEPS, "optimizer": "adamw"}},
+            "compress": {
+                "model": {"from_pretrained": "{output}/clip",
+                          "compression": {"compressed_dim": 8, "matryoshka_dims": [4]}},
+                "texts": {"column": "caption"},
+                "data": {"image": IMAGES, "eval": [{"name": "openmoji", "split": "validation", "max_samples": 32}]},
+                "training": {"max_steps": 4, "optimizer": "adamw", "learning_rate": 1e-3, "logging_steps": 1,
+                             "per_device_train_batch_size": 32, "save_strategy": "no"}},
+        },
+        "semantic_ids": {"model": "clip", "dataset": "openmoji", "levels": 2, "codebook_size": 4, "max_samples": 32,
+                         "epochs": 2},
+        "evaluation": [
+            {"model": "clip", "task": "zero-shot", "dataset": "moving-shapes", "split": "test", "num_frames": 4},
+            {"model": "clip", "task": "retrieval", "dataset": "openmoji", "split": "test", "max_samples": 24},
+            {"model": "hashtag", "task": "linear-probe", "dataset": "mnist", "split": "test", "max_samples": 40,
+             "max_train_samples": 60},
+        ],
+    }
+
+
+def _cli(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([sys.executable, "-m", "xray_hf.cli", "pipeline", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _losses(results_path) -> list[float]:
+    with open(results_path) as f:
+        return [row["loss"] for row in json.load(f)["log_history"] if "loss" in row]
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_step_and_continues_after_ctrl_c(tmp_path):
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(small_pipeline(), sort_keys=False))
+    out = tmp_path / "run"
+
+    # Ctrl-C while the hashtag stage trains, right after its first checkpoint is complete
+    process = _cli("--config", str(config_path), "--output", str(out))
+    checkpoint = out / "hashtag" / "checkpoint-2" / "data_state-rank0.json"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert checkpoint.exists(), process.communicate()[0][-3000:]
+    process.send_signal(signal.SIGINT)
+    log = process.communicate(timeout=120)[0]
+    assert process.returncode == 130, log[-3000:]
+    assert "rerun the same command to continue" in log
+    state = json.loads((out / STATE_FILE).read_text())
+    assert state["steps"]["mae"]["status"] == "done" and state["steps"]["hashtag"]["status"] == "running"
+    assert not (out / "hashtag" / "results.json").exists()
+    mae_weights = (out / "mae" / "model.safetensors").stat().st_mtime_ns
+
+    report = run_pipeline(out, config=config_path)
+
+    # the finished stage was kept, the interrupted one resumed from its checkpoint to the uninterrupted run's losses
+    assert (out / "mae" / "model.safetensors").stat().st_mtime_ns == mae_weights
+    reference = load_pipeline_config(config_path)["stages"]["hashtag"]
+    reference = json.loads(json.dumps(reference).replace("{output}", str(out)))
+    reference["training"]["output_dir"] = str(tmp_path / "hashtag_uninterrupted")
+    reference["training"]["report_to"] = []
+    run_stage("hashtag", reference)
+    resumed = _losses(out / "hashtag" / "results.json")
+    assert resumed == _losses(tmp_path / "hashtag_uninterrupted" / "results.json")
+    assert len(resumed) == 4
+
+    # one entry per stage and semantic IDs, with metrics; evaluations attached to the stage evaluated
+    assert set(report) == {"mae", "hashtag", "clip", "distill", "compress", "semantic_ids"}
+    assert json.loads((out / "report.json").read_text()) == report
+    for name in STAGES.keys() & report.keys():
+        entry = report[name]
+        assert entry["metrics"]["global_step"] == 4 and entry["metrics"]["train_loss"] > 0
+        assert entry["parents"] == {"mae": [], "hashtag": ["mae"]}.get(name, entry["parents"])
+        model = AutoModel.from_pretrained(out / name)  # every checkpoint loads with plain transformers
+        assert model.config.model_type == entry["model_type"]
+        assert any((out / name / "runs").rglob("events.out.tfevents.*"))  # TensorBoard logs
+    assert report["clip"]["parents"] == ["hashtag", "mae"]
+    tasks = {(run["task"], run["dataset"]) for run in report["clip"]["evaluation"]}
+    assert tasks == {("zero-shot", "moving-shapes"), ("retrieval", "openmoji")}
+    assert [run["task"] for run in report["hashtag"]["evaluation"]] == ["linear-probe"]
+    zero_shot = json.loads((out / "eval" / "clip_zero-shot_moving-shapes_test.json").read_text())
+    assert report["clip"]["evaluation"][0]["metrics"] == zero_shot["metrics"]
+    assert report["semantic_ids"]["metrics"]["num_items"] == 32
+
+    # report.md shows the numbers and every plot it names exists: losses, reconstructions, confusion, recall@k, grid
+    markdown = (out / "report.md").read_text()
+    plots = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]
+    for expected in ("plots/mae_loss.png", "mae/reconstruction.png", "eval/clip_zero-shot_moving-shapes_test_confusion.png",
+                     "eval/clip_retrieval_openmoji_test_recall_at_k.png",
+                     "eval/clip_retrieval_openmoji_test_retrieval_grid.png"):
+        assert expected in plots
+    assert all((out / plot).is_file() for plot in plots)
+    assert f"{report['hashtag']['metrics']['train_loss']:.4g}" in markdown
+
+    # every checkpoint has a model card whose model-index carries its evaluations
+    card = ModelCard.load(out / "clip" / "README.md")
+    assert card.data.pipeline_tag == "zero-shot-image-classification"
+    values = {(r.dataset_type, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert values[("openmoji", "image_retrieval_recall@1")] == report["clip"]["evaluation"][1]["metrics"][
+        "image_retrieval_recall@1"]
+    assert ModelCard.load(out / "mae" / "README.md").data.pipeline_tag == "image-feature-extraction"
+
+    # a rerun of a finished pipeline does nothing; a changed stage is refused until restarted
+    seconds = json.loads((out / STATE_FILE).read_text())["steps"]
+    assert run_pipeline(out, config=config_path) == report
+    assert json.loads((out / STATE_FILE).read_text())["steps"] == seconds
+    changed = small_pipeline()
+    changed["stages"]["compress"]["training"]["max_steps"] = 3
+    config_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    with pytest.raises(ValueError, match="settings of step 'compress' changed.*--restart compress"):
+        run_pipeline(out, config=config_path)
+    report = run_pipeline(out, config=config_path, restart=["compress"])
+    assert report["compress"]["metrics"]["global_step"] == 3
+    assert report["clip"] == json.loads(json.dumps(report["clip"]))  # kept
+    assert (out / "compress.previous").is_dir()
