@@ -17,6 +17,14 @@ from .visual import XrayConfigMixin, XrayVisualConfig, _is_number
 TEXT_CONFIG_CLASSES = {cls.model_type: cls for cls in (XrayLLM2CLIPTextConfig, XrayTextConfig)}
 
 
+class _TextConfigSpec(SubConfigSpec):
+    """`SubConfigSpec(AutoConfig, ...)` that resolves this package's text towers by `model_type` without the Auto
+    registry, so the config also loads as Hub remote code (where `xray_hf` registered nothing)."""
+
+    def get_config_class(self, model_type: str | None = None) -> type[PreTrainedConfig]:
+        return TEXT_CONFIG_CLASSES.get(model_type) or super().get_config_class(model_type)
+
+
 def _sub_config(value: Any, cls: type[PreTrainedConfig] | None, name: str, default_type: str) -> PreTrainedConfig:
     """A sub-config from a config (copied), a dict (resolved by its `model_type`) or None (the default)."""
     if isinstance(value, PreTrainedConfig):
@@ -80,7 +88,7 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
     model_type = "xray_clip"
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(config_class=XrayVisualConfig),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type=XrayLLM2CLIPTextConfig.model_type),
+        "text_config": _TextConfigSpec(config_class=AutoConfig, model_type=XrayLLM2CLIPTextConfig.model_type),
     }
 
     def __init__(

@@ -27,8 +27,9 @@ from .compression import (
     XrayEmbeddingCompression,
     init_compression_weights,
 )
+from .llm2clip import XrayLLM2CLIPTextModel
 from .outputs import XrayCLIPOutput, XrayVisualModelOutput
-from .text import XrayTextModelOutput
+from .text import XrayTextModel, XrayTextModelOutput
 from .visual import XrayVisualModel
 
 
@@ -97,6 +98,18 @@ class XrayCLIPPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, module.config.logit_scale_init_value)
 
 
+TEXT_TOWERS: dict[str, type[PreTrainedModel]] = {
+    tower.config_class.model_type: tower for tower in (XrayTextModel, XrayLLM2CLIPTextModel)
+}
+
+
+def _text_tower(config: Any) -> PreTrainedModel:
+    """The text tower for `config` by its `model_type`, taken from this package rather than from the Auto registry,
+    so that the model also builds as Hub remote code (where `xray_hf` registered nothing); other types via AutoModel."""
+    tower = TEXT_TOWERS.get(config.model_type)
+    return tower._from_config(config) if tower is not None else AutoModel.from_config(config)
+
+
 class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
     """
     The XrayVisual backbone (`xray_visual`) and a text tower (`text_model`: `XrayLLM2CLIPTextModel` or
@@ -114,7 +127,7 @@ class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
     def __init__(self, config: XrayCLIPConfig):
         super().__init__(config)
         self.xray_visual = XrayVisualModel(config.vision_config)
-        self.text_model = AutoModel.from_config(config.text_config)
+        self.text_model = _text_tower(config.text_config)
         config.text_config = self.text_model.config  # one object: settings cannot drift apart
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -186,6 +185,28 @@ class XrayVisualMLP(nn.Module):
         return self.fc2(self.act(self.fc1(hidden_states)))
 
 
+class XrayVisualDropPath(nn.Module):
+    """Stochastic depth per sample, as `timm.layers.DropPath` (same draws, scaled by the keep probability); kept here
+    so that loading a checkpoint (also as Hub remote code) needs no timm."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return hidden_states
+        keep_prob = 1.0 - self.drop_prob
+        shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+        mask = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+        if keep_prob > 0.0:
+            mask.div_(keep_prob)
+        return hidden_states * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
+
+
 class XrayVisualLayer(GradientCheckpointingLayer):
     """Pre-norm block; EViT and ToMe reduce tokens between the attention and the MLP."""
 
@@ -197,7 +218,7 @@ class XrayVisualLayer(GradientCheckpointingLayer):
         self.attention = XrayVisualAttention(config)
         self.norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = XrayVisualMLP(config)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = XrayVisualDropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
         self,
