@@ -50,9 +50,10 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubS
         (datasets.config, "HF_MODULES_CACHE", home / "datasets_modules"),
         (transformers.utils.hub, "HF_MODULES_CACHE", str(home / "modules")),
         (transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(home / "modules")),
+        (transformers.utils.hub, "_hf_api", None),  # transformers' shared HfApi holds the endpoint it was made with
     ]
     for module, name, value in patches:
-        if hasattr(module, name):
+        if hasattr(module, name) or name == "_hf_api":
             monkeypatch.setattr(module, name, value)
     try:
         yield server

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..configuration.adapters import XrayLinearAdapterConfig
+from .hub_mixin import XrayHubMixin
 
 ADAPTERS_DIR = "adapters"
 # logit bias of a class that never occurred in the fit: below any fitted class, finite so softmax stays exact
@@ -44,7 +45,7 @@ class XrayLinearAdapterOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
 
 
-class XrayLinearAdapter(PreTrainedModel):
+class XrayLinearAdapter(XrayHubMixin, PreTrainedModel):
     """A standardise-then-linear classifier on frozen embeddings; see the module docstring."""
 
     config: XrayLinearAdapterConfig

@@ -27,6 +27,7 @@ from .compression import (
     XrayEmbeddingCompression,
     init_compression_weights,
 )
+from .hub_mixin import XrayHubMixin
 from .llm2clip import XrayLLM2CLIPTextModel
 from .outputs import XrayCLIPOutput, XrayVisualModelOutput
 from .text import XrayTextModel, XrayTextModelOutput
@@ -69,7 +70,7 @@ class XrayCLIPSLIPHead(nn.Module):
         return self.mlp(pooled)
 
 
-class XrayCLIPPreTrainedModel(PreTrainedModel):
+class XrayCLIPPreTrainedModel(XrayHubMixin, PreTrainedModel):
     config: XrayCLIPConfig
     config_class = XrayCLIPConfig
     base_model_prefix = "xray_clip"

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration.text import XrayLLM2CLIPTextConfig
 from .checkpointing import NonReentrantCheckpointingMixin
+from .hub_mixin import XrayHubMixin
 from .text import XrayTextModelOutput
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 
@@ -85,7 +86,7 @@ def _refuse_remote_code_llm(llm_config, source: str) -> None:
         )
 
 
-class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, PreTrainedModel):
+class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
     config: XrayLLM2CLIPTextConfig
     config_class = XrayLLM2CLIPTextConfig
     base_model_prefix = "llm"

@@ -40,6 +40,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..configuration.semantic_ids import XraySemanticIDConfig
+from .hub_mixin import XrayHubMixin
 
 DEFAULT_EPOCHS = 20
 
@@ -53,7 +54,7 @@ class XraySemanticIDOutput(ModelOutput):
     reconstruction: torch.FloatTensor | None = None
 
 
-class XraySemanticIDModel(PreTrainedModel):
+class XraySemanticIDModel(XrayHubMixin, PreTrainedModel):
     """Residual or product quantiser of embeddings into semantic IDs; see the module docstring."""
 
     config: XraySemanticIDConfig

@@ -17,6 +17,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration.text import XrayTextConfig
 from .checkpointing import NonReentrantCheckpointingMixin
+from .hub_mixin import XrayHubMixin
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 
 
@@ -40,7 +41,7 @@ class XrayTextModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
 
 
-class XrayTextPreTrainedModel(NonReentrantCheckpointingMixin, PreTrainedModel):
+class XrayTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
     config: XrayTextConfig
     config_class = XrayTextConfig
     base_model_prefix = "xray_text"

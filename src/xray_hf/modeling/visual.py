@@ -18,6 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.visual import XrayVisualConfig
+from .hub_mixin import XrayHubMixin
 from .outputs import XrayVisualModelOutput
 from .token_reduction import evit_reorganize, size_bias, tome_merge
 
@@ -292,7 +293,7 @@ class XrayVisualAttentionPooling(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(batch, width))
 
 
-class XrayVisualPreTrainedModel(PreTrainedModel):
+class XrayVisualPreTrainedModel(XrayHubMixin, PreTrainedModel):
     config: XrayVisualConfig
     config_class = XrayVisualConfig
     base_model_prefix = "xray_visual"

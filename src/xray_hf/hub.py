@@ -1,0 +1,224 @@
+"""Publishing checkpoints to the Hugging Face Hub (or any server at `HF_ENDPOINT`).
+
+`push_checkpoint(directory, repo_id)` uploads what a user needs to load the model: config, safetensors weights,
+processor and tokenizer files, the model card (`README.md`, built by `xray_hf.model_card` when the directory has
+none) and self-contained remote code (`xray_hf.remote_code`), so `AutoModel.from_pretrained(repo_id,
+trust_remote_code=True)` works without `xray_hf` installed. Training state (`checkpoint-*` folders, optimizer and
+scheduler states, `training_args*`, trainer state, text / teacher caches, `runs/` logs) stays home.
+
+The token comes from `token=` or `HF_TOKEN` (huggingface_hub's usual lookup) and is never printed, logged or put in
+an error message.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# Never uploaded: training state and logs (paths relative to the checkpoint directory, fnmatch patterns).
+TRAINING_STATE_PATTERNS = (
+    "checkpoint-*", "*/checkpoint-*", "optimizer.*", "*/optimizer.*", "scheduler.*", "scaler.*", "rng_state*",
+    "trainer_state.json", "training_args*", "text_cache/*", "teacher_cache/*", "*.pyc", "*/__pycache__/*",
+    "__pycache__/*", ".git/*", ".cache/*",
+)
+LOG_PATTERNS = ("runs/*", "*.tfevents.*")
+# Copied into the staging folder (they may be rewritten there); everything else is hard-linked.
+_REWRITTEN_SUFFIXES = (".json", ".md")
+_HTTP_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
+_DEFAULT_CARD_MARKER = "This model card has been automatically generated."
+
+
+class HubPushError(ValueError):
+    """A push that did not go through: the server refused it, or the connection failed (then it can be retried)."""
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def _scrub(text: str, token: str | None) -> str:
+    """`text` with the token masked (belt and braces: huggingface_hub's messages do not contain it)."""
+    return text.replace(token, "***") if token else text
+
+
+def _server_message(error: Exception) -> str:
+    """The server's own words from an `HfHubHTTPError` (its `X-Error-Message` / JSON `error`), else the error."""
+    message = getattr(error, "server_message", None)
+    return message or str(error).splitlines()[0]
+
+
+def _transfer_error(error: BaseException) -> BaseException | None:
+    """The HTTP or connection error behind `error` (huggingface_hub wraps failed LFS uploads in a RuntimeError), or
+    None when `error` is something else (a bug, to be raised as is)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, (HfHubHTTPError, OSError)) or type(error).__module__.split(".")[0] in _HTTP_MODULES:
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
+
+
+def files_to_upload(directory: str | os.PathLike, include_logs: bool = False) -> list[str]:
+    """The files of a checkpoint directory that `push_checkpoint` uploads (relative POSIX paths, sorted)."""
+    root = Path(directory)
+    patterns = TRAINING_STATE_PATTERNS + (() if include_logs else LOG_PATTERNS)
+    found = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if path.is_file() and not any(fnmatch.fnmatch(relative, pattern) for pattern in patterns):
+            found.append(relative)
+    return found
+
+
+def _fallback_card(directory: Path, repo_id: str):
+    """A short card for a directory without a training record (e.g. a bare `save_pretrained`)."""
+    import json
+
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    architecture = (config.get("architectures") or [config.get("model_type", "model")])[0]
+    data = ModelCardData(library_name="transformers", tags=["xray_hf", "xray-visual", config.get("model_type", "")])
+    content = (f"---\n{data.to_yaml()}\n---\n\n# {repo_id}\n\nAn Xray-Visual `{architecture}` "
+               f"(`model_type: {config.get('model_type')}`) written by `xray_hf`.\n\n"
+               f"```python\nfrom transformers import AutoModel\n\n"
+               f"model = AutoModel.from_pretrained(\"{repo_id}\", trust_remote_code=True)  # or `import xray_hf` "
+               f"first, without remote code\n```\n")
+    return ModelCard(content)
+
+
+def build_card(directory: str | os.PathLike, repo_id: str):
+    """The model card of a checkpoint: `xray_hf.model_card.build_model_card`, or a short one when the directory
+    records no training stage."""
+    try:
+        from .model_card import build_model_card
+    except ImportError as error:  # model_card.py missing from this installation
+        logger.warning("no xray_hf.model_card (%s): writing a short model card", error)
+        return _fallback_card(Path(directory), repo_id)
+    try:
+        return build_model_card(os.fspath(directory), repo_id=repo_id)
+    except ValueError as error:
+        logger.info("model card: %s; writing a short one", error)
+        return _fallback_card(Path(directory), repo_id)
+
+
+def prepare_for_upload(directory: str | os.PathLike, repo_id: str, replace_default_card: bool = True) -> None:
+    """Add remote code (and `auto_map`) and a model card to a folder about to be uploaded. An existing README.md is
+    kept unless it is transformers' auto-generated placeholder (with `replace_default_card`)."""
+    from .remote_code import export_remote_code
+
+    directory = Path(directory)
+    export_remote_code(directory)
+    readme = directory / "README.md"
+    if not readme.is_file() or (replace_default_card and _DEFAULT_CARD_MARKER in readme.read_text(encoding="utf-8")):
+        build_card(directory, repo_id).save(readme)
+
+
+def _stage(directory: Path, files: list[str], staging: Path) -> None:
+    """Mirror `files` into `staging`: JSON and Markdown copied (they may be rewritten), the rest hard-linked."""
+    for relative in files:
+        source, target = directory / relative, staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if relative.endswith(_REWRITTEN_SUFFIXES):
+            shutil.copy2(source, target)
+            continue
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+
+def push_checkpoint(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    include_logs: bool = False,
+) -> str:
+    """
+    Upload a checkpoint directory to the Hub repository `repo_id` (created if needed) in one commit.
+
+    Args:
+        directory: a checkpoint written by `xray-hf train` / `pipeline` or `save_pretrained` (needs `config.json`).
+        repo_id: `NAMESPACE/NAME`; the namespace must be the token's user or one of their organisations.
+        private: create the repository private (an existing repository keeps its visibility).
+        revision: branch to commit to (created from `main` if missing); default `main`.
+        commit_message: the commit's summary (default: "Upload <directory name> with xray_hf").
+        token: a Hub token; default `HF_TOKEN` / the saved login. Never printed or logged.
+        include_logs: also upload `runs/` (TensorBoard logs).
+
+    Returns:
+        The repository's URL (with `/tree/<revision>` for a branch).
+
+    Raises:
+        `FileNotFoundError` when the directory is missing; `HubPushError` (a `ValueError`) when the directory is not
+        an xray_hf checkpoint, the server refuses (its message included) or the upload is interrupted (retry: files
+        already stored are not sent again).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import get_token
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {os.fspath(directory)!r} does not exist")
+    if not (directory / "config.json").is_file():
+        raise HubPushError(f"{os.fspath(directory)} has no config.json: not a model checkpoint")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise HubPushError(f"repo_id must be NAMESPACE/NAME, got {repo_id!r}")
+    token = token or get_token()
+    endpoint = _endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
+    message = commit_message or f"Upload {directory.resolve().name} with xray_hf"
+
+    with tempfile.TemporaryDirectory(prefix="xray_hf_push_") as staging_dir:
+        staging = Path(staging_dir)
+        _stage(directory, files_to_upload(directory, include_logs), staging)
+        try:
+            prepare_for_upload(staging, repo_id, replace_default_card=False)
+        except ValueError as error:
+            raise HubPushError(f"cannot publish {os.fspath(directory)}: {error}") from None
+        try:
+            url = str(api.create_repo(repo_id, private=private, exist_ok=True))
+            if revision is not None and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+        except HfHubHTTPError as error:
+            raise HubPushError(_scrub(f"the Hub at {endpoint} refused to create or open {repo_id}: "
+                                      f"{_server_message(error)}", token)) from None
+        logger.info("uploading %d files of %s to %s", len(list(staging.rglob("*.*"))), directory, repo_id)
+        try:
+            api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision, commit_message=message,
+                              delete_patterns=["*.py"])  # stale remote-code modules of an earlier push
+        except Exception as error:
+            cause = _transfer_error(error)
+            if cause is None:
+                raise
+            status = cause.response.status_code if isinstance(cause, HfHubHTTPError) and cause.response is not None \
+                else None
+            if status is not None and 400 <= status < 500:
+                raise HubPushError(_scrub(f"the Hub at {endpoint} refused the upload to {repo_id}: "
+                                          f"{_server_message(cause)}", token)) from None
+            detail = _server_message(cause) if status is not None else f"{type(cause).__name__}: {cause}"
+            raise HubPushError(_scrub(f"uploading {os.fspath(directory)} to {repo_id} was interrupted ({detail}); "
+                                      f"nothing was committed, the upload can be retried (files already stored are "
+                                      f"not sent again)", token)) from error
+    if revision is not None and revision != "main":
+        url = f"{url}/tree/{revision}"
+    return url
+
+
+__all__ = ["HubPushError", "build_card", "files_to_upload", "prepare_for_upload", "push_checkpoint"]

@@ -1,0 +1,65 @@
+"""Tiny random-init checkpoints for the Hub tests (shapes as tests/modeling/test_clip.py and tests/processing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from xray_hf import (
+    XrayCLIPConfig,
+    XrayCLIPModel,
+    XrayCLIPProcessor,
+    XrayTextConfig,
+    XrayVisualConfig,
+    XrayVisualForPreTraining,
+    XrayVisualImageProcessor,
+    XrayVisualVideoProcessor,
+)
+from xray_hf.convert import smollm2_tokenizer
+
+CAPTIONS = ["an astronaut in a white suit", "a red heart", "a cat on a mat"]
+
+
+def mae_checkpoint(directory: Path, seed: int = 0) -> XrayVisualForPreTraining:
+    """A stage-1 (MAE) checkpoint with its image processor, as `xray-hf train mae` writes one."""
+    torch.manual_seed(seed)
+    config = XrayVisualConfig.from_preset("tiny", decoder_hidden_size=32, decoder_num_hidden_layers=1,
+                                         decoder_num_attention_heads=4, decoder_intermediate_size=64)
+    model = XrayVisualForPreTraining(config).eval()
+    model.save_pretrained(directory)
+    XrayVisualImageProcessor(size=32).save_pretrained(directory)
+    return model
+
+
+def clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, XrayCLIPProcessor]:
+    """A CLIP checkpoint with the plain text tower and the processor (SmolLM2's tokenizer)."""
+    tokenizer = smollm2_tokenizer()
+    text = XrayTextConfig.from_preset("tiny", vocab_size=len(tokenizer), projection_dim=16, max_position_embeddings=32)
+    config = XrayCLIPConfig(vision_config=XrayVisualConfig.from_preset("tiny"), text_config=text, projection_dim=16,
+                            slip_hidden_size=32, slip_projection_dim=8)
+    torch.manual_seed(seed)
+    model = XrayCLIPModel(config).eval()
+    model.save_pretrained(directory)
+    processor = XrayCLIPProcessor.for_model(config, XrayVisualImageProcessor(size=32),
+                                            XrayVisualVideoProcessor(size=32, num_frames=4), tokenizer)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def images(count: int = 2, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8)) for i in range(count)]
+
+
+def add_training_state(directory: Path) -> list[str]:
+    """What a training run leaves beside the weights and a push must not upload; returns the paths."""
+    junk = ["checkpoint-2/model.safetensors", "checkpoint-2/optimizer.pt", "optimizer.pt", "scheduler.pt",
+            "training_args.bin", "training_args.json", "trainer_state.json", "runs/events.out.tfevents.1.host",
+            "text_cache/data.arrow", "rng_state.pth"]
+    for relative in junk:
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        (directory / relative).write_bytes(b"training state")
+    return junk

@@ -1,0 +1,162 @@
+"""`push_checkpoint` / `xray-hf push` / `model.push_to_hub` against the in-memory Hub server."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from huggingface_hub import snapshot_download
+from transformers import AutoModel, AutoProcessor
+
+import xray_hf  # noqa: F401
+from xray_hf import XrayVisualConfig, XrayVisualModel
+from xray_hf.cli import main
+from xray_hf.hub import HubPushError, push_checkpoint
+
+from .checkpoints import CAPTIONS, add_training_state, clip_checkpoint, images, mae_checkpoint
+from .conftest import TOKEN
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("clip")
+    model, processor = clip_checkpoint(directory)
+    return directory, model, processor
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """huggingface_hub waits 1, 2, 4, 8, 8 s between its retries: not in tests."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+
+
+def test_cli_push_uploads_the_checkpoint_without_training_state(hub_server, clip_dir, capsys, tmp_path):
+    directory, model, processor = clip_dir
+    junk = add_training_state(directory)
+    try:
+        assert main(["push", str(directory), "--repo-id", "alice/tiny-clip", "--commit-message", "first"]) == 0
+    finally:
+        for relative in junk:
+            (directory / relative).unlink()
+    assert capsys.readouterr().out.strip() == f"pushed {directory} to {hub_server.url}/alice/tiny-clip"
+    stored = hub_server.files("alice/tiny-clip")
+    assert not any(path.startswith(("checkpoint-", "runs/", "text_cache/", "optimizer", "training_args", "trainer",
+                                    "scheduler", "rng_state")) for path in stored)
+    expected = {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
+                "README.md", "modeling_clip.py", "configuration_clip.py", "processing_clip.py", "modeling_visual.py"}
+    assert expected <= set(stored)
+    assert stored["model.safetensors"] == (directory / "model.safetensors").read_bytes()
+    config = json.loads(stored["config.json"])
+    assert config["auto_map"] == {"AutoConfig": "configuration_clip.XrayCLIPConfig",
+                                  "AutoModel": "modeling_clip.XrayCLIPModel",
+                                  "AutoModelForZeroShotImageClassification": "modeling_clip.XrayCLIPModel"}
+    assert json.loads(stored["processor_config.json"])["auto_map"] == {"AutoProcessor": "processing_clip.XrayCLIPProcessor"}
+    assert "auto_map" not in json.loads((directory / "config.json").read_text())  # the local folder is untouched
+    card = stored["README.md"].decode()
+    assert card.startswith("---\n") and "alice/tiny-clip" in card and "trust_remote_code=True" in card
+    repo = hub_server.hub.repos[("model", "alice/tiny-clip")]
+    assert repo.commits[repo.branches["main"]].summary == "first"
+
+    # download: the snapshot holds the uploaded bytes, and from_pretrained (with xray_hf) gives the same model
+    local = snapshot_download("alice/tiny-clip", cache_dir=tmp_path / "cache")
+    assert open(f"{local}/model.safetensors", "rb").read() == stored["model.safetensors"]
+    loaded = AutoModel.from_pretrained("alice/tiny-clip").eval()
+    assert type(loaded) is type(model)
+    inputs = processor(text=CAPTIONS, images=images(3), return_tensors="pt")
+    hub_inputs = AutoProcessor.from_pretrained("alice/tiny-clip")(text=CAPTIONS, images=images(3), return_tensors="pt")
+    for key in inputs:
+        torch.testing.assert_close(hub_inputs[key], inputs[key], atol=0, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits_per_image, model(**inputs).logits_per_image)
+
+
+def test_push_refused_for_another_namespace(hub_server, clip_dir, capsys):
+    directory = clip_dir[0]
+    with pytest.raises(HubPushError, match='rights to create a model under the namespace "bob"') as error:
+        push_checkpoint(directory, "bob/tiny-clip")
+    assert "bob/tiny-clip" in str(error.value)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["push", str(directory), "--repo-id", "bob/tiny-clip"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xray-hf push: error: ") and 'namespace "bob"' in err
+    assert ("model", "bob/tiny-clip") not in hub_server.hub.repos
+
+
+@pytest.mark.parametrize("mode", ["drop", "500"])
+def test_interrupted_upload_is_reported_and_a_retry_succeeds(hub_server, tmp_path, no_backoff, mode):
+    directory = tmp_path / "mae"
+    mae_checkpoint(directory)
+    hub_server.fail_next_uploads(6, mode)  # the first try and huggingface_hub's 5 retries
+    with pytest.raises(HubPushError) as error:
+        push_checkpoint(directory, "alice/tiny-mae")
+    message = str(error.value)
+    assert "alice/tiny-mae" in message and "can be retried" in message
+    assert "model.safetensors" not in hub_server.files("alice/tiny-mae")  # nothing committed
+    url = push_checkpoint(directory, "alice/tiny-mae")
+    assert url == f"{hub_server.url}/alice/tiny-mae"
+    assert hub_server.files("alice/tiny-mae")["model.safetensors"] == (directory / "model.safetensors").read_bytes()
+
+
+def test_transient_upload_failures_are_retried(hub_server, tmp_path, no_backoff):
+    directory = tmp_path / "mae"
+    mae_checkpoint(directory)
+    hub_server.fail_next_uploads(2, "drop")
+    push_checkpoint(directory, "xray-org/tiny-mae")  # alice's organisation
+    failed = [entry for entry in hub_server.hub.log if entry[0] == "PUT" and entry[2] != 200]
+    assert len(failed) == 2
+    assert hub_server.files("xray-org/tiny-mae")["model.safetensors"] == (directory / "model.safetensors").read_bytes()
+
+
+def test_token_is_never_printed_or_logged(hub_server, tmp_path, capfd, caplog, no_backoff):
+    directory = tmp_path / "mae"
+    mae_checkpoint(directory)
+    caplog.set_level(logging.DEBUG)
+    messages = []
+    main(["push", str(directory), "--repo-id", "alice/tiny-mae"])
+    other = tmp_path / "other"
+    mae_checkpoint(other, seed=1)  # other weights: the server already stores the first ones and would skip the PUT
+    for source, repo_id, failures in ((directory, "bob/tiny-mae", 0), (other, "alice/other-mae", 6)):
+        hub_server.fail_next_uploads(failures)
+        with pytest.raises(HubPushError) as error:
+            push_checkpoint(source, repo_id)
+        messages += [str(error.value), repr(error.value), str(error.value.__cause__)]
+    with pytest.raises(SystemExit):
+        main(["push", str(directory), "--repo-id", "bob/tiny-mae"])
+    captured = capfd.readouterr()
+    assert "pushed" in captured.out and "xray-hf push: error" in captured.err and caplog.records
+    for text in (captured.out, captured.err, caplog.text, *messages):
+        assert TOKEN not in text
+
+
+def test_revision_goes_to_its_branch(hub_server, tmp_path):
+    directory = tmp_path / "mae"
+    mae_checkpoint(directory)
+    push_checkpoint(directory, "alice/tiny-mae")
+    main_files = hub_server.files("alice/tiny-mae")
+    (directory / "extra.json").write_text("{}")
+    url = push_checkpoint(directory, "alice/tiny-mae", revision="dev", commit_message="on dev")
+    assert url == f"{hub_server.url}/alice/tiny-mae/tree/dev"
+    assert "extra.json" in hub_server.files("alice/tiny-mae", "dev")
+    assert hub_server.files("alice/tiny-mae") == main_files
+
+
+def test_model_push_to_hub_carries_remote_code_and_card(hub_server):
+    torch.manual_seed(0)
+    model = XrayVisualModel(XrayVisualConfig.from_preset("tiny")).eval()
+    model.push_to_hub("alice/tiny-backbone")
+    stored = hub_server.files("alice/tiny-backbone")
+    config = json.loads(stored["config.json"])
+    assert config["auto_map"] == {"AutoConfig": "configuration_visual.XrayVisualConfig",
+                                  "AutoModel": "modeling_visual.XrayVisualModel"}
+    assert {"configuration_visual.py", "modeling_visual.py", "modeling_outputs.py"} <= set(stored)
+    card = stored["README.md"].decode()
+    assert "automatically generated" not in card and "alice/tiny-backbone" in card
+    loaded = AutoModel.from_pretrained("alice/tiny-backbone")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels).pooler_output, model(pixels).pooler_output)
