@@ -1,7 +1,6 @@
 """`xray-hf pipeline`: the shipped config resolves into the stages' run configs; a small pipeline of every step runs
 into one directory, is interrupted (Ctrl-C) inside a stage and continues to the same result; report and cards."""
 
-import copy
 import json
 import os
 import signal
@@ -15,7 +14,12 @@ from huggingface_hub import ModelCard
 from transformers import AutoModel
 
 from xray_hf.pipeline import (
-    STATE_FILE, build_steps, last_complete_checkpoint, load_pipeline_config, preset_path, run_pipeline,
+    STATE_FILE,
+    build_steps,
+    last_complete_checkpoint,
+    load_pipeline_config,
+    preset_path,
+    run_pipeline,
 )
 from xray_hf.stages import STAGES
 from xray_hf.trainers.run import check_run_config, load_run_config, run_stage

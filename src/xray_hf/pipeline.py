@@ -282,10 +282,8 @@ class EvalStep:
         results = []
         for spec in self.runs:
             output = pipeline.path("eval", self.file_name(spec))
-            if os.path.exists(output):
-                with open(output, encoding="utf-8") as f:
-                    result = json.load(f)
-            else:
+            result = _read_json(output)  # kept from before an interruption; a half-written file is redone
+            if result is None:
                 options = dict(spec)
                 model, task, dataset = options.pop("model"), options.pop("task"), options.pop("dataset")
                 progress.write(f"[pipeline] eval: {task} of {model} on {dataset}")
@@ -294,6 +292,14 @@ class EvalStep:
             results.append({"model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
                             "split": spec.get("split", "test"), "metrics": result["metrics"], "plots": plots})
         return {"stage": self.name, "runs": results}
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _is_number(value: Any) -> bool:

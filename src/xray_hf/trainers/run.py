@@ -166,6 +166,9 @@ def run_stage(
             run.save_artifacts(trainer, results, output_dir)
         with open(os.path.join(output_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1, default=str)
+    # the main process saves alone (merged LoRA towers, processors, results): no rank may start reading the
+    # output (a next stage in the same launch) before it is complete
+    trainer.accelerator.wait_for_everyone()
     return results
 
 
