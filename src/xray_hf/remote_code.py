@@ -313,9 +313,11 @@ def export_remote_code(directory: str | os.PathLike) -> list[str]:
     model_modules = module_closure(roots)
     processor_modules = module_closure(processor_roots) if processor_roots else []
     written = []
+    # a model that truly needs more (e.g. the semantic-ID quantiser) says so in `remote_code_requirements`
+    declared = {name for cls in model_classes.values() for name in getattr(cls, "remote_code_requirements", ())}
     for module in sorted(set(model_modules) | set(processor_modules)):
         source = flatten_source(module)
-        allowed = REMOTE_CODE_REQUIREMENTS if module in model_modules else PROCESSOR_REQUIREMENTS
+        allowed = (REMOTE_CODE_REQUIREMENTS | declared) if module in model_modules else PROCESSOR_REQUIREMENTS
         extra = required_packages(source) - allowed
         if extra:
             raise ValueError(f"{module} imports {sorted(extra)} where transformers' check_imports sees it (module "

@@ -169,3 +169,14 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
         torch.testing.assert_close(pixels, ours, atol=0, rtol=0)
         torch.testing.assert_close(theirs["mae_pooled"], mae.xray_visual(pixels).pooler_output, atol=1e-5, rtol=0)
         torch.testing.assert_close(theirs["backbone_pooled"], mae.xray_visual(pixels).pooler_output, atol=1e-5, rtol=0)
+
+
+def test_declared_requirements_are_allowed_and_only_for_their_model(tmp_path):
+    from xray_hf import XraySemanticIDConfig, XraySemanticIDModel
+
+    XraySemanticIDModel(XraySemanticIDConfig(embedding_dim=8, codebook_size=4, num_levels=2)).save_pretrained(tmp_path)
+    written = export_remote_code(tmp_path)
+    assert "vector_quantize_pytorch" in required_packages((tmp_path / "modeling_semantic_ids.py").read_text())
+    assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModel"] == \
+        "modeling_semantic_ids.XraySemanticIDModel"
+    assert "modeling_visual.py" not in written  # its closure only

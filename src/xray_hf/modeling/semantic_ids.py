@@ -58,6 +58,7 @@ class XraySemanticIDModel(XrayHubMixin, PreTrainedModel):
     """Residual or product quantiser of embeddings into semantic IDs; see the module docstring."""
 
     config: XraySemanticIDConfig
+    remote_code_requirements = ("vector_quantize_pytorch",)  # its quantisers (Hub remote code checks imports)
     config_class = XraySemanticIDConfig
     base_model_prefix = "semantic_ids"
     main_input_name = "embeddings"
