@@ -9,8 +9,8 @@ Where each number comes from:
 
 - Parameters: the real models built on the `meta` device (`XrayVisualConfig.from_preset(name)`), and, for the
   CLIP stage, `XrayCLIPModel` with the LLM2CLIP text tower on a LLaMA-3.2-1B-shaped config (frozen). FSDP units
-  are the modules the model lists in `_no_split_modules` (each `XrayVisualLayer`, the embeddings, each LLM decoder
-  layer); the rest is the root unit.
+  are the trainers' (`xray_hf.trainers.fsdp`): each `XrayVisualLayer` and LLM decoder layer, then the frozen LLM's
+  remaining parameters (embeddings, norm) as one unit; the rest (patch embeddings, heads, adapter) is the root unit.
 - Optimizer state: one step of the package's own optimizers (`xray_hf.trainers.optim.build_optimizer`: timm's
   Lion, torch's fused AdamW) on a small layer; the bytes of state per parameter element are read off the state.
 - Activations: measured on this CPU. One real block of each kind the preset has (dense, EViT) at the real width
@@ -47,6 +47,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 import xray_hf  # noqa: F401  (registers the Auto classes)
 from xray_hf import XrayVisualConfig, XrayVisualModel
+from xray_hf.trainers.fsdp import frozen_subtrees, transformer_blocks
 from xray_hf.trainers.optim import build_optimizer, param_groups
 
 GIB = 2**30
@@ -86,17 +87,12 @@ class ModelShape:
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:
-    """The outermost modules whose class the model names in `_no_split_modules`: one FSDP unit each."""
-    names = set(getattr(model, "_no_split_modules", None) or [])
-    units: list[nn.Module] = []
-    inside: set[int] = set()
-    for module in model.modules():
-        if id(module) in inside:
-            continue
-        if type(module).__name__ in names:
-            units.append(module)
-            inside.update(id(m) for m in module.modules())
-    return units
+    """The FSDP units the trainers shard (`xray_hf.trainers.fsdp.shard_model`): each transformer block (a
+    `_no_split_modules` class in a `ModuleList`), then each wholly frozen submodel (the LLM's embeddings and norm);
+    the rest is the root unit."""
+    blocks = transformer_blocks(model)
+    taken = {id(p) for block in blocks for p in block.parameters()}
+    return blocks + frozen_subtrees(model, taken)
 
 
 def model_shape(name: str, model: nn.Module) -> ModelShape:
@@ -546,8 +542,9 @@ def assumptions(result: dict[str, Any]) -> list[str]:
     fsdp = (f"- FSDP2: {result['modes']['fsdp2']}; weights (the fp32 shards are the master copy), gradients and "
             f"optimizer state sharded over N; plus the unsharded working set: {short(prec['param'])} all-gathers of "
             f"the two largest units (current + prefetched), one unit's gradients and {short(prec['reduce'])} "
-            "reduce-scatter input, and the root unit (not resharded). Units: `_no_split_modules`, i.e. each "
-            "`XrayVisualLayer` and the embeddings (and each LLaMA decoder layer in the CLIP row).")
+            "reduce-scatter input, and the root unit (not resharded). Units as the trainers shard: each "
+            "`XrayVisualLayer` (and each LLaMA decoder layer plus the frozen LLM's embeddings in the CLIP row); "
+            "patch embeddings and heads in the root.")
     acts = (f"- Activations of the backbone (dense training: hashtag, CLIP, distillation; MAE's encoder sees 25% / "
             f"10% of the tokens) for {inputs['image_batch']} images at the preset's size or {inputs['video_batch']} "
             f"clips of {inputs['frames']} frames at {inputs['video_size']} px per GPU (totals take the larger): "
