@@ -217,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave_process_group() -> None:
+    """Leave the torch.distributed group a trainer opened under torchrun / accelerate launch, all ranks together
+    (a rank exiting while another still tears gloo down can abort it)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -228,5 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(130, f"xray-hf {args.command}: interrupted\n")
 
 
+def console_main() -> None:
+    """The `xray-hf` executable (and `python -m xray_hf.cli`): `main`, then leave the process group on success."""
+    code = main()
+    if code == 0:
+        _leave_process_group()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
