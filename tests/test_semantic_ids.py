@@ -26,8 +26,10 @@ from xray_hf.semantic_ids import (
     code_perplexity,
     code_usage,
     embed_dataset,
+    feature_width,
     first_code_agreement,
     prefix_collision_rates,
+    run_semantic_ids,
     semantic_id_report,
 )
 
@@ -165,3 +167,33 @@ def test_cli_refuses_bad_input(clip_dir, tmp_path, capsys, arguments, message):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+class Embedded(Exception):
+    """Raised by the stand-in for `embed_dataset`: the run got past its checks to the slow part."""
+
+
+def test_pq_width_is_checked_from_the_config_before_embedding(clip_dir, tmp_path, monkeypatch):
+    """The tiny CLIP gives 16-d embeddings and 64-d pooled backbone features: a PQ split that does not divide
+    the width is refused before anything is embedded; one that does reaches the embedding."""
+    import xray_hf.semantic_ids as semantic_ids
+
+    def embed(*args, **kwargs):
+        raise Embedded
+
+    monkeypatch.setattr(semantic_ids, "embed_dataset", embed)
+    options = {"method": "pq", "codebook_size": 8, "max_samples": 40}
+    with pytest.raises(ValueError, match="16-d 'embedding' features.*not divisible by 3"):
+        run_semantic_ids(clip_dir, "openmoji", tmp_path / "a", levels=3, **options)
+    with pytest.raises(ValueError, match="64-d 'pooled' features.*not divisible by 3"):
+        run_semantic_ids(clip_dir, "openmoji", tmp_path / "b", levels=3, feature="pooled", **options)
+    with pytest.raises(Embedded):  # 32 chunks of the 64-d pooled feature
+        run_semantic_ids(clip_dir, "openmoji", tmp_path / "c", levels=32, feature="pooled", **options)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_feature_width_matches_the_embeddings(clip_dir, openmoji_embeddings):
+    embeddings, _ = openmoji_embeddings
+    assert feature_width(clip_dir) == embeddings.shape[1] == 16
+    pooled, _ = embed_dataset(clip_dir, "openmoji", "train", max_samples=4, feature="pooled")
+    assert feature_width(clip_dir, "pooled") == pooled.shape[1] == 64

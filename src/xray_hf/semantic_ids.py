@@ -184,6 +184,16 @@ def embed_dataset(
     return embeddings, ([str(i) for i in gathered["id"]] if has_ids else None)
 
 
+def feature_width(model_dir: str | os.PathLike, feature: str = "embedding") -> int | None:
+    """Width of the `feature` embeddings `embed_dataset` computes with the checkpoint in `model_dir`, from its
+    config alone (`eval.features.feature_dim`); None when the config does not say."""
+    from transformers import AutoConfig
+
+    from .eval.features import feature_dim
+
+    return feature_dim(AutoConfig.from_pretrained(os.fspath(model_dir)), feature)
+
+
 def write_ids(path: str | os.PathLike, semantic_ids: torch.Tensor, item_ids: list[str] | None = None) -> str:
     """Parquet file of `row`, `id` (when given) and `semantic_ids` (a list of K integers) per item."""
     import pyarrow as pa
@@ -226,11 +236,19 @@ def run_semantic_ids(
         raise ValueError(f"levels must be an integer >= 1, got {levels!r}")
     if not isinstance(codebook_size, int) or codebook_size < 2:
         raise ValueError(f"codebook_size must be an integer >= 2, got {codebook_size!r}")
-    # checks the settings before the slow part; the embedding width is filled in below
+    # checks the settings before the slow part: first alone, then with the width the checkpoint's config gives
+    # for `feature` (PQ splits it into `levels` chunks); a width the config does not give is checked once embedded
     XraySemanticIDConfig(embedding_dim=levels, method=method, num_levels=levels, codebook_size=codebook_size,
                          distance=distance)
     if not os.path.isdir(os.fspath(model)):
         raise FileNotFoundError(f"model directory {os.fspath(model)!r} does not exist")
+    width = feature_width(model, feature)
+    if width is not None:
+        try:
+            XraySemanticIDConfig(embedding_dim=width, method=method, num_levels=levels, codebook_size=codebook_size,
+                                 distance=distance)
+        except ValueError as error:
+            raise ValueError(f"{os.fspath(model)!r} gives {width}-d {feature!r} features: {error}") from error
     embeddings, item_ids = embed_dataset(
         model, dataset, split, max_samples=max_samples, feature=feature, media_column=media_column,
         batch_size=embed_batch_size, num_workers=num_workers, device=device, min_items=codebook_size, seed=seed,
@@ -257,6 +275,7 @@ __all__ = [
     "code_perplexity",
     "code_usage",
     "embed_dataset",
+    "feature_width",
     "first_code_agreement",
     "nearest_neighbours",
     "prefix_collision_rates",

@@ -62,3 +62,18 @@ def test_bad_inputs_are_named():
         embed_images(model, [])
     with pytest.raises(ValueError, match="cannot find the vision backbone"):
         image_features(model, torch.zeros(1, 3, 4, 4), feature="pooled")
+
+
+def test_feature_dim_from_the_config_matches_the_features(tiny_clip):
+    from xray_hf import XrayVisualConfig
+    from xray_hf.eval.features import feature_dim
+
+    model, _, _ = tiny_clip
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    for feature in ("embedding", "pooled"):
+        assert feature_dim(model.config, feature) == encode_images(model, pixels, feature=feature).shape[1]
+    assert (feature_dim(model.config), feature_dim(model.config, "pooled")) == (16, 32)
+    backbone = XrayVisualConfig.from_preset("tiny")
+    assert (feature_dim(backbone, "pooled"), feature_dim(backbone, "embedding")) == (backbone.hidden_size, None)
+    with pytest.raises(ValueError, match="feature must be one of"):
+        feature_dim(model.config, "logits")

@@ -66,6 +66,21 @@ def vision_backbone(model: nn.Module) -> nn.Module:
     return model
 
 
+def feature_dim(config: Any, feature: str = "embedding") -> int | None:
+    """Width of `image_features(model, ..., feature)` for the model `AutoModel` builds from `config`, read from the
+    config alone (before any weights load), as `vision_backbone` picks the tower: a composite config's
+    `projection_dim` for `"embedding"` and its `vision_config.hidden_size` for `"pooled"`; a backbone's own
+    `hidden_size` for `"pooled"`. None when the config does not say (a backbone has no `"embedding"`)."""
+    if feature not in FEATURES:
+        raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+    vision = getattr(config, "vision_config", None)
+    if feature == "embedding":
+        width = getattr(config, "projection_dim", None) if vision is not None else None
+    else:
+        width = getattr(vision if vision is not None else config, "hidden_size", None)
+    return width if isinstance(width, int) and not isinstance(width, bool) else None
+
+
 def image_features(
     model: nn.Module, pixel_values: torch.Tensor, feature: str = "embedding", video_mode: str = "native"
 ) -> torch.Tensor:
@@ -229,6 +244,7 @@ __all__ = [
     "embed_images",
     "encode_images",
     "encode_texts",
+    "feature_dim",
     "frozen",
     "image_features",
     "text_encoder",
