@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from xray_hf.eval import compression
 from xray_hf.eval.compression import (
     CompressionSetting,
     compressed_retrieval_metrics,
@@ -12,6 +13,7 @@ from xray_hf.eval.compression import (
     compression_retention,
     default_settings,
 )
+from xray_hf.eval.compression import _recalls
 from xray_hf.eval.metrics import cosine_scores, retrieval_metrics, zero_shot_metrics
 from xray_hf.modeling.compression import (
     XrayEmbeddingCompression,
@@ -57,6 +59,29 @@ def test_binary_scores_follow_hamming_and_rescoring_everything_equals_float():
     exact = cosine_scores(texts, images)
     assert (exact.gather(1, order)[:, :-1] >= exact.gather(1, order)[:, 1:]).all()
     assert (distances.gather(1, order).max(1).values <= distances.sort(1).values[:, 3]).all()
+
+
+SETTINGS = [CompressionSetting(), CompressionSetting("projection", 4), CompressionSetting("int8"),
+            CompressionSetting("binary"), CompressionSetting("binary", rescore=3)]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=[setting.name for setting in SETTINGS])
+def test_image_to_text_transposes_the_text_to_image_scores(setting, monkeypatch):
+    """One scoring pass serves both directions, with the numbers of scoring image -> text on its own (as before);
+    re-scoring stays per direction (each query re-scores its own Hamming candidates)."""
+    module, images, texts, owners = setup(3)
+    separately = _recalls(compressed_scores(module, images, texts, setting), F.one_hot(owners, 30).bool().T,
+                          (1, 5, 10), "text_retrieval")
+    calls = []
+
+    def counted(*args):
+        calls.append(args[1].shape[0])
+        return compressed_scores(*args)
+
+    monkeypatch.setattr(compression, "compressed_scores", counted)
+    metrics = compressed_retrieval_metrics(module, images, texts, owners, setting)
+    assert {key: value for key, value in metrics.items() if key.startswith("text_")} == separately
+    assert calls == ([60, 30] if setting.rescore else [60])
 
 
 def test_retention_report_has_bytes_and_relative_metrics():

@@ -111,12 +111,18 @@ def compressed_retrieval_metrics(
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
     """`image_retrieval_recall@k` (text -> image) and `text_retrieval_recall@k` (image -> text) as
-    `metrics.retrieval_metrics` defines them, on embeddings compressed as `setting` says."""
+    `metrics.retrieval_metrics` defines them, on embeddings compressed as `setting` says.
+
+    The scores are symmetric, so image -> text reads the text -> image matrix transposed; except with re-scoring,
+    where each query re-scores its own Hamming candidates, so each direction is scored for its queries."""
     ks = _check_ks(ks)
     text_to_image = torch.as_tensor(text_to_image).long()
     positives = F.one_hot(text_to_image, image_embeds.shape[0]).bool()  # (texts, items)
-    out = _recalls(compressed_scores(module, text_embeds, image_embeds, setting), positives, ks, "image_retrieval")
-    out.update(_recalls(compressed_scores(module, image_embeds, text_embeds, setting), positives.T, ks, "text_retrieval"))
+    scores = compressed_scores(module, text_embeds, image_embeds, setting)
+    rescored = setting.compression == "binary" and setting.rescore
+    reverse = compressed_scores(module, image_embeds, text_embeds, setting) if rescored else scores.T
+    out = _recalls(scores, positives, ks, "image_retrieval")
+    out.update(_recalls(reverse, positives.T, ks, "text_retrieval"))
     return out
 
 
