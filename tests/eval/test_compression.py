@@ -84,6 +84,37 @@ def test_image_to_text_transposes_the_text_to_image_scores(setting, monkeypatch)
     assert calls == ([60, 30] if setting.rescore else [60])
 
 
+def hamming_then_float(queries, corpus, rescore):
+    """Binary re-scoring written out (as it was before it called `binary_search` and `rerank`), in float64."""
+    distances = hamming_distance(quantize_binary(queries), quantize_binary(corpus)).double()
+    key = distances * len(corpus) + torch.arange(len(corpus), dtype=torch.float64)  # ties: corpus order
+    candidates = key.topk(min(rescore, len(corpus)), dim=1, largest=False).indices
+    exact = cosine_scores(queries, corpus).gather(1, candidates)
+    return (-distances / queries.shape[1]).scatter(1, candidates, 2.0 + exact)
+
+
+@pytest.mark.parametrize("rescore", [1, 3, 7, 30])
+def test_rescoring_is_binary_search_then_rerank(rescore, monkeypatch):
+    module, images, texts, owners = setup(4)
+    setting = CompressionSetting("binary", rescore=rescore)
+    calls = []
+    for name in ("binary_search", "rerank"):
+        function = getattr(compression, name)
+        monkeypatch.setattr(compression, name, lambda *a, f=function, n=name, **k: calls.append(n) or f(*a, **k))
+    for queries, corpus in ((texts, images), (images, texts)):
+        scores = compressed_scores(module, queries, corpus, setting)
+        expected = hamming_then_float(queries, corpus, rescore)
+        torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)  # rerank's cosines are float32
+        assert torch.equal(scores.argsort(dim=1, descending=True, stable=True),
+                           expected.argsort(dim=1, descending=True, stable=True))
+    assert calls == ["binary_search", "rerank"] * 2
+    positives = F.one_hot(owners, 30).bool()
+    assert compressed_retrieval_metrics(module, images, texts, owners, setting) == {
+        **_recalls(hamming_then_float(texts, images, rescore), positives, (1, 5, 10), "image_retrieval"),
+        **_recalls(hamming_then_float(images, texts, rescore), positives.T, (1, 5, 10), "text_retrieval"),
+    }
+
+
 def test_retention_report_has_bytes_and_relative_metrics():
     module, images, texts, owners = setup(2)
     classifier = F.normalize(images[:5], dim=-1)

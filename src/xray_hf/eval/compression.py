@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 from ..modeling.compression import (
     XrayEmbeddingCompression,
+    binary_search,
     embedding_bytes,
     hamming_distance,
     quantize_binary,
+    rerank,
 )
 from .metrics import (
     TIE_TOLERANCE,
@@ -83,18 +85,18 @@ def compressed_scores(
         return q @ c.T
     if setting.compression != "binary":
         raise ValueError(f"unknown compression {setting.compression!r}")
-    distances = hamming_distance(quantize_binary(queries), quantize_binary(corpus)).double()
-    scores = -distances / queries.shape[1]  # in [-1, 0]
+    query_bits, corpus_bits = quantize_binary(queries), quantize_binary(corpus)
     if not setting.rescore:
-        return scores
+        return -hamming_distance(query_bits, corpus_bits).double() / queries.shape[1]  # in [-1, 0]
     if not isinstance(setting.rescore, int) or setting.rescore < 1:
         raise ValueError(f"rescore must be a positive int, got {setting.rescore!r}")
-    m = min(setting.rescore, corpus.shape[0])
-    key = distances * corpus.shape[0] + torch.arange(corpus.shape[0], dtype=torch.float64)  # ties: corpus order
-    candidates = key.topk(m, dim=1, largest=False).indices
-    exact = F.normalize(queries.double(), dim=-1) @ F.normalize(corpus.double(), dim=-1).T
+    # the search the index runs: every item by Hamming distance (ties in corpus order), its first `rescore`
+    # re-ranked by the float embeddings
+    distances, order = binary_search(query_bits, corpus_bits, top_k=corpus.shape[0])
+    scores = torch.empty(order.shape, dtype=torch.float64).scatter_(1, order, -distances.double() / queries.shape[1])
+    exact, candidates = rerank(queries, corpus, order[:, : setting.rescore])
     # re-scored candidates rank above every other item, in float order; the rest stay in Hamming order
-    return scores.scatter(1, candidates, 2.0 + exact.gather(1, candidates))
+    return scores.scatter_(1, candidates, 2.0 + exact.double())
 
 
 def _recalls(scores: torch.Tensor, positives: torch.Tensor, ks: tuple[int, ...], name: str) -> dict[str, float]:
