@@ -77,3 +77,11 @@ def test_feature_dim_from_the_config_matches_the_features(tiny_clip):
     assert (feature_dim(backbone, "pooled"), feature_dim(backbone, "embedding")) == (backbone.hidden_size, None)
     with pytest.raises(ValueError, match="feature must be one of"):
         feature_dim(model.config, "logits")
+
+
+def test_feature_names_have_one_definition():
+    """The names an adapter config accepts are the ones `image_features` reads (one tuple, not a copy)."""
+    from xray_hf.configuration.adapters import ADAPTER_FEATURES, ADAPTER_VIDEO_MODES
+    from xray_hf.eval import features
+
+    assert features.FEATURES is ADAPTER_FEATURES and features.VIDEO_MODES is ADAPTER_VIDEO_MODES

@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-FEATURES = ("embedding", "pooled")
-VIDEO_MODES = ("native", "frame-mean")
+# defined once, with the adapter config (which records the feature an adapter reads and stays free of eval code)
+from ..configuration.adapters import ADAPTER_FEATURES as FEATURES
+from ..configuration.adapters import ADAPTER_VIDEO_MODES as VIDEO_MODES
+
 TextEncoder = Callable[[list[str]], torch.Tensor]
 
 
