@@ -176,7 +176,7 @@ class Embedded(Exception):
 def test_pq_width_is_checked_from_the_config_before_embedding(clip_dir, tmp_path, monkeypatch):
     """The tiny CLIP gives 16-d embeddings and 64-d pooled backbone features: a PQ split that does not divide
     the width is refused before anything is embedded; one that does reaches the embedding."""
-    import xray_hf.semantic_ids as semantic_ids
+    from xray_hf import semantic_ids
 
     def embed(*args, **kwargs):
         raise Embedded

@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from xray_hf.eval import compression
 from xray_hf.eval.compression import (
     CompressionSetting,
+    _recalls,
     compressed_retrieval_metrics,
     compressed_scores,
     compression_retention,
     default_settings,
 )
-from xray_hf.eval.compression import _recalls
 from xray_hf.eval.metrics import cosine_scores, retrieval_metrics, zero_shot_metrics
 from xray_hf.modeling.compression import (
     XrayEmbeddingCompression,
