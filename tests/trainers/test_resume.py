@@ -223,3 +223,38 @@ def test_corrupt_sample_and_uneven_shards_resume_bitwise(tmp_path, num_workers):
     assert killed.losses + resumed.losses + final.losses == full.losses
     assert_same_weights(final, full)
     assert os.path.isfile(tmp_path / "run" / "checkpoint-6" / DATA_STATE_NAME.format(rank=0))
+
+
+def test_a_save_killed_before_the_trainer_state_is_skipped_by_resume_last(tmp_path, monkeypatch):
+    """A process killed while saving checkpoint-4 (after the weights and data position, before the Trainer state):
+    `resume_from_checkpoint=True` takes checkpoint-3, and the run ends as the uninterrupted one."""
+    from transformers.trainer_callback import TrainerState
+
+    from xray_hf.trainers.resume import last_complete_checkpoint
+
+    full = run(tmp_path / "full", ShortEpochLoader(), max_steps=6)
+    save_to_json = TrainerState.save_to_json
+
+    class Killed(BaseException):
+        pass
+
+    def killed_at_4(self, path):
+        if self.global_step == 4:
+            with open(path, "w") as f:
+                f.write('{"global_step": 4, "log_hist')  # torn write, then the process dies
+            raise Killed
+        return save_to_json(self, path)
+
+    monkeypatch.setattr(TrainerState, "save_to_json", killed_at_4)
+    with pytest.raises(Killed):
+        run(tmp_path / "run", ShortEpochLoader(), max_steps=6)
+    monkeypatch.setattr(TrainerState, "save_to_json", save_to_json)
+    torn = tmp_path / "run" / "checkpoint-4"
+    assert (torn / "data_state-rank0.json").is_file()  # the data position is written before the Trainer state
+    assert last_complete_checkpoint(tmp_path / "run") == str(tmp_path / "run" / "checkpoint-3")
+    (tmp_path / "run" / "checkpoint-3" / "data_state-rank2.json").write_text("{}")  # rank 1 missing: refused
+    assert last_complete_checkpoint(tmp_path / "run") == str(tmp_path / "run" / "checkpoint-2")
+    (tmp_path / "run" / "checkpoint-3" / "data_state-rank2.json").unlink()
+    resumed = run(tmp_path / "run", ShortEpochLoader(), max_steps=6, resume=True)
+    assert resumed.losses == full.losses[3:]
+    assert_same_weights(resumed, full)

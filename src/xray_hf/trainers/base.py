@@ -21,14 +21,14 @@ import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import reissue_pt_warnings
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .fsdp import (
     FSDPSettings, fsdp_settings, full_model_state, full_optimizer_state, is_sharded, meta_copy, prepare_optimizer,
     shard_model, unshard_into,
 )
 from .optim import OPTIMIZERS, build_optimizer, param_groups
-from .resume import DATA_STATE_NAME, ResumableLoader, load_data_state, save_data_state
+from .resume import DATA_STATE_NAME, ResumableLoader, last_complete_checkpoint, load_data_state, save_data_state
 
 
 logger = logging.getLogger(__name__)
@@ -214,18 +214,21 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r}")
+                raise ValueError(f"no complete checkpoint found in output_dir {self.args.output_dir!r}")
         if resume_from_checkpoint and self.train_loader is not None:
             self.train_loader.load_state_dict(load_data_state(resume_from_checkpoint, self.args.process_index))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def _save_checkpoint(self, model, trial) -> None:
-        super()._save_checkpoint(model, trial)
-        if self.train_loader is not None:  # every rank writes its own position
+        # every rank writes its own data position first; the Trainer writes trainer_state.json last, so a folder with
+        # a readable Trainer state is complete (`last_complete_checkpoint`) even when a save is killed half-way
+        if self.train_loader is not None:
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             save_data_state(self.train_loader.state_dict(), folder, self.args.process_index)
+            self.accelerator.wait_for_everyone()
+        super()._save_checkpoint(model, trial)
 
     def record_terms(self, values: dict[str, torch.Tensor]) -> None:
         """Add named per-step values (loss terms, the logit scale) to sums kept as tensors (no device sync per step);

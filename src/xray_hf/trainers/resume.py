@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+
+logger = logging.getLogger(__name__)
 
 DATA_STATE_NAME = "data_state-rank{rank}.json"
 _END = object()
@@ -137,6 +141,37 @@ def save_data_state(state: dict, checkpoint: str, rank: int) -> str:
     return path
 
 
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest `checkpoint-N` of `output_dir` whose save finished, or None.
+
+    `XrayTrainer` writes every rank's data position first and the Trainer state (`trainer_state.json`) last, so a
+    folder whose Trainer state parses is complete; a process killed while saving leaves one without it (or with a
+    torn one), which is skipped. Data positions, when there are any, must be there for every rank that wrote one.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    output_dir = os.fspath(output_dir)
+    if not os.path.isdir(output_dir):
+        return None
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    steps = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := pattern.match(name))),
+                   reverse=True)
+    for _, name in steps:
+        folder = os.path.join(output_dir, name)
+        try:
+            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
+                json.load(f)
+        except (OSError, ValueError):
+            logger.warning("skipping %s: its save did not finish (no readable trainer_state.json)", folder)
+            continue
+        ranks = sorted(int(m.group(1)) for f in os.listdir(folder) if (m := re.match(r"^data_state-rank(\d+)\.json$", f)))
+        if ranks and ranks != list(range(len(ranks))):
+            logger.warning("skipping %s: data positions of ranks %s only", folder, ranks)
+            continue
+        return folder
+    return None
+
+
 def load_data_state(checkpoint: str, rank: int) -> dict:
     """Read one rank's loader state from `checkpoint`. Pickled states are refused, never unpickled."""
     path = os.path.join(checkpoint, DATA_STATE_NAME.format(rank=rank))
@@ -163,5 +198,6 @@ def load_data_state(checkpoint: str, rank: int) -> dict:
 
 
 __all__ = [
-    "DATA_STATE_NAME", "ResumableLoader", "check_json_state", "load_data_state", "save_data_state",
+    "DATA_STATE_NAME", "ResumableLoader", "check_json_state", "last_complete_checkpoint", "load_data_state",
+    "save_data_state",
 ]
