@@ -68,6 +68,29 @@ def _transfer_error(error: BaseException) -> BaseException | None:
     return None
 
 
+def stale_generated_files(api, repo_id: str, revision: str | None, uploading: set[str]) -> list[str]:
+    """Remote-code modules an earlier push wrote to the repository that this upload does not write again: top-level
+    `.py` files outside `uploading` whose first line is `xray_hf.remote_code`'s header. Anything else (a user's
+    `handler.py`, files in folders) is left alone. An empty list for a repository or branch with no commit yet."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from .remote_code import is_generated_header
+
+    try:
+        remote = api.list_repo_files(repo_id, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
+        return []
+    candidates = [path for path in remote if "/" not in path and path.endswith(".py") and path not in uploading]
+    stale = []
+    with tempfile.TemporaryDirectory(prefix="xray_hf_remote_py_") as folder:
+        for name in candidates:
+            local = api.hf_hub_download(repo_id, name, revision=revision, local_dir=folder)
+            with open(local, encoding="utf-8", errors="replace") as handle:
+                if is_generated_header(handle.readline()):
+                    stale.append(name)
+    return stale
+
+
 def files_to_upload(directory: str | os.PathLike, include_logs: bool = False) -> list[str]:
     """The files of a checkpoint directory that `push_checkpoint` uploads (relative POSIX paths, sorted)."""
     root = Path(directory)
@@ -201,8 +224,13 @@ def push_checkpoint(
                                       f"{_server_message(error)}", token)) from None
         logger.info("uploading %d files of %s to %s", len(list(staging.rglob("*.*"))), directory, repo_id)
         try:
+            uploading = {path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file()}
+            stale = stale_generated_files(api, repo_id, revision, uploading)
+            if stale:
+                logger.info("deleting %d remote-code modules of an earlier push: %s", len(stale), ", ".join(stale))
+            # exact names (flat module names have no glob characters): nothing else in the repository is deleted
             api.upload_folder(repo_id=repo_id, folder_path=staging, revision=revision, commit_message=message,
-                              delete_patterns=["*.py"])  # stale remote-code modules of an earlier push
+                              delete_patterns=stale or None)
         except Exception as error:
             cause = _transfer_error(error)
             if cause is None:
@@ -221,4 +249,5 @@ def push_checkpoint(
     return url
 
 
-__all__ = ["HubPushError", "build_card", "files_to_upload", "prepare_for_upload", "push_checkpoint"]
+__all__ = ["HubPushError", "build_card", "files_to_upload", "prepare_for_upload", "push_checkpoint",
+           "stale_generated_files"]
