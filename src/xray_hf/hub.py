@@ -30,7 +30,6 @@ TRAINING_STATE_PATTERNS = (
 LOG_PATTERNS = ("runs/*", "*.tfevents.*")
 # Copied into the staging folder (they may be rewritten there); everything else is hard-linked.
 _REWRITTEN_SUFFIXES = (".json", ".md")
-_HTTP_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
 _DEFAULT_CARD_MARKER = "This model card has been automatically generated."
 
 
@@ -55,14 +54,45 @@ def _server_message(error: Exception) -> str:
     return message or str(error).splitlines()[0]
 
 
+# Connection and timeout errors of the HTTP stacks huggingface_hub may use, by module: (module, class names).
+_RETRYABLE_HTTP_ERRORS = (
+    ("httpx", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
+    ("httpx2", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
+    ("httpcore", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
+    ("httpcore2", ("TimeoutException", "NetworkError", "RemoteProtocolError")),
+    ("requests", ("ConnectionError", "Timeout")),
+    ("requests.exceptions", ("ChunkedEncodingError",)),
+    ("urllib3.exceptions", ("TimeoutError", "ProtocolError", "NewConnectionError")),
+)
+
+
+def _retryable_classes() -> tuple[type, ...]:
+    import importlib
+
+    classes: list[type] = [ConnectionError, TimeoutError]
+    for module_name, names in _RETRYABLE_HTTP_ERRORS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        classes += [getattr(module, name) for name in names if isinstance(getattr(module, name, None), type)]
+    return tuple(classes)
+
+
 def _transfer_error(error: BaseException) -> BaseException | None:
-    """The HTTP or connection error behind `error` (huggingface_hub wraps failed LFS uploads in a RuntimeError), or
-    None when `error` is something else (a bug, to be raised as is)."""
+    """The HTTP error (a refusal, 4xx, or a server failure, 5xx) or the connection / timeout error behind `error`
+    (huggingface_hub wraps failed LFS uploads in a RuntimeError), or None when `error` is something else: a bug or a
+    local failure (disk full, a file gone), to be raised as is, not reported as an interruption to retry."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    retryable = _retryable_classes()
     seen = 0
     while error is not None and seen < 8:
-        if isinstance(error, (HfHubHTTPError, OSError)) or type(error).__module__.split(".")[0] in _HTTP_MODULES:
+        if isinstance(error, HfHubHTTPError):
+            status = error.response.status_code if error.response is not None else None
+            if status is None or 400 <= status:
+                return error
+        elif isinstance(error, retryable):
             return error
         error, seen = error.__cause__ or error.__context__, seen + 1
     return None
