@@ -4,6 +4,7 @@ into one directory, is interrupted (Ctrl-C) inside a stage and continues to the 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,7 +152,7 @@ def _losses(results_path) -> list[float]:
 
 
 @pytest.mark.slow
-def test_pipeline_runs_every_step_and_continues_after_ctrl_c(tmp_path):
+def test_pipeline_runs_every_step_and_continues_after_ctrl_c_and_a_kill(tmp_path):
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(small_pipeline(), sort_keys=False))
     out = tmp_path / "run"
@@ -172,18 +173,30 @@ def test_pipeline_runs_every_step_and_continues_after_ctrl_c(tmp_path):
     assert not (out / "hashtag" / "results.json").exists()
     mae_weights = (out / "mae" / "model.safetensors").stat().st_mtime_ns
 
+    # a kill (SIGKILL, no clean-up) as soon as the clip stage starts writing its first checkpoint
+    process = _cli("--config", str(config_path), "--output", str(out))
+    checkpoint = out / "clip" / "checkpoint-2"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert checkpoint.exists(), process.communicate()[0][-3000:]
+    process.kill()
+    process.communicate(timeout=60)
+    state = json.loads((out / STATE_FILE).read_text())
+    assert state["steps"]["hashtag"]["status"] == "done" and state["steps"]["clip"]["status"] == "running"
+
     report = run_pipeline(out, config=config_path)
 
-    # the finished stage was kept, the interrupted one resumed from its checkpoint to the uninterrupted run's losses
+    # the finished stage was kept, the interrupted ones resumed (or restarted) to the uninterrupted runs' losses
     assert (out / "mae" / "model.safetensors").stat().st_mtime_ns == mae_weights
-    reference = load_pipeline_config(config_path)["stages"]["hashtag"]
-    reference = json.loads(json.dumps(reference).replace("{output}", str(out)))
-    reference["training"]["output_dir"] = str(tmp_path / "hashtag_uninterrupted")
-    reference["training"]["report_to"] = []
-    run_stage("hashtag", reference)
-    resumed = _losses(out / "hashtag" / "results.json")
-    assert resumed == _losses(tmp_path / "hashtag_uninterrupted" / "results.json")
-    assert len(resumed) == 4
+    for name in ("hashtag", "clip"):
+        reference = load_pipeline_config(config_path)["stages"][name]
+        reference = json.loads(json.dumps(reference).replace("{output}", str(out)))
+        reference["training"].update(output_dir=str(tmp_path / f"{name}_uninterrupted"), report_to=[])
+        run_stage(name, reference)
+        resumed = _losses(out / name / "results.json")
+        assert resumed == _losses(tmp_path / f"{name}_uninterrupted" / "results.json"), name
+        assert len(resumed) == 4
 
     # one entry per stage and semantic IDs, with metrics; evaluations attached to the stage evaluated
     assert set(report) == {"mae", "hashtag", "clip", "distill", "compress", "semantic_ids"}
@@ -230,7 +243,40 @@ def test_pipeline_runs_every_step_and_continues_after_ctrl_c(tmp_path):
     config_path.write_text(yaml.safe_dump(changed, sort_keys=False))
     with pytest.raises(ValueError, match="settings of step 'compress' changed.*--restart compress"):
         run_pipeline(out, config=config_path)
-    report = run_pipeline(out, config=config_path, restart=["compress"])
-    assert report["compress"]["metrics"]["global_step"] == 3
-    assert report["clip"] == json.loads(json.dumps(report["clip"]))  # kept
+    clip_weights = (out / "clip" / "model.safetensors").stat().st_mtime_ns
+    restarted = run_pipeline(out, config=config_path, restart=["compress"])
+    assert restarted["compress"]["metrics"]["global_step"] == 3
     assert (out / "compress.previous").is_dir()
+    for name in ("mae", "hashtag", "clip", "distill"):  # kept: the same entries, the same evaluations, not retrained
+        assert restarted[name] == report[name]
+    assert (out / "clip" / "model.safetensors").stat().st_mtime_ns == clip_weights
+
+
+@pytest.mark.slow
+def test_pipeline_under_torchrun_trains_every_stage_on_both_ranks(tmp_path):
+    """The same command under `torchrun` (2 CPU ranks, gloo): each stage trains on both ranks, the main process
+    alone writes the state, semantic IDs, evaluations, report and cards, and every rank exits cleanly."""
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump(small_pipeline(), sort_keys=False))
+    out = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr",
+         "127.0.0.1", "--master_port", str(port), "-m", "xray_hf.cli", "pipeline", "--config", str(config_path),
+         "--output", str(out)],
+        env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"mae", "hashtag", "clip", "distill", "compress", "semantic_ids"}
+    for name in ("mae", "hashtag", "clip", "distill"):
+        checkpoint = out / name / "checkpoint-2"
+        assert {p.name for p in checkpoint.glob("data_state-rank*.json")} == {"data_state-rank0.json",
+                                                                             "data_state-rank1.json"}
+        assert report[name]["metrics"]["global_step"] == 4
+    assert {(run["task"], run["dataset"]) for run in report["clip"]["evaluation"]} == {
+        ("zero-shot", "moving-shapes"), ("retrieval", "openmoji")}
+    assert ModelCard.load(out / "clip" / "README.md").data.eval_results
+    assert AutoModel.from_pretrained(out / "distill") is not None

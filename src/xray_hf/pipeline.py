@@ -27,7 +27,9 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ from typing import Any
 import yaml
 
 from .stages import STAGES, get_stage
+from .trainers.resume import last_complete_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -125,43 +128,60 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
             "evaluation": evaluation, "path": str(path)}
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` of a stage whose save finished: a process killed while saving leaves a folder
-    without its trainer state or (for streamed stages) the data position that is written last."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not os.path.isdir(output_dir):
-        return None
-    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
-    candidates = sorted(((int(m.group(1)), name) for name in os.listdir(output_dir)
-                         if (m := pattern.match(name))), reverse=True)
-    streamed = any(name.startswith("data_state") for _, c in candidates
-                   for name in os.listdir(os.path.join(output_dir, c)))
-    for _, name in candidates:
-        folder = os.path.join(output_dir, name)
-        try:
-            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as f:
-                json.load(f)
-        except (OSError, ValueError):
-            continue
-        if streamed and not any(f.startswith("data_state-rank0") for f in os.listdir(folder)):
-            continue
-        return folder
-    return None
-
-
 # ------------------------------------------------------------------------------------------------- steps
+class Ranks:
+    """How the processes of a distributed launch (torchrun / accelerate launch) agree. The main process decides
+    (which steps are done, where a stage resumes) and alone runs the steps that do not train; the others receive
+    its answer or its failure over a gloo group with a long timeout, so a long evaluation does not trip NCCL's
+    10-minute one. One process: every call runs directly."""
+
+    def __init__(self, timeout_hours: float = 24.0):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.is_main = int(os.environ.get("RANK", "0")) == 0
+        self.group = None
+        if self.world_size > 1:
+            import torch.distributed as dist
+            from accelerate import PartialState
+
+            PartialState()  # joins the process group of the launch (the Trainers use the same one)
+            self.group = dist.new_group(backend="gloo", timeout=timedelta(hours=timeout_hours))
+
+    def _share(self, value: Any) -> Any:
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def on_main(self, fn: Callable[[], Any], what: str) -> Any:
+        """`fn()` on the main process; its result (or its failure, raised as a `RuntimeError`) on every process."""
+        if self.group is None:
+            return fn()
+        if self.is_main:
+            try:
+                result = fn()
+            except BaseException as error:
+                self._share(("error", f"{type(error).__name__}: {error}"))
+                raise
+            return self._share(("ok", result))[1]
+        status, value = self._share(None)
+        if status == "error":
+            raise RuntimeError(f"the main process failed in {what}: {value}")
+        return value
+
+
 @dataclass
 class Pipeline:
     """The run directory and its state; what each step reads and writes."""
 
     output: str
     config: dict[str, Any]
+    ranks: Ranks
     state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
-        return int(os.environ.get("RANK", "0")) == 0
+        return self.ranks.is_main
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.output, *parts)
@@ -170,12 +190,8 @@ class Pipeline:
         return _substitute(value, self.output)
 
     def save_state(self) -> None:
-        if not self.is_main:
-            return
-        tmp = self.path(STATE_FILE + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.state, f, indent=1, default=str)
-        os.replace(tmp, self.path(STATE_FILE))
+        if self.is_main:
+            _write_atomic(self.path(STATE_FILE), json.dumps(self.state, indent=1, default=str))
 
 
 class TrainStep:
@@ -197,11 +213,11 @@ class TrainStep:
         config = pipeline.resolve(self.section)
         output_dir = config["training"]["output_dir"]
         config["training"].setdefault("disable_tqdm", False)
-        resume = last_complete_checkpoint(output_dir)
+        resume = pipeline.ranks.on_main(lambda: last_complete_checkpoint(output_dir), f"{self.name} (resume)")
         if resume:
             progress.write(f"[pipeline] {self.name}: resuming from {os.path.relpath(resume, pipeline.output)}")
         results = run_stage(self.name, config, resume_from_checkpoint=resume)
-        return self.entry(pipeline, results)
+        return self.entry(pipeline, results) if pipeline.is_main else None
 
     def entry(self, pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Any]:
         folder = pipeline.path(self.name)
@@ -292,6 +308,14 @@ class EvalStep:
             results.append({"model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
                             "split": spec.get("split", "test"), "metrics": result["metrics"], "plots": plots})
         return {"stage": self.name, "runs": results}
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write a file so that a kill leaves the old or the new one, never half of it."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Any:
@@ -423,13 +447,11 @@ def render_report_md(report: dict[str, Any], total_seconds: float | None = None)
 
 
 def write_report(pipeline: Pipeline) -> dict[str, Any]:
+    """Write `report.json` and `report.md` from the state (main process); returns the report."""
     report = build_report(pipeline)
-    if pipeline.is_main:
-        with open(pipeline.path(REPORT_JSON), "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        total = sum(info.get("seconds", 0.0) for info in pipeline.state.get("steps", {}).values())
-        with open(pipeline.path(REPORT_MD), "w", encoding="utf-8") as f:
-            f.write(render_report_md(report, total))
+    _write_atomic(pipeline.path(REPORT_JSON), json.dumps(report, indent=1))
+    total = sum(info.get("seconds", 0.0) for info in pipeline.state.get("steps", {}).values())
+    _write_atomic(pipeline.path(REPORT_MD), render_report_md(report, total))
     return report
 
 
@@ -446,15 +468,15 @@ def write_model_cards(pipeline: Pipeline, report: dict[str, Any]) -> None:
 class _Progress:
     """The whole run's progress display (one tick per step); each Trainer shows its own below it."""
 
-    def __init__(self, total: int, done: int):
+    def __init__(self, total: int, done: int, show: bool = True):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=done, desc="pipeline", unit="step", position=0, leave=True,
-                        disable=int(os.environ.get("RANK", "0")) != 0)
+                        disable=not show)
 
     def write(self, message: str) -> None:
-        logger.info(message)
-        self.bar.write(message)
+        if not self.bar.disable:
+            self.bar.write(message)
 
     def step(self, name: str) -> None:
         self.bar.set_postfix_str(name)
@@ -466,62 +488,77 @@ class _Progress:
         self.bar.close()
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def run_pipeline(output: str | os.PathLike, preset: str | None = None, config: str | os.PathLike | None = None,
                  restart: list[str] | None = None) -> dict[str, Any]:
-    """Run (or continue) the pipeline of `config` (a YAML path) or `preset` (default `tiny`) in `output`; returns
-    the report (also written as report.json / report.md). `restart` names steps to redo, with every step after."""
+    """
+    Run (or continue) a pipeline in the run directory `output`.
+
+    Args:
+        output: the run directory (created if needed); rerunning with the same one continues the run.
+        preset: a shipped pipeline config (`configs/pipeline_<preset>.yaml`), `tiny` by default.
+        config: a pipeline YAML instead of a preset.
+        restart: steps to redo, with every step after the first of them (their stage folders are moved aside).
+
+    Returns:
+        The report (also written as `report.json` / `report.md`): one entry per stage with its metrics.
+
+    Under torchrun / accelerate launch every process runs this; the training stages use all of them, the main
+    process alone writes the state and runs the other steps. The run directory must be on a filesystem every node
+    sees.
+    """
     path = Path(config) if config is not None else preset_path(preset or "tiny")
     settings = load_pipeline_config(path)
     output = os.path.abspath(os.fspath(output))
-    os.makedirs(output, exist_ok=True)
-    pipeline = Pipeline(output, settings)
-    if os.path.exists(pipeline.path(STATE_FILE)):
-        with open(pipeline.path(STATE_FILE), encoding="utf-8") as f:
-            pipeline.state = json.load(f)
-    pipeline.state.setdefault("steps", {})
-    pipeline.state["config"] = str(path)
+    ranks = Ranks()
+    pipeline = Pipeline(output, settings, ranks)
     steps = build_steps(settings)
-    names = [step.name for step in steps]
-    _apply_restart(pipeline, names, restart or [])
-    done_steps = _check_finished(pipeline, steps)
-    progress = _Progress(len(steps), len(done_steps))
+
+    def decide() -> set[str]:
+        os.makedirs(output, exist_ok=True)
+        pipeline.state = _read_json(pipeline.path(STATE_FILE)) or {}
+        pipeline.state.setdefault("steps", {})
+        pipeline.state["config"] = str(path)
+        _apply_restart(pipeline, [step.name for step in steps], restart or [])
+        return _check_finished(pipeline, steps)
+
+    done_steps = ranks.on_main(decide, "reading the pipeline state")
+    progress = _Progress(len(steps), len(done_steps), show=ranks.is_main)
     try:
         for index, step in enumerate(steps):
             if step.name in done_steps:
                 continue
             progress.step(step.name)
             progress.write(f"[pipeline] step {index + 1}/{len(steps)}: {step.name}")
-            record = pipeline.state["steps"].setdefault(step.name, {})
+            record = pipeline.state["steps"].setdefault(step.name, {}) if ranks.is_main else {}
             record.update(status="running", digest=_digest(step.settings()), kind=step.kind)
             record.setdefault("seconds", 0.0)
             pipeline.save_state()
             start = time.time()
             try:
-                entry = step.run(pipeline, progress) if step.every_rank or pipeline.is_main else None
-                _barrier()
+                if step.every_rank:
+                    entry = step.run(pipeline, progress)
+                else:
+                    entry = ranks.on_main(lambda step=step: step.run(pipeline, progress), f"step {step.name}")
             finally:
                 record["seconds"] = record.get("seconds", 0.0) + time.time() - start
                 pipeline.save_state()
             record.update(status="done", entry=entry)
             pipeline.save_state()
-            write_report(pipeline)
+            if ranks.is_main:
+                write_report(pipeline)
             progress.advance()
     except KeyboardInterrupt:
         progress.write(f"[pipeline] interrupted; rerun the same command to continue from {output}")
         raise
     finally:
         progress.close()
-    report = write_report(pipeline)
-    if pipeline.is_main:
+
+    def finish() -> dict[str, Any]:
+        report = write_report(pipeline)
         write_model_cards(pipeline, report)
-    return report
+        return report
+
+    return ranks.on_main(finish, "writing the report and model cards")
 
 
 def _apply_restart(pipeline: Pipeline, names: list[str], restart: list[str]) -> None:
