@@ -12,6 +12,7 @@ from xray_hf import (
     XrayCLIPConfig,
     XrayCLIPModel,
     XrayCLIPProcessor,
+    XrayLLM2CLIPTextConfig,
     XrayTextConfig,
     XrayVisualConfig,
     XrayVisualForPreTraining,
@@ -47,6 +48,49 @@ def clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, Xray
                                             XrayVisualVideoProcessor(size=32, num_frames=4), tokenizer)
     processor.save_pretrained(directory)
     return model, processor
+
+
+def llm2clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, XrayCLIPProcessor]:
+    """A CLIP checkpoint with the LLM2CLIP text tower (a tiny bidirectional LLaMA, frozen, SmolLM2's tokenizer) and
+    its processor, as `xray-hf train clip` with `text.from_llm` writes one (shapes as tests/processing/test_clip.py).
+    The LLM carries a merged LLM2Vec LoRA (`trainers.llm2vec.add_lora` / `merge_lora`, non-zero LoRA weights), as
+    after the MNTP / SimCSE stages: loading the checkpoint must not need peft."""
+    tokenizer = smollm2_tokenizer()
+    llm = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8,
+           "max_position_embeddings": 64, "tie_word_embeddings": True}
+    text = XrayLLM2CLIPTextConfig(llm_config=llm, projection_dim=16, adapter_depth=1, max_text_length=24)
+    config = XrayCLIPConfig(vision_config=XrayVisualConfig.from_preset("tiny"), text_config=text, projection_dim=16)
+    torch.manual_seed(seed)
+    model = XrayCLIPModel(config).eval()
+    _merge_random_lora(model.text_model, directory / "_text_base")
+    model.save_pretrained(directory)
+    processor = XrayCLIPProcessor.for_model(config, XrayVisualImageProcessor(size=32),
+                                            XrayVisualVideoProcessor(size=32, num_frames=4), tokenizer)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def _merge_random_lora(text_model, base_dir: Path) -> None:
+    """Fold a LoRA adapter with random (non-zero) weights into `text_model`'s LLM, in place."""
+    import shutil
+
+    from xray_hf import XrayLLM2CLIPTextModel
+    from xray_hf.trainers.llm2vec import add_lora, merge_lora
+
+    text_model.save_pretrained(base_dir)
+    base = XrayLLM2CLIPTextModel.from_pretrained(base_dir)
+    peft_model = add_lora(base, r=2, lora_alpha=4, lora_dropout=0.0)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0.0, 0.2)
+    merged = merge_lora(peft_model)
+    shutil.rmtree(base_dir)
+    before = text_model.llm.layers[0].self_attn.q_proj.weight.clone()
+    text_model.load_state_dict(merged.state_dict())
+    assert not torch.equal(text_model.llm.layers[0].self_attn.q_proj.weight, before)  # the LoRA changed the LLM
+    text_model.freeze_llm(text_model.config.freeze_llm)
 
 
 def images(count: int = 2, seed: int = 0) -> list[Image.Image]:

@@ -22,7 +22,7 @@ from xray_hf.hub import push_checkpoint
 from xray_hf.modeling.visual import XrayVisualDropPath
 from xray_hf.remote_code import REMOTE_CODE_REQUIREMENTS, export_remote_code, flatten_source, required_packages
 
-from .checkpoints import CAPTIONS, clip_checkpoint, images, mae_checkpoint
+from .checkpoints import CAPTIONS, clip_checkpoint, images, llm2clip_checkpoint, mae_checkpoint
 
 STDLIB = sys.stdlib_module_names
 
@@ -100,6 +100,15 @@ with torch.no_grad():
     out["clip_text"] = clip.get_text_features(input_ids=inputs["input_ids"],
                                               attention_mask=inputs["attention_mask"]).pooler_output
     out["clip_logits"] = clip(**inputs).logits_per_image
+llm2clip = AutoModel.from_pretrained(spec["llm2clip"], trust_remote_code=True).eval()
+llm2clip_processor = AutoProcessor.from_pretrained(spec["llm2clip"], trust_remote_code=True)
+llm2clip_inputs = llm2clip_processor(text=spec["captions"], images=images, return_tensors="pt")
+with torch.no_grad():
+    out["llm2clip_image"] = llm2clip.get_image_features(llm2clip_inputs["pixel_values"]).pooler_output
+    out["llm2clip_text"] = llm2clip.get_text_features(input_ids=llm2clip_inputs["input_ids"],
+                                                      attention_mask=llm2clip_inputs["attention_mask"]).pooler_output
+for key in ("pixel_values", "input_ids", "attention_mask"):
+    out[f"llm2clip_inputs_{key}"] = llm2clip_inputs[key].contiguous()
 for key in ("pixel_values", "input_ids", "attention_mask"):
     out[f"inputs_{key}"] = inputs[key].contiguous()
 backbone = AutoModel.from_pretrained(spec["mae"], trust_remote_code=True).eval()
@@ -112,6 +121,7 @@ with torch.no_grad():
     out["mae_pooled"] = mae.xray_visual(pixels).pooler_output
 save_file({k: v.contiguous() for k, v in out.items()}, spec["output"])
 print(json.dumps({"clip": type(clip).__module__, "mae": type(mae).__module__,
+                  "llm2clip_text": type(llm2clip.text_model).__name__, "peft_loaded": "peft" in sys.modules,
                   "xray_hf_loaded": any(name.startswith("xray_hf") for name in sys.modules)}))
 """
 
@@ -132,7 +142,9 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     clip_dir, mae_dir = tmp_path / "clip", tmp_path / "mae"
     clip, processor = clip_checkpoint(clip_dir)
     mae = mae_checkpoint(mae_dir)
+    llm2clip, llm2clip_processor = llm2clip_checkpoint(tmp_path / "llm2clip")
     push_checkpoint(clip_dir, "alice/remote-clip")
+    push_checkpoint(tmp_path / "llm2clip", "alice/remote-llm2clip")
     push_checkpoint(mae_dir, "alice/remote-mae")
 
     pictures = images(3)
@@ -144,13 +156,14 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     check = subprocess.run([str(python), "-c", "import xray_hf"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode != 0 and "No module named 'xray_hf'" in check.stderr
-    spec = {"clip": "alice/remote-clip", "mae": "alice/remote-mae", "images": paths, "captions": CAPTIONS,
+    spec = {"clip": "alice/remote-clip", "mae": "alice/remote-mae", "llm2clip": "alice/remote-llm2clip", "images": paths, "captions": CAPTIONS,
             "output": str(tmp_path / "venv_outputs.safetensors")}
     run = subprocess.run([str(python), "-c", VENV_SCRIPT, json.dumps(spec)], env=env, capture_output=True, text=True,
                          cwd=tmp_path, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["clip"].startswith("transformers_modules.") and not report["xray_hf_loaded"]
+    assert report["llm2clip_text"] == "XrayLLM2CLIPTextModel" and not report["peft_loaded"]
 
     theirs = load_file(spec["output"])
     inputs = processor(text=CAPTIONS, images=[p.copy() for p in pictures], return_tensors="pt")
@@ -170,6 +183,15 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
         torch.testing.assert_close(theirs["mae_pooled"], mae.xray_visual(pixels).pooler_output, atol=1e-5, rtol=0)
         torch.testing.assert_close(theirs["backbone_pooled"], mae.xray_visual(pixels).pooler_output, atol=1e-5, rtol=0)
 
+        inputs = llm2clip_processor(text=CAPTIONS, images=[p.copy() for p in pictures], return_tensors="pt")
+        for key in ("pixel_values", "input_ids", "attention_mask"):
+            torch.testing.assert_close(theirs[f"llm2clip_inputs_{key}"], inputs[key], atol=0, rtol=0)
+        assert not inputs["attention_mask"].all()  # captions of different lengths: padding is exercised
+        torch.testing.assert_close(theirs["llm2clip_image"],
+                                   llm2clip.get_image_features(inputs["pixel_values"]).pooler_output, atol=1e-5, rtol=0)
+        text = llm2clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        torch.testing.assert_close(theirs["llm2clip_text"], text.pooler_output, atol=1e-5, rtol=0)
+
 
 def test_declared_requirements_are_allowed_and_only_for_their_model(tmp_path):
     from xray_hf import XraySemanticIDConfig, XraySemanticIDModel
@@ -180,3 +202,13 @@ def test_declared_requirements_are_allowed_and_only_for_their_model(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["auto_map"]["AutoModel"] == \
         "modeling_semantic_ids.XraySemanticIDModel"
     assert "modeling_visual.py" not in written  # its closure only
+
+
+def test_llm2clip_export_carries_the_tower_and_needs_no_peft(tmp_path):
+    llm2clip_checkpoint(tmp_path)
+    written = export_remote_code(tmp_path)
+    assert {"modeling_llm2clip.py", "configuration_text.py", "modeling_text_pooling.py"} <= set(written)
+    for name in written:
+        text = (tmp_path / name).read_text()
+        assert required_packages(text) <= {"torch", "transformers"}, name
+        assert not re.search(r"^\s*(from|import)\s+peft\b", text, flags=re.MULTILINE), name
