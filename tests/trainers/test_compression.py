@@ -117,3 +117,15 @@ def test_compress_from_the_cli_with_templates_and_bad_settings(clip_dir, tmp_pat
         run_stage("compress", too_big)
     with pytest.raises(ValueError, match="similarity_temperature"):
         CompressionTrainingArguments(output_dir=str(tmp_path), similarity_temperature=0.0)
+
+
+def test_compress_stage_resumes_to_the_uninterrupted_losses(clip_dir, tmp_path):
+    """What `xray-hf pipeline` relies on after a kill inside the stage: resuming from a checkpoint continues the
+    same loss curve (the embeddings are recomputed, the batches come back in the same order)."""
+    full = run_stage("compress", compress_config(clip_dir, tmp_path / "full", max_steps=8, logging_steps=1,
+                                                 save_strategy="steps", save_steps=4))
+    resumed = run_stage("compress", compress_config(clip_dir, tmp_path / "resumed", max_steps=8, logging_steps=1,
+                                                    save_strategy="steps", save_steps=4),
+                        resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
+    losses = [[row["loss"] for row in r["log_history"] if "loss" in row] for r in (full, resumed)]
+    assert len(losses[0]) == 8 and losses[1] == losses[0]  # the resumed history starts with the checkpoint's
