@@ -15,9 +15,11 @@ if command -v apt-get >/dev/null; then
     if [ "$(id -u)" = 0 ] || [ -n "$SUDO" ]; then
         export DEBIAN_FRONTEND=noninteractive
         $SUDO apt-get update -qq
-        $SUDO apt-get install -y -qq libcairo2 dataset-fashion-mnist wordnet-base >/dev/null
+        $SUDO apt-get install -y -qq libcairo2 >/dev/null   # needed: OpenMoji renders through Cairo
+        $SUDO apt-get install -y -qq dataset-fashion-mnist wordnet-base >/dev/null \
+            || echo "setup: the optional dataset-fashion-mnist / wordnet-base did not install; continuing" >&2
     else
-        echo "setup: no root and no sudo: skipping libcairo2 dataset-fashion-mnist wordnet-base" >&2
+        echo "setup: no root and no sudo: install libcairo2 yourself (dataset-fashion-mnist, wordnet-base optional)" >&2
     fi
 else
     echo "setup: no apt-get: install Cairo yourself; Fashion-MNIST and WordNet are optional" >&2
