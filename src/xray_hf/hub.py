@@ -102,7 +102,11 @@ def stale_generated_files(api, repo_id: str, revision: str | None, uploading: se
     """Remote-code modules an earlier push wrote to the repository that this upload does not write again: top-level
     `.py` files outside `uploading` whose first line is `xray_hf.remote_code`'s header. Anything else (a user's
     `handler.py`, files in folders) is left alone. An empty list for a repository or branch with no commit yet."""
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     from .remote_code import is_generated_header
 

@@ -372,6 +372,13 @@ def generated_files(directory: str | os.PathLike) -> list[str]:
     return found
 
 
-__all__ = ["REMOTE_CODE_REQUIREMENTS", "export_remote_code", "flatten_source", "generated_files", "is_generated_header",
-           "module_closure",
-           "model_auto_map", "required_packages"]
+__all__ = [
+    "REMOTE_CODE_REQUIREMENTS",
+    "export_remote_code",
+    "flatten_source",
+    "generated_files",
+    "is_generated_header",
+    "model_auto_map",
+    "module_closure",
+    "required_packages",
+]

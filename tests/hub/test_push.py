@@ -15,7 +15,13 @@ from xray_hf import XrayVisualConfig, XrayVisualModel
 from xray_hf.cli import main
 from xray_hf.hub import HubPushError, push_checkpoint
 
-from .checkpoints import CAPTIONS, add_training_state, clip_checkpoint, images, mae_checkpoint
+from .checkpoints import (
+    CAPTIONS,
+    add_training_state,
+    clip_checkpoint,
+    images,
+    mae_checkpoint,
+)
 from .conftest import TOKEN
 
 

@@ -20,9 +20,21 @@ import xray_hf  # noqa: F401
 from xray_hf import XrayVisualConfig, XrayVisualForImageClassification
 from xray_hf.hub import push_checkpoint
 from xray_hf.modeling.visual import XrayVisualDropPath
-from xray_hf.remote_code import REMOTE_CODE_REQUIREMENTS, export_remote_code, flatten_source, required_packages
+from xray_hf.remote_code import (
+    PROCESSOR_REQUIREMENTS,
+    REMOTE_CODE_REQUIREMENTS,
+    export_remote_code,
+    flatten_source,
+    required_packages,
+)
 
-from .checkpoints import CAPTIONS, clip_checkpoint, images, llm2clip_checkpoint, mae_checkpoint
+from .checkpoints import (
+    CAPTIONS,
+    clip_checkpoint,
+    images,
+    llm2clip_checkpoint,
+    mae_checkpoint,
+)
 
 STDLIB = sys.stdlib_module_names
 
@@ -210,5 +222,6 @@ def test_llm2clip_export_carries_the_tower_and_needs_no_peft(tmp_path):
     assert {"modeling_llm2clip.py", "configuration_text.py", "modeling_text_pooling.py"} <= set(written)
     for name in written:
         text = (tmp_path / name).read_text()
-        assert required_packages(text) <= {"torch", "transformers"}, name
+        allowed = PROCESSOR_REQUIREMENTS if name.startswith("processing_") else {"torch", "transformers"}
+        assert required_packages(text) <= allowed and "peft" not in required_packages(text), name
         assert not re.search(r"^\s*(from|import)\s+peft\b", text, flags=re.MULTILINE), name
