@@ -53,7 +53,7 @@ def clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, Xray
 def llm2clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, XrayCLIPProcessor]:
     """A CLIP checkpoint with the LLM2CLIP text tower (a tiny bidirectional LLaMA, frozen, SmolLM2's tokenizer) and
     its processor, as `xray-hf train clip` with `text.from_llm` writes one (shapes as tests/processing/test_clip.py).
-    The LLM carries a merged LLM2Vec LoRA (`trainers.llm2vec.add_lora` / `merge_lora`, non-zero LoRA weights), as
+    The LLM carries a merged LLM2Vec LoRA (non-zero LoRA weights, merged as `trainers.llm2vec.merge_lora` does), as
     after the MNTP / SimCSE stages: loading the checkpoint must not need peft."""
     tokenizer = smollm2_tokenizer()
     llm = {"model_type": "llama", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
@@ -63,7 +63,7 @@ def llm2clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, 
     config = XrayCLIPConfig(vision_config=XrayVisualConfig.from_preset("tiny"), text_config=text, projection_dim=16)
     torch.manual_seed(seed)
     model = XrayCLIPModel(config).eval()
-    _merge_random_lora(model.text_model, directory / "_text_base")
+    _merge_random_lora(model.text_model)
     model.save_pretrained(directory)
     processor = XrayCLIPProcessor.for_model(config, XrayVisualImageProcessor(size=32),
                                             XrayVisualVideoProcessor(size=32, num_frames=4), tokenizer)
@@ -71,22 +71,20 @@ def llm2clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, 
     return model, processor
 
 
-def _merge_random_lora(text_model, base_dir: Path) -> None:
-    """Fold a LoRA adapter with random (non-zero) weights into `text_model`'s LLM, in place."""
-    import shutil
+def _merge_random_lora(text_model) -> None:
+    """Fold a LoRA adapter with random (non-zero) weights into `text_model`'s LLM, in place, with peft's
+    `merge_and_unload` on LLM2Vec's target modules (what `trainers.llm2vec.merge_lora` does)."""
+    import copy
 
-    from xray_hf import XrayLLM2CLIPTextModel
-    from xray_hf.trainers.llm2vec import add_lora, merge_lora
+    from peft import LoraConfig, get_peft_model
 
-    text_model.save_pretrained(base_dir)
-    base = XrayLLM2CLIPTextModel.from_pretrained(base_dir)
-    peft_model = add_lora(base, r=2, lora_alpha=4, lora_dropout=0.0)
+    targets = r"llm\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"  # llm2vec.LORA_TARGET_MODULES
+    peft_model = get_peft_model(copy.deepcopy(text_model), LoraConfig(r=2, lora_alpha=4, target_modules=targets))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_" in name:
                 param.normal_(0.0, 0.2)
-    merged = merge_lora(peft_model)
-    shutil.rmtree(base_dir)
+    merged = peft_model.merge_and_unload()
     before = text_model.llm.layers[0].self_attn.q_proj.weight.clone()
     text_model.load_state_dict(merged.state_dict())
     assert not torch.equal(text_model.llm.layers[0].self_attn.q_proj.weight, before)  # the LoRA changed the LLM
