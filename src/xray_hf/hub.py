@@ -181,6 +181,14 @@ def prepare_for_upload(directory: str | os.PathLike, repo_id: str, replace_defau
         build_card(directory, repo_id).save(readme)
 
 
+def prepare_processor_for_upload(directory: str | os.PathLike) -> None:
+    """Add the processing modules (remote code) and `auto_map` to a folder holding a processor saved on its own (what
+    the processors' `push_to_hub` uploads). The model card transformers wrote there is kept."""
+    from .remote_code import export_remote_code
+
+    export_remote_code(directory, processors_only=True)
+
+
 def _stage(directory: Path, files: list[str], staging: Path) -> None:
     """Mirror `files` into `staging`: JSON and Markdown copied (they may be rewritten), the rest hard-linked."""
     for relative in files:
@@ -283,5 +291,5 @@ def push_checkpoint(
     return url
 
 
-__all__ = ["HubPushError", "build_card", "files_to_upload", "prepare_for_upload", "push_checkpoint",
-           "stale_generated_files"]
+__all__ = ["HubPushError", "build_card", "files_to_upload", "prepare_for_upload", "prepare_processor_for_upload",
+           "push_checkpoint", "stale_generated_files"]

@@ -287,19 +287,24 @@ def _processor_classes(directory: Path) -> dict[str, tuple[str, type]]:
     return found
 
 
-def export_remote_code(directory: str | os.PathLike) -> list[str]:
+def export_remote_code(directory: str | os.PathLike, processors_only: bool = False) -> list[str]:
     """Write the flat remote-code modules of the checkpoint in `directory` and their `auto_map` entries (config.json,
     processor_config.json and its nested image / video processors, preprocessor configs).
+
+    With `processors_only` (a processor saved on its own, e.g. by its `push_to_hub`), only the processor files are
+    read and only the processing modules written; a `config.json` is neither needed nor touched.
 
     Returns the names of the code files written. Raises `ValueError` when the checkpoint is not an xray_hf one, or
     when the code would need a package outside `PROCESSOR_REQUIREMENTS` (processors) / `REMOTE_CODE_REQUIREMENTS`.
     """
     directory = Path(directory)
-    config = _read_json(directory / "config.json")
-    if config is None:
+    config = None if processors_only else _read_json(directory / "config.json")
+    if config is None and not processors_only:
         raise ValueError(f"{directory} has no config.json: not a model checkpoint")
-    model_classes = model_auto_map(config)
+    model_classes = model_auto_map(config) if config is not None else {}
     processor_files = _processor_classes(directory)
+    if processors_only and not processor_files:
+        raise ValueError(f"{directory} holds no xray_hf processor configuration")
     roots = [cls.__module__ for cls in model_classes.values()]
     processor_roots = []
     processor = _read_json(directory / "processor_config.json") or {}
@@ -325,9 +330,10 @@ def export_remote_code(directory: str | os.PathLike) -> list[str]:
         (directory / f"{flat_name(module)}.py").write_text(source, encoding="utf-8")
         written.append(f"{flat_name(module)}.py")
 
-    config["auto_map"] = {name: _class_ref(cls) for name, cls in model_classes.items()
-                          if not name.startswith("_architecture_")}
-    _write_json(directory / "config.json", config)
+    if config is not None:
+        config["auto_map"] = {name: _class_ref(cls) for name, cls in model_classes.items()
+                              if not name.startswith("_architecture_")}
+        _write_json(directory / "config.json", config)
     for file_name, (auto_name, cls) in processor_files.items():
         data = _read_json(directory / file_name)
         data.setdefault("auto_map", {})[auto_name] = _class_ref(cls)

@@ -236,3 +236,33 @@ def test_connection_errors_are_retryable_interruptions(hub_server, tmp_path, mon
     monkeypatch.setattr(HfApi, "upload_folder", fail)
     with pytest.raises(HubPushError, match="can be retried"):
         push_checkpoint(directory, "alice/tiny-mae")
+
+
+def test_processors_push_to_hub_carry_remote_code_and_auto_map(hub_server, clip_dir):
+    from xray_hf import XrayVisualImageProcessor, XrayVisualVideoProcessor
+
+    processor = clip_dir[2]
+    processor.push_to_hub("alice/tiny-processor")
+    stored = hub_server.files("alice/tiny-processor")
+    assert "config.json" not in stored
+    config = json.loads(stored["processor_config.json"])
+    assert config["auto_map"] == {"AutoProcessor": "processing_clip.XrayCLIPProcessor"}
+    assert config["image_processor"]["auto_map"] == {
+        "AutoImageProcessor": "processing_image_processing.XrayVisualImageProcessor"}
+    assert config["video_processor"]["auto_map"] == {
+        "AutoVideoProcessor": "processing_video_processing.XrayVisualVideoProcessor"}
+    assert {"processing_clip.py", "processing_image_processing.py", "processing_video_processing.py",
+            "processing_transforms.py", "tokenizer.json"} <= set(stored)
+    assert not any(name.startswith(("modeling_", "configuration_")) for name in stored)
+
+    XrayVisualImageProcessor(size=32).push_to_hub("alice/tiny-image-processor")
+    stored = hub_server.files("alice/tiny-image-processor")
+    assert json.loads(stored["preprocessor_config.json"])["auto_map"] == {
+        "AutoImageProcessor": "processing_image_processing.XrayVisualImageProcessor"}
+    assert "processing_image_processing.py" in stored and "processing_video_processing.py" not in stored
+
+    XrayVisualVideoProcessor(size=32, num_frames=4).push_to_hub("alice/tiny-video-processor")
+    stored = hub_server.files("alice/tiny-video-processor")
+    assert json.loads(stored["video_preprocessor_config.json"])["auto_map"] == {
+        "AutoVideoProcessor": "processing_video_processing.XrayVisualVideoProcessor"}
+    assert {"processing_video_processing.py", "processing_image_processing.py"} <= set(stored)

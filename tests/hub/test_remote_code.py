@@ -121,6 +121,10 @@ with torch.no_grad():
                                                       attention_mask=llm2clip_inputs["attention_mask"]).pooler_output
 for key in ("pixel_values", "input_ids", "attention_mask"):
     out[f"llm2clip_inputs_{key}"] = llm2clip_inputs[key].contiguous()
+alone = AutoProcessor.from_pretrained(spec["processor"], trust_remote_code=True)  # pushed by its own push_to_hub
+alone_inputs = alone(text=spec["captions"], images=images, return_tensors="pt")
+for key in ("pixel_values", "input_ids", "attention_mask"):
+    out[f"alone_inputs_{key}"] = alone_inputs[key].contiguous()
 for key in ("pixel_values", "input_ids", "attention_mask"):
     out[f"inputs_{key}"] = inputs[key].contiguous()
 backbone = AutoModel.from_pretrained(spec["mae"], trust_remote_code=True).eval()
@@ -133,7 +137,8 @@ with torch.no_grad():
     out["mae_pooled"] = mae.xray_visual(pixels).pooler_output
 save_file({k: v.contiguous() for k, v in out.items()}, spec["output"])
 print(json.dumps({"clip": type(clip).__module__, "mae": type(mae).__module__,
-                  "llm2clip_text": type(llm2clip.text_model).__name__, "peft_loaded": "peft" in sys.modules,
+                  "llm2clip_text": type(llm2clip.text_model).__name__, "alone": type(alone).__module__,
+                  "peft_loaded": "peft" in sys.modules,
                   "xray_hf_loaded": any(name.startswith("xray_hf") for name in sys.modules)}))
 """
 
@@ -157,6 +162,7 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     llm2clip, llm2clip_processor = llm2clip_checkpoint(tmp_path / "llm2clip")
     push_checkpoint(clip_dir, "alice/remote-clip")
     push_checkpoint(tmp_path / "llm2clip", "alice/remote-llm2clip")
+    llm2clip_processor.push_to_hub("alice/remote-processor")  # a processor on its own, no model
     push_checkpoint(mae_dir, "alice/remote-mae")
 
     pictures = images(3)
@@ -168,7 +174,8 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     check = subprocess.run([str(python), "-c", "import xray_hf"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode != 0 and "No module named 'xray_hf'" in check.stderr
-    spec = {"clip": "alice/remote-clip", "mae": "alice/remote-mae", "llm2clip": "alice/remote-llm2clip", "images": paths, "captions": CAPTIONS,
+    spec = {"clip": "alice/remote-clip", "mae": "alice/remote-mae", "llm2clip": "alice/remote-llm2clip",
+            "processor": "alice/remote-processor", "images": paths, "captions": CAPTIONS,
             "output": str(tmp_path / "venv_outputs.safetensors")}
     run = subprocess.run([str(python), "-c", VENV_SCRIPT, json.dumps(spec)], env=env, capture_output=True, text=True,
                          cwd=tmp_path, timeout=600)
@@ -176,6 +183,7 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["clip"].startswith("transformers_modules.") and not report["xray_hf_loaded"]
     assert report["llm2clip_text"] == "XrayLLM2CLIPTextModel" and not report["peft_loaded"]
+    assert report["alone"].startswith("transformers_modules.")
 
     theirs = load_file(spec["output"])
     inputs = processor(text=CAPTIONS, images=[p.copy() for p in pictures], return_tensors="pt")
@@ -198,6 +206,7 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
         inputs = llm2clip_processor(text=CAPTIONS, images=[p.copy() for p in pictures], return_tensors="pt")
         for key in ("pixel_values", "input_ids", "attention_mask"):
             torch.testing.assert_close(theirs[f"llm2clip_inputs_{key}"], inputs[key], atol=0, rtol=0)
+            torch.testing.assert_close(theirs[f"alone_inputs_{key}"], inputs[key], atol=0, rtol=0)
         assert not inputs["attention_mask"].all()  # captions of different lengths: padding is exercised
         torch.testing.assert_close(theirs["llm2clip_image"],
                                    llm2clip.get_image_features(inputs["pixel_values"]).pooler_output, atol=1e-5, rtol=0)

@@ -11,8 +11,10 @@ from typing import Any
 
 from transformers import BatchFeature, ProcessorMixin
 
+from .hub_mixin import XrayProcessorHubMixin
 
-class XrayCLIPProcessor(ProcessorMixin):
+
+class XrayCLIPProcessor(XrayProcessorHubMixin, ProcessorMixin):
     r"""
     [`XrayVisualImageProcessor`] + [`XrayVisualVideoProcessor`] + a tokenizer.
 

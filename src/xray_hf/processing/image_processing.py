@@ -26,6 +26,7 @@ from transformers.image_utils import (
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
 
+from .hub_mixin import XrayProcessorHubMixin
 from .transforms import resize_and_center_crop, variable_aspect_ratio_resize
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def _is_single_image(image: Any) -> bool:
     return is_pil_image(image) or (is_valid_image(image) and image.ndim in (2, 3))
 
 
-class XrayVisualImageProcessor(TorchvisionBackend):
+class XrayVisualImageProcessor(XrayProcessorHubMixin, TorchvisionBackend):
     r"""
     Constructs an XrayVisual image processor.
 

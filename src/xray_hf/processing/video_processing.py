@@ -23,6 +23,7 @@ from transformers.video_utils import (
     reorder_videos,
 )
 
+from .hub_mixin import XrayProcessorHubMixin
 from .image_processing import check_geometry_kwargs, resize_to_target
 
 
@@ -59,7 +60,7 @@ def _pil_frames_to_array(clip: Any) -> Any:
     return np.stack(frames)
 
 
-class XrayVisualVideoProcessor(BaseVideoProcessor):
+class XrayVisualVideoProcessor(XrayProcessorHubMixin, BaseVideoProcessor):
     r"""
     Constructs an XrayVisual video processor.
 
