@@ -4,7 +4,9 @@ batch; checkpoints that cross between DDP and FSDP2; `accelerate launch` with th
 Launch 1 (`torchrun`, one import, many runs chained): MAE and CLIP under DDP and FSDP2 (each rank records its inputs
 and per-step losses), MAE resumed under FSDP2 from an FSDP2 and from a DDP checkpoint and under DDP from an FSDP2
 checkpoint, MAE under FSDP2 with non-reentrant gradient checkpointing and over a stream with a corrupt sample on one
-rank, then hashtag, distill, mntp and simcse for 2 steps under DDP and FSDP2. The single-process references are
+rank, CLIP, MAE with 2 micro-batches of gradient accumulation and CLIP with the LLM2CLIP tower (frozen tiny LLaMA)
+under DDP and FSDP2, then hashtag, distill, mntp and simcse for 2 steps under DDP and FSDP2. The worker also counts
+FSDP2's reduce-scatters, block forwards, checkpoint files each rank reads and full tensors each rank gathers. The single-process references are
 `run_stage` in the test process, fed the union of both ranks' recorded batches (and MAE masks). Launch 2 and 3:
 `accelerate launch --config_file configs/accelerate/{fsdp2,ddp}.yaml`.
 """
@@ -42,18 +44,62 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "accele
 WORKER = r'''
 """Run `xray-hf` commands in this rank; record per run what the trainer did into <prefix>-rank<r>.json and the
 inputs of every training step into <prefix>-rank<r>.safetensors."""
-import hashlib, json, os, sys
+import gc, hashlib, json, os, sys
 
+import safetensors.torch
 import torch
+import torch.distributed
 from safetensors.torch import save_file
 
 from transformers import Trainer
 
+import xray_hf.trainers.base as base
 from xray_hf.cli import main
 from xray_hf.trainers.mae import MAETrainer
 
 record, tensors = {"runs": []}, {}
 trainer_init, mask_noise = Trainer.__init__, MAETrainer.mask_noise
+
+
+def count(key, amount=1):
+    if record["runs"]:
+        counts = record["runs"][-1].setdefault("counts", {})
+        counts[key] = counts.get(key, 0) + amount
+
+
+def counting(key, function):
+    def wrapper(*args, **kwargs):
+        count(key)
+        return function(*args, **kwargs)
+    return wrapper
+
+
+def loading(function):  # which checkpoint files this rank reads
+    def wrapper(f, *args, **kwargs):
+        if record["runs"] and isinstance(f, (str, os.PathLike)):
+            record["runs"][-1].setdefault("loaded", []).append(os.path.basename(f))
+        return function(f, *args, **kwargs)
+    return wrapper
+
+
+def sizing(key, function):  # how many full tensors a rank holds after gathering a checkpoint's state
+    def wrapper(*args, **kwargs):
+        state = function(*args, **kwargs)
+        count(key, len(state.get("state", {})) if "param_groups" in state else len(state))
+        return state
+    return wrapper
+
+
+def block_call(module, args):  # every block's MLP (inside the checkpointed `forward`): recomputations included
+    if type(module).__name__ == "XrayVisualMLP":
+        count("block_calls")
+
+
+torch.distributed.reduce_scatter_single = counting("reduce_scatter", torch.distributed.reduce_scatter_single)
+torch.load, safetensors.torch.load_file = loading(torch.load), loading(safetensors.torch.load_file)
+base.full_optimizer_state = sizing("full_optimizer_tensors", base.full_optimizer_state)
+base.full_model_state = sizing("full_model_tensors", base.full_model_state)
+torch.nn.modules.module.register_module_forward_pre_hook(block_call)
 
 
 def weights_hash(model):
@@ -66,10 +112,16 @@ def sharding(model):
     from torch.distributed.tensor import DTensor
 
     params = list(model.parameters())
-    units = [type(m).__name__ for m in model.modules() if isinstance(m, FSDPModule)]
+    fsdp = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    units = [type(m).__name__ for m in fsdp]
+    trainable = []  # per unit, the requires_grad of the parameters FSDP manages in it
+    for unit in fsdp:
+        group = unit._get_fsdp_state()._fsdp_param_group
+        trainable.append(sorted({p.sharded_param.requires_grad for p in group.fsdp_params} if group else []))
     return {"units": units, "dtensors": sum(isinstance(p, DTensor) for p in params), "params": len(params),
             "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
-            "full": sum(p.numel() for p in params)}
+            "full": sum(p.numel() for p in params), "unit_trainable": trainable,
+            "checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}
 
 
 def recording_init(self, *args, **kwargs):
@@ -82,6 +134,13 @@ def recording_init(self, *args, **kwargs):
     def recording_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and "sharding" not in run:
             run["sharding"] = sharding(model)
+            frozen = [p for p in model.parameters() if not p.requires_grad]
+            run["frozen_params"], run["frozen_with_grad"] = len(frozen), 0
+
+            def frozen_grads(optimizer, args, kwargs):  # before each optimizer step: no frozen parameter has a grad
+                run["frozen_with_grad"] += sum(p.grad is not None for p in frozen)
+
+            getattr(self.optimizer, "optimizer", self.optimizer).register_step_pre_hook(frozen_grads)
             loss_fn = getattr(self, "loss_fn", None)
             gathering = [m for m in getattr(loss_fn, "modules", list)() if hasattr(m, "ranks")]
             run["loss_world_size"] = gathering[0].ranks()[1] if gathering else None  # the contrastive loss's
@@ -99,6 +158,10 @@ def recording_init(self, *args, **kwargs):
         output = train(*args, **kwargs)
         run["global_step"], run["weights"] = self.state.global_step, weights_hash(self.model)
         run["plain_after_train"] = sharding(self.model)["dtensors"] == 0
+        if "sharding" in run and run["sharding"]["dtensors"]:  # what stays alive of the sharded run
+            gc.collect()
+            run["live_dtensors"] = sum(isinstance(o, torch.distributed.tensor.DTensor) for o in gc.get_objects())
+            run["accelerator_refs"] = len(self.accelerator._models) + len(self.accelerator._optimizers)
         return output
 
     self.compute_loss, self.train = recording_compute_loss, recording_train
@@ -152,6 +215,16 @@ CLIP = {
     "training": {"output_dir": "unused", "max_steps": 3, "learning_rate": 2e-3, "optimizer": "adamw",
                  "warmup_steps": 1, "logging_steps": 1, "save_strategy": "no", "report_to": [], "disable_tqdm": True},
 }
+GA_STEPS = 2  # optimizer steps of the gradient-accumulation runs (2 micro-batches each)
+
+
+def llm2clip_config(llm_dir) -> dict:
+    """CLIP with the LLM2CLIP text tower as users run it: a (tiny) LLaMA, frozen, run on every step (no text cache),
+    under a trainable adapter and projection."""
+    text = {"from_llm": str(llm_dir), "config": {"pooling": "mean", "max_text_length": 16, "adapter_depth": 1}}
+    return {**CLIP, "model": {**CLIP["model"], "text": text}, "text_cache": {"enabled": False}}
+
+
 TWO_STEPS = {"max_steps": 2, "save_strategy": "no", "report_to": [], "disable_tqdm": True}
 
 
@@ -217,7 +290,7 @@ def llm_dir(tmp_path_factory):
 
 
 RUNS = ["mae_ddp", "mae_fsdp", "mae_fsdp_from_fsdp", "mae_fsdp_from_ddp", "mae_ddp_from_fsdp", "mae_fsdp_checkpointing",
-        "mae_corrupt", "clip_ddp", "clip_fsdp", "hashtag_ddp", "hashtag_fsdp", "distill_ddp", "distill_fsdp",
+        "mae_corrupt", "clip_ddp", "clip_fsdp", "mae_ga_ddp", "mae_ga_fsdp", "clip_llm_ddp", "clip_llm_fsdp", "hashtag_ddp", "hashtag_fsdp", "distill_ddp", "distill_fsdp",
         "mntp_ddp", "mntp_fsdp", "simcse_ddp", "simcse_fsdp"]
 
 
@@ -250,6 +323,13 @@ def chained(tmp_path_factory, llm_dir):
          "--output-dir", out["clip_fsdp"]],
     ]
     for kind, extra in (("ddp", {}), ("fsdp", FSDP)):
+        commands.append(["train", "mae", "--config", write(folder, f"mae_ga_{kind}", with_training(
+            MAE, max_steps=GA_STEPS, gradient_accumulation_steps=2, save_strategy="no", **extra)),
+            "--output-dir", out[f"mae_ga_{kind}"]])
+    for kind, extra in (("ddp", {}), ("fsdp", FSDP)):
+        commands.append(["train", "clip", "--config", write(folder, f"clip_llm_{kind}", with_training(
+            llm2clip_config(llm_dir), **extra)), "--output-dir", out[f"clip_llm_{kind}"]])
+    for kind, extra in (("ddp", {}), ("fsdp", FSDP)):
         hashtag = {**HASHTAG, "model": {"from_pretrained": out["mae_ddp"]},
                    "training": {**HASHTAG["training"], **extra, "output_dir": out[f"hashtag_{kind}"]}}
         distill = {
@@ -271,7 +351,7 @@ def chained(tmp_path_factory, llm_dir):
             commands.append(["train", stage, "--config", write(folder, f"{stage}_{kind}", config)])
         simcse_command = ["train", "simcse", "--config", write(folder, f"simcse_{kind}", simcse)]
         commands.append(simcse_command)
-    order = RUNS[:9] + ["hashtag_ddp", "distill_ddp", "mntp_ddp", "simcse_ddp", "hashtag_fsdp", "distill_fsdp",
+    order = RUNS[:13] + ["hashtag_ddp", "distill_ddp", "mntp_ddp", "simcse_ddp", "hashtag_fsdp", "distill_fsdp",
                         "mntp_fsdp", "simcse_fsdp"]
     records = run_worker(folder, "chained", commands)
     assert [len(record["runs"]) for record in records] == [len(order)] * 2  # one trainer per run
@@ -455,6 +535,38 @@ def test_non_reentrant_gradient_checkpointing_under_fsdp_gives_the_same_losses(c
     _, runs = chained
     got, want = losses(runs["mae_fsdp_checkpointing"]), losses(runs["mae_fsdp"])
     assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6
+
+
+def test_fsdp_checkpoints_are_gathered_on_and_read_by_rank_0_only(chained):
+    _, runs = chained
+    # saving (2 checkpoints + the final model): rank 0 receives the full states, rank 1 nothing
+    zero, one = (r["counts"] for r in runs["mae_fsdp"])
+    print(f"full tensors gathered per rank: {zero['full_optimizer_tensors']} / {one['full_optimizer_tensors']} "
+          f"(optimizer), {zero['full_model_tensors']} / {one['full_model_tensors']} (model)")
+    assert zero["full_optimizer_tensors"] > 0 and zero["full_model_tensors"] > 0
+    assert one["full_optimizer_tensors"] == 0 and one["full_model_tensors"] == 0
+    # resuming under FSDP2 (from FSDP2 or DDP): rank 0 alone reads the weights and the optimizer state
+    for name in ("mae_fsdp_from_fsdp", "mae_fsdp_from_ddp"):
+        zero, one = (r.get("loaded", []) for r in runs[name])
+        assert {"model.safetensors", "optimizer.pt", "scheduler.pt"} <= set(zero), (name, zero)
+        assert "optimizer.pt" not in one and "model.safetensors" not in one, (name, one)
+    assert "optimizer.pt" in runs["mae_ddp_from_fsdp"][1]["loaded"]  # DDP: every rank loads (the Trainer's way)
+
+
+def test_sharded_model_and_optimizer_are_released_after_training(chained):
+    _, runs = chained
+    for name in ("mae_fsdp", "mae_ga_fsdp", "mntp_fsdp", "clip_fsdp", "clip_llm_fsdp"):
+        for rank in runs[name]:
+            assert rank["plain_after_train"], name
+            assert rank["accelerator_refs"] == 0, name
+            print(f"{name}: {rank['live_dtensors']} sharded tensors alive after train() "
+                  f"({rank['sharding']['dtensors']} sharded parameters)")
+            if name.startswith("clip"):
+                # the CLIP stage's own `save_artifacts` closure still holds the model object it built (for its
+                # config) until the stage returns: at most its sharded parameters, no optimizer state
+                assert rank["live_dtensors"] <= rank["sharding"]["dtensors"], name
+            else:
+                assert rank["live_dtensors"] == 0, name
 
 
 def test_corrupt_sample_on_one_rank_is_skipped_and_both_ranks_take_the_same_steps(chained):

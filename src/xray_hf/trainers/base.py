@@ -9,6 +9,7 @@ JSON, restored on resume so the loader continues with the batch that followed th
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,14 +23,28 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import reissue_pt_warnings
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .fsdp import (
-    FSDPSettings, fsdp_settings, full_model_state, full_optimizer_state, is_sharded, meta_copy, prepare_optimizer,
-    shard_model, unshard_into,
+    FSDPSettings,
+    fsdp_settings,
+    full_model_state,
+    full_optimizer_state,
+    is_sharded,
+    load_full_model_state,
+    load_full_optimizer_state,
+    meta_copy,
+    shard_model,
+    unshard_into,
 )
 from .optim import OPTIMIZERS, build_optimizer, param_groups
-from .resume import DATA_STATE_NAME, ResumableLoader, last_complete_checkpoint, load_data_state, save_data_state
-
+from .resume import (
+    DATA_STATE_NAME,
+    ResumableLoader,
+    last_complete_checkpoint,
+    load_data_state,
+    save_data_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +89,14 @@ class FSDPTrainerMixin:
     accelerate is told nothing about FSDP (on CPU it would silently run DDP, on GPUs wrap the model its own way);
     the model is sharded in place just before the optimizer is created, and marked prepared so that accelerate
     does not wrap it in DDP. Checkpoints hold full tensors in an unsharded run's layout (a DDP checkpoint resumes
-    under FSDP2 and the other way round). After `train()` the model is a plain module with the full trained weights
-    on every rank again, so what runs after training (saving, evaluation on one rank, merging LoRA) is unchanged;
-    a later `train()` shards it again with a new optimizer (resume from a checkpoint to keep optimizer state).
+    under FSDP2 and the other way round), gathered to rank 0's CPU one tensor at a time when saving and broadcast
+    from rank 0's CPU one tensor at a time when resuming, so no device holds a full optimizer state. Gradient
+    accumulation reduce-scatters once per optimizer step (`set_requires_gradient_sync`, which accelerate's `no_sync`
+    does not call for a model it did not shard). After `train()` the model is a plain module with the full trained
+    weights on every rank again, so what runs after training (saving, evaluation on every rank or one, merging
+    LoRA) is unchanged; the sharded model, the optimizer and the accelerator's references to them are released
+    first. A later `train()` shards it again with a new optimizer (resume from a checkpoint to keep optimizer
+    state).
     """
 
     fsdp: FSDPSettings | None = None
@@ -86,6 +106,8 @@ class FSDPTrainerMixin:
         self.fsdp = fsdp_settings(self.args)
         if self.fsdp is None:
             return super().create_accelerator_and_postprocess()
+        if self.args.save_on_each_node:
+            raise ValueError("FSDP2 checkpoints are gathered on rank 0 alone: save_on_each_node is not supported")
         if self.fsdp.activation_checkpointing:
             raise ValueError("fsdp_config activation_checkpointing is FSDP1's wrapper; set the training argument "
                              "gradient_checkpointing: true (non-reentrant here) instead")
@@ -114,11 +136,7 @@ class FSDPTrainerMixin:
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         self.shard_for_fsdp()
-        optimizer = super().create_optimizer(model)
-        if is_sharded(self.model) and not getattr(optimizer, "_xray_full_state_loading", False):
-            prepare_optimizer(optimizer)  # resuming loads full states (from DDP or FSDP2) into shards
-            optimizer._xray_full_state_loading = True
-        return optimizer
+        return super().create_optimizer(model)
 
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
@@ -131,8 +149,12 @@ class FSDPTrainerMixin:
             return
         model = unshard_into(self.model, self._fsdp_frame)
         self._fsdp_frame = None
+        # drop every reference the Trainer, its callbacks and the accelerator keep to the sharded model, its
+        # optimizer (the sharded state) and scheduler, so that only the plain model stays in memory
         self.model = self.model_wrapped = self.callback_handler.model = model
-        self.optimizer = self.lr_scheduler = None  # they hold the shards
+        self.optimizer = self.lr_scheduler = None
+        self.callback_handler.optimizer = self.callback_handler.lr_scheduler = None
+        self.accelerator.free_memory()
 
     def _load_best_model(self) -> None:
         self._unshard_model()  # then the Trainer loads the best checkpoint's full weights as usual
@@ -140,13 +162,55 @@ class FSDPTrainerMixin:
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is None and is_sharded(self.model):
-            state_dict = full_model_state(self.model)  # every rank gathers, rank 0 writes
+            state_dict = full_model_state(self.model)  # every rank gathers a tensor at a time, rank 0 keeps it
         super()._save(output_dir, state_dict)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        """Under FSDP2, a checkpoint's `model.safetensors` (or its shards) is read by rank 0 alone, on the CPU, and
+        broadcast one tensor at a time into the sharded model; other checkpoints (a LoRA adapter) load as usual."""
+        files = self._full_weight_files(resume_from_checkpoint)
+        if self.fsdp is None or model is not None or not files:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        self.shard_for_fsdp()
+        state = None
+        if dist.get_rank() == 0:
+            state = {}
+            for path in files:
+                state.update(load_file(path, device="cpu"))
+        load_full_model_state(self.model, state)
+
+    @staticmethod
+    def _full_weight_files(folder: str) -> list[str]:
+        single, index = os.path.join(folder, SAFE_WEIGHTS_NAME), os.path.join(folder, SAFE_WEIGHTS_INDEX_NAME)
+        if os.path.isfile(single):
+            return [single]
+        if os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                return [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
+        return []
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        """Under FSDP2, rank 0 alone reads `optimizer.pt` (memory-mapped, on the CPU) and every rank receives its
+        shards one tensor at a time: the Trainer would load the full state onto every device (`map_location`)."""
+        if checkpoint is None or not is_sharded(self.model):
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        optimizer_file, scheduler_file = (os.path.join(checkpoint, name) for name in (OPTIMIZER_NAME, SCHEDULER_NAME))
+        if not (os.path.isfile(optimizer_file) and os.path.isfile(scheduler_file)):
+            return  # as the Trainer: a checkpoint without them starts a fresh optimizer
+        state = None
+        if dist.get_rank() == 0:
+            state = torch.load(optimizer_file, map_location="cpu", weights_only=True, mmap=True)
+        load_full_optimizer_state(self.model, self.optimizer, state)
+        with warnings.catch_warnings(record=True) as caught_warnings:
+            self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
+        reissue_pt_warnings(caught_warnings)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         if not is_sharded(self.model):
             return super()._save_optimizer_and_scheduler(output_dir)
-        state = full_optimizer_state(self.optimizer)  # every rank gathers: an unsharded run's layout
+        state = full_optimizer_state(self.model, self.optimizer)  # on rank 0 only: an unsharded run's layout
         if self.args.should_save:
             torch.save(state, os.path.join(output_dir, OPTIMIZER_NAME))
             with warnings.catch_warnings(record=True) as caught_warnings:

@@ -12,13 +12,29 @@ nothing about FSDP (it would otherwise wrap the model again):
 - 0-d parameters (CLIP's `logit_scale`), which `fully_shard` refuses, stay replicated as DDP keeps every parameter:
   equal on every rank and their gradient averaged over the ranks in backward;
 - checkpoints hold full, unsharded tensors in the layout of an unsharded run (`full_model_state`,
-  `full_optimizer_state`, `shard_optimizer_state`), so a DDP checkpoint resumes under FSDP2 and the other way round,
-  and the saved model is a plain `from_pretrained` directory.
+  `full_optimizer_state`; `load_full_model_state`, `load_full_optimizer_state`), so a DDP checkpoint resumes under
+  FSDP2 and the other way round, and the saved model is a plain `from_pretrained` directory. They go through
+  `torch.distributed.checkpoint.state_dict` one tensor at a time: saving gathers each tensor (every rank briefly holds
+  that one full tensor on its device) and keeps it on rank 0's CPU only (`cpu_offload`); resuming, rank 0 alone
+  reads the files on its CPU (`optimizer.pt` memory-mapped) and broadcasts each tensor, of which every rank keeps
+  its shard (`broadcast_from_rank0`). Parameter names map to an unsharded optimizer's indices (`param_groups` order).
 
-At scale (tens of billions of parameters) one would save sharded checkpoints with `torch.distributed.checkpoint`
-(DCP: every rank writes its shards, no full tensor on any rank) and build the model on the `meta` device before
-sharding; at the sizes of the XrayVisual presets (evit-2b: 2B parameters, 8 GB in fp32) full tensors on rank 0 are
-affordable and keep checkpoints interchangeable between DDP, FSDP2 and one process.
+What the full-state path costs, for evit-2b (2.0B parameters, AdamW) on N GPUs: rank 0's host memory holds the
+full model (7.6 GiB) and then the full optimizer state (15.1 GiB) while it writes a checkpoint, and the same while it
+reads one; the devices never hold more than their shards plus one full tensor (at most a block's largest matrix,
+under 0.16 GiB). After `train()` every rank gets the plain full fp32 model back (7.6 GiB per GPU for evit-2b, less
+than training's peak): the code after training (evaluation on every rank, saving, merging LoRA) needs a plain model,
+and the sharded model, its optimizer state and the accelerator's references are released first (the trainers do
+not keep them; a stage that keeps its own reference to the model object keeps at most its 1/N parameter shards).
+
+At larger scale (tens of billions of parameters, or host memory below the full optimizer state) one would save
+sharded checkpoints with `torch.distributed.checkpoint` instead (DCP: `dcp.save(get_state_dict(model, optimizer))`,
+every rank writing its own shards in parallel, no full tensor on any rank and no rank-0 host peak; `dcp.load`
+reshards to another world size), convert to a `from_pretrained` directory offline
+(`torch.distributed.checkpoint.format_utils.dcp_to_torch_save`), build the model on the `meta` device before
+sharding (no full model on any rank at start) and keep it sharded after training (evaluation through the sharded
+model on every rank). At the sizes of the XrayVisual presets full tensors on rank 0 are affordable and keep
+checkpoints interchangeable between DDP, FSDP2 and one process.
 """
 
 from __future__ import annotations
@@ -132,7 +148,11 @@ def shard_model(model: nn.Module, settings: FSDPSettings | None = None, device: 
     gather it as `forward` does. Needs an initialised process group; `device` (default: the first parameter's)
     chooses the mesh (CPU: gloo, CUDA: NCCL)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    from torch.distributed.fsdp import (
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     settings = settings or FSDPSettings()
     if not dist.is_initialized():
@@ -182,61 +202,108 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
+def _inner(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer behind accelerate's `AcceleratedOptimizer` (whose `step` may skip during accumulation)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The name of every parameter of `optimizer`, in the order of its `param_groups`: position i is the parameter an
+    unsharded run's `optimizer.state_dict()` calls i (a tied parameter under its first name, as torch's
+    `torch.distributed.checkpoint.state_dict` names it)."""
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters():
+        names.setdefault(id(param), name)
+    return [names[id(param)] for group in optimizer.param_groups for param in group["params"]]
+
+
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded `state_dict` of a sharded model, on the CPU, on rank 0 (empty elsewhere). Collective: every
-    rank calls it. Tied entries share one tensor, as in the unsharded model, so `save_pretrained` sees the tie."""
+    """The unsharded `state_dict` of a sharded model, on the CPU of rank 0 (empty elsewhere): torch's
+    `get_model_state_dict(full_state_dict=True, cpu_offload=True)` gathers one tensor at a time, so no rank holds
+    more than one full tensor on its device and only rank 0 the full state (on the CPU). Collective: every rank calls
+    it. Tied entries share one tensor, as in the unsharded model, so `save_pretrained` sees the tie."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
+
     _reshard_all(model)
-    keep = dist.get_rank() == 0
-    full: dict[int, torch.Tensor] = {}
-    state = {}
-    for key, value in model.state_dict().items():
-        if id(value) not in full:
-            gathered = _full(value).detach()
-            full[id(value)] = gathered.cpu() if keep else gathered.new_empty(0)
-        if keep:
-            state[key] = full[id(value)]
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return {}
+    first: dict[int, str] = {}
+    for key, value in model.state_dict(keep_vars=True).items():
+        owner = first.setdefault(id(value), key)
+        if owner != key and owner in state:
+            state[key] = state[owner]
     return state
 
 
-def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """`optimizer.state_dict()` with every sharded state tensor gathered: the layout an unsharded run saves (states
-    keyed by parameter index, each the parameter's full shape). Collective: every rank calls it."""
-    state = optimizer.state_dict()  # its per-parameter dicts are the optimizer's own: build new ones
-    state["state"] = {index: {key: _full(value).detach().cpu() if torch.is_tensor(value) else value
-                              for key, value in sorted(state["state"][index].items())}
-                      for index in sorted(state["state"])}
-    return state
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Load a full (unsharded) `state_dict` held by rank 0 only (on its CPU; `None` elsewhere) into a sharded model:
+    torch's `set_model_state_dict(broadcast_from_rank0=True)` sends one tensor at a time and every rank keeps its
+    shard. Entries the state lacks (a tied weight saved once) keep their values. Collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+    )
+
+    set_model_state_dict(model, (state or {}) if dist.get_rank() == 0 else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
 
 
-def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `full_optimizer_state` for `optimizer` over sharded parameters: every state tensor of a
-    parameter's full shape becomes a DTensor laid out as the parameter (each rank keeps its own shard; no
-    communication). A full state from DDP, FSDP2 or one process loads alike."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state of a sharded model in the layout an unsharded run saves (`optimizer.state_dict()`:
+    states keyed by parameter index, each tensor of the parameter's full shape), on the CPU of rank 0 (empty
+    elsewhere). torch's `get_optimizer_state_dict(full_state_dict=True, cpu_offload=True)` gathers one tensor at a
+    time and keeps the result on rank 0 only; its parameter names become indices again. Collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+    )
 
-    saved = [index for group in state["param_groups"] for index in group["params"]]
-    params = [param for group in optimizer.param_groups for param in group["params"]]
-    if len(saved) != len(params):
-        raise ValueError(f"the optimizer state holds {len(saved)} parameters, the optimizer {len(params)}")
-    for index, param in zip(saved, params):
-        entry = state["state"].get(index)
-        if entry is None or not isinstance(param, DTensor):
-            continue
-        for key, value in entry.items():
-            if torch.is_tensor(value) and not isinstance(value, DTensor) and value.shape == param.shape:
-                entry[key] = distribute_tensor(value.to(param.device), param.device_mesh, param.placements,
-                                               src_data_rank=None)
-    return state
+    optimizer = _inner(optimizer)
+    state = get_optimizer_state_dict(model, optimizer,
+                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return {}
+    index = {name: i for i, name in enumerate(_parameter_names(model, optimizer))}
+    return {
+        "state": {index[name]: dict(sorted(entry.items()))
+                  for name, entry in sorted(state["state"].items(), key=lambda item: index[item[0]])},
+        "param_groups": [{**group, "params": [index[name] for name in group["params"]]}
+                         for group in state["param_groups"]],
+    }
 
 
-def _shard_loaded_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
-    return shard_optimizer_state(optimizer, state)
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any] | None) -> None:
+    """The inverse of `full_optimizer_state`: `state` (an unsharded run's `optimizer.state_dict()`, from DDP, FSDP2 or
+    one process) is read by rank 0 only (on its CPU; `None` elsewhere); torch's
+    `set_optimizer_state_dict(full_state_dict=True, broadcast_from_rank0=True)` sends it one tensor at a time and
+    every rank keeps the shards of its parameters, so no device ever holds the full state. Collective."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
-
-def prepare_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Let `optimizer` (over sharded parameters) load full states (`load_state_dict`, as the Trainer resumes)."""
-    optimizer.register_load_state_dict_pre_hook(_shard_loaded_state)
-    return optimizer
+    optimizer = _inner(optimizer)
+    names = _parameter_names(model, optimizer)
+    error, named = None, {}
+    if dist.get_rank() == 0:
+        saved = [index for group in state["param_groups"] for index in group["params"]]
+        if len(saved) != len(names):
+            error = f"the optimizer state holds {len(saved)} parameters, the optimizer {len(names)}"
+        else:
+            name = dict(zip(saved, names))
+            named = {"state": {name[index]: entry for index, entry in state["state"].items()},
+                     "param_groups": [{**group, "params": [name[index] for index in group["params"]]}
+                                      for group in state["param_groups"]]}
+    verdict = [error]
+    dist.broadcast_object_list(verdict, src=0)  # every rank raises, none waits for a broadcast that never comes
+    if verdict[0] is not None:
+        raise ValueError(verdict[0])
+    set_optimizer_state_dict(model, optimizer, named,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False))
 
 
 # --------------------------------------------------------------------------------------- back to a plain model
@@ -276,6 +343,6 @@ def unshard_into(sharded: nn.Module, frame: nn.Module) -> nn.Module:
 
 __all__ = [
     "FORWARD_METHODS", "FSDPSettings", "frozen_subtrees", "fsdp_settings", "full_model_state", "full_optimizer_state",
-    "is_sharded", "meta_copy", "no_split_classes", "prepare_optimizer", "shard_model", "shard_optimizer_state",
+    "is_sharded", "load_full_model_state", "load_full_optimizer_state", "meta_copy", "no_split_classes", "shard_model",
     "transformer_blocks", "unshard_into",
 ]
