@@ -535,6 +535,12 @@ def test_non_reentrant_gradient_checkpointing_under_fsdp_gives_the_same_losses(c
     _, runs = chained
     got, want = losses(runs["mae_fsdp_checkpointing"]), losses(runs["mae_fsdp"])
     assert max(abs(a - b) for a, b in zip(got, want)) < 1e-6
+    # checkpointing was on: the flag, and every block's forward runs twice per step (recomputed in backward)
+    for on, off in zip(runs["mae_fsdp_checkpointing"], runs["mae_fsdp"]):
+        assert on["sharding"]["checkpointing"] and not off["sharding"]["checkpointing"]
+        calls = [run["counts"]["block_calls"] / len(run["steps"]) for run in (on, off)]
+        print(f"block forwards per step: {calls[0]:.0f} with checkpointing, {calls[1]:.0f} without")
+        assert calls == [6, 3]  # 2 encoder + 1 decoder blocks
 
 
 def test_fsdp_checkpoints_are_gathered_on_and_read_by_rank_0_only(chained):

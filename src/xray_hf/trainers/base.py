@@ -138,6 +138,15 @@ class FSDPTrainerMixin:
         self.shard_for_fsdp()
         return super().create_optimizer(model)
 
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
+        if is_sharded(model):
+            # The Trainer sets `sync_gradients` before each micro-batch (True on the last of an accumulation group)
+            # and wraps the others in `accelerator.no_sync`, which does nothing for a model accelerate did not shard:
+            # FSDP2 would reduce-scatter every micro-batch. Unsynced micro-batches accumulate unsharded gradients.
+            plugin = self.accelerator.gradient_state.plugin_kwargs
+            model.set_requires_gradient_sync(self.accelerator.sync_gradients or plugin.get("sync_each_batch", False))
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def train(self, *args: Any, **kwargs: Any):
         output = super().train(*args, **kwargs)
         self._unshard_model()
