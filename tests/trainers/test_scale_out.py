@@ -575,6 +575,31 @@ def test_sharded_model_and_optimizer_are_released_after_training(chained):
                 assert rank["live_dtensors"] == 0, name
 
 
+def test_gradient_accumulation_under_fsdp_matches_ddp_and_reduces_once_per_step(chained):
+    folder, runs = chained
+    ddp, fsdp = runs["mae_ga_ddp"], runs["mae_ga_fsdp"]
+    for rank in (0, 1):
+        assert fsdp[rank]["global_step"] == GA_STEPS and len(fsdp[rank]["steps"]) == 2 * GA_STEPS
+        assert [s["ids"] for s in fsdp[rank]["steps"]] == [s["ids"] for s in ddp[rank]["steps"]]
+        difference = max(abs(a["loss"] - b["loss"]) for a, b in zip(fsdp[rank]["steps"], ddp[rank]["steps"]))
+        print(f"gradient accumulation 2, rank {rank}: max |FSDP2 - DDP| micro-batch loss = {difference:.2e}")
+        assert difference < 1e-5
+    saved = [load_file(folder / name / "model.safetensors") for name in ("mae_ga_ddp", "mae_ga_fsdp")]
+    assert saved[0].keys() == saved[1].keys()
+    weights = max((saved[0][k] - saved[1][k]).abs().max().item() for k in saved[0])
+    print(f"gradient accumulation 2: max |FSDP2 - DDP| weight = {weights:.2e}")
+    assert weights < 1e-5
+    # one reduce-scatter per unit (3 blocks and the root) per optimizer step, not per micro-batch: as without
+    # accumulation
+    for ga, plain in zip(fsdp, runs["mae_fsdp"]):
+        units = len(ga["sharding"]["units"])
+        print(f"reduce-scatters: {ga['counts']['reduce_scatter']} over {GA_STEPS} steps of 2 micro-batches, "
+              f"{plain['counts']['reduce_scatter']} over {STEPS} steps without accumulation ({units} units)")
+        assert ga["counts"]["reduce_scatter"] == units * GA_STEPS
+        assert plain["counts"]["reduce_scatter"] == units * STEPS
+    assert "reduce_scatter" not in ddp[0].get("counts", {})
+
+
 def test_corrupt_sample_on_one_rank_is_skipped_and_both_ranks_take_the_same_steps(chained):
     _, runs = chained
     ranks = runs["mae_corrupt"]
