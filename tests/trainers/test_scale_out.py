@@ -600,6 +600,35 @@ def test_gradient_accumulation_under_fsdp_matches_ddp_and_reduces_once_per_step(
     assert "reduce_scatter" not in ddp[0].get("counts", {})
 
 
+def test_llm2clip_under_fsdp_keeps_the_frozen_llm_apart_and_matches_ddp(chained, llm_dir):
+    folder, runs = chained
+    ddp, fsdp = runs["clip_llm_ddp"], runs["clip_llm_fsdp"]
+    sharding = fsdp[0]["sharding"]
+    assert sharding["units"].count("FSDPLlamaDecoderLayer") == 2 and "FSDPLlamaModel" in sharding["units"]
+    assert sharding["units"][0] == "FSDPXrayCLIPModel"
+    # issue 12's rule: no unit mixes frozen and trainable parameters; the LLM's units are frozen, the root trains
+    assert all(len(unit) == 1 for unit in sharding["unit_trainable"]), sharding
+    units = dict(zip(sharding["units"], sharding["unit_trainable"]))
+    assert units["FSDPLlamaModel"] == [False] and units["FSDPLlamaDecoderLayer"] == [False]
+    assert units["FSDPXrayCLIPModel"] == [True] and units["FSDPXrayVisualLayer"] == [True]
+    for rank in fsdp + ddp:
+        assert rank["frozen_params"] > 0 and rank["frozen_with_grad"] == 0
+    for rank in (0, 1):
+        got, want = [s["loss"] for s in fsdp[rank]["steps"]], [s["loss"] for s in ddp[rank]["steps"]]
+        difference = max(abs(a - b) for a, b in zip(got, want))
+        print(f"LLM2CLIP rank {rank}: max |FSDP2 - DDP| loss = {difference:.2e} over {len(got)} steps")
+        assert len(got) == 3 and difference < 1e-5
+    # the frozen LLM is saved unchanged, the adapter trained
+    llm = LlamaForCausalLM.from_pretrained(llm_dir).model.state_dict()
+    clip = XrayCLIPModel.from_pretrained(folder / "clip_llm_fsdp")
+    for name, value in clip.text_model.llm.state_dict().items():
+        assert torch.equal(value, llm[name]), name
+    ddp_model = XrayCLIPModel.from_pretrained(folder / "clip_llm_ddp")  # the adapter trained as under DDP
+    for (name, value), other in zip(clip.text_model.adapter.state_dict().items(),
+                                    ddp_model.text_model.adapter.state_dict().values()):
+        torch.testing.assert_close(value, other, atol=1e-5, rtol=0, msg=name)
+
+
 def test_corrupt_sample_on_one_rank_is_skipped_and_both_ranks_take_the_same_steps(chained):
     _, runs = chained
     ranks = runs["mae_corrupt"]
