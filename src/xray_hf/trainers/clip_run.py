@@ -272,8 +272,10 @@ def prepare_clip(run: RunContext) -> StageRun:
         tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column,
     )
 
+    config = model.config  # not the model: a closure over it would keep an FSDP2-sharded copy alive after training
+
     def save_artifacts(trainer: CLIPTrainer, results: dict, output_dir: str) -> None:
-        save_clip_processor(run, model.config, tokenizer, output_dir)
+        save_clip_processor(run, config, tokenizer, output_dir)
 
     return StageRun(trainer, results={"slip": slip, "text_cache": isinstance(text_inputs, CachedTexts)},
                     after_training=evaluate_after_training, save_artifacts=save_artifacts)
