@@ -289,7 +289,8 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
         if resume_from_checkpoint is True:
             resume_from_checkpoint = last_complete_checkpoint(self.args.output_dir)
             if resume_from_checkpoint is None:
-                raise ValueError(f"no complete checkpoint found in output_dir {self.args.output_dir!r}")
+                raise ValueError(f"no checkpoint found in output_dir {self.args.output_dir!r} (a save that did not "
+                                 "finish does not count)")
         if resume_from_checkpoint and self.train_loader is not None:
             self.train_loader.load_state_dict(load_data_state(resume_from_checkpoint, self.args.process_index))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
