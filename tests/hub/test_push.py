@@ -266,3 +266,31 @@ def test_processors_push_to_hub_carry_remote_code_and_auto_map(hub_server, clip_
     assert json.loads(stored["video_preprocessor_config.json"])["auto_map"] == {
         "AutoVideoProcessor": "processing_video_processing.XrayVisualVideoProcessor"}
     assert {"processing_video_processing.py", "processing_image_processing.py"} <= set(stored)
+
+
+def test_trainer_push_to_hub_uploads_like_xray_hf_push(hub_server, tmp_path):
+    """`trainer.push_to_hub()` after training (the transformers idiom) uploads the model with remote code and a card
+    and none of the training state; a bare `hub_model_id` goes to the token's namespace."""
+    from xray_hf import XrayVisualForPreTraining
+    from xray_hf.trainers.mae import MAETrainer, MAETrainingArguments
+
+    config = XrayVisualConfig.from_preset("tiny", image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
+                                          decoder_num_hidden_layers=1, decoder_num_attention_heads=2)
+    torch.manual_seed(0)
+    args = MAETrainingArguments(output_dir=str(tmp_path / "mae"), max_steps=2, save_steps=1, report_to=[],
+                                disable_tqdm=True, hub_model_id="trained-mae", use_cpu=True)
+    batches = [{"pixel_values": torch.randn(2, 3, 16, 16)} for _ in range(2)]
+    trainer = MAETrainer(model=XrayVisualForPreTraining(config), args=args, train_dataset=batches,
+                         data_collator=lambda rows: rows[0])
+    trainer.train()
+    url = trainer.push_to_hub()
+    assert url == f"{hub_server.url}/alice/trained-mae"
+    stored = hub_server.files("alice/trained-mae")
+    assert {"config.json", "model.safetensors", "README.md", "modeling_mae.py", "configuration_visual.py"} <= set(stored)
+    assert not any(path.startswith(("checkpoint-", "optimizer", "trainer_state", "training_args")) for path in stored)
+    loaded = AutoModel.from_pretrained("alice/trained-mae")
+    pixels = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        expected = trainer.model.xray_visual(pixels).pooler_output
+        assert torch.allclose(loaded(pixels).pooler_output, expected, atol=1e-6)

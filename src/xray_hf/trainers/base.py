@@ -304,6 +304,30 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
             self.accelerator.wait_for_everyone()
         super()._save_checkpoint(model, trial)
 
+    # ------------------------------------------------------------------- hub
+    def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
+                    token: str | None = None, revision: str | None = None, private: bool | None = None,
+                    **kwargs: Any) -> str | None:
+        """Save the model and upload `output_dir` as `xray-hf push` does (`xray_hf.hub.push_checkpoint`): weights,
+        config, processor files, the model card and self-contained remote code, none of the training state. The repo
+        is `args.hub_model_id` (a bare name goes to the token's namespace). Returns its URL on the main process.
+        (`hub_strategy` pushes of checkpoints during training are the Trainer's own and carry no remote code.)"""
+        from huggingface_hub import HfApi
+
+        from ..hub import push_checkpoint
+
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        token = token if token is not None else self.args.hub_token
+        repo_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        if "/" not in repo_id:
+            repo_id = f"{HfApi(token=token).whoami()['name']}/{repo_id}"
+        return push_checkpoint(
+            self.args.output_dir, repo_id, private=bool(self.args.hub_private_repo if private is None else private),
+            revision=revision or self.args.hub_revision, commit_message=commit_message, token=token,
+        )
+
     def record_terms(self, values: dict[str, torch.Tensor]) -> None:
         """Add named per-step values (loss terms, the logit scale) to sums kept as tensors (no device sync per step);
         the next training log reports their means."""
