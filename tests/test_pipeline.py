@@ -36,7 +36,7 @@ def test_shipped_pipeline_layers_each_stage_over_its_own_config():
         assert section["training"]["output_dir"] == f"{{output}}/{name}"
         base = load_run_config(CONFIGS / f"{name}_tiny.yaml")
         assert section["data"] == base["data"]  # what the pipeline does not change comes from the stage config
-        assert section["training"]["max_steps"] < base["training"]["max_steps"]
+        assert section["training"]["max_steps"] <= base["training"]["max_steps"]
     assert config["stages"]["clip"]["model"]["vision"]["from_pretrained"] == "{output}/hashtag"
     assert config["stages"]["clip"]["model"]["text"] == load_run_config(CONFIGS / "clip_tiny.yaml")["model"]["text"]
     steps = build_steps(config)
