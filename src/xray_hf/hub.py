@@ -181,9 +181,9 @@ def prepare_for_upload(directory: str | os.PathLike, repo_id: str, replace_defau
         build_card(directory, repo_id).save(readme)
 
 
-def prepare_processor_for_upload(directory: str | os.PathLike) -> None:
+def prepare_processor_for_upload(directory: str | os.PathLike, repo_id: str | None = None) -> None:
     """Add the processing modules (remote code) and `auto_map` to a folder holding a processor saved on its own (what
-    the processors' `push_to_hub` uploads). The model card transformers wrote there is kept."""
+    the processors' `push_to_hub` uploads; `repo_id` is unused). The model card transformers wrote there is kept."""
     from .remote_code import export_remote_code
 
     export_remote_code(directory, processors_only=True)

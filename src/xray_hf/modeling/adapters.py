@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..configuration.adapters import XrayLinearAdapterConfig
-from .hub_mixin import XrayHubMixin
+from ..hub_mixin import XrayHubMixin
 
 ADAPTERS_DIR = "adapters"
 # logit bias of a class that never occurred in the fit: below any fitted class, finite so softmax stays exact

@@ -27,7 +27,7 @@ from .compression import (
     XrayEmbeddingCompression,
     init_compression_weights,
 )
-from .hub_mixin import XrayHubMixin
+from ..hub_mixin import XrayHubMixin
 from .llm2clip import XrayLLM2CLIPTextModel
 from .outputs import XrayCLIPOutput, XrayVisualModelOutput
 from .text import XrayTextModel, XrayTextModelOutput

@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration.text import XrayLLM2CLIPTextConfig
 from .checkpointing import NonReentrantCheckpointingMixin
-from .hub_mixin import XrayHubMixin
+from ..hub_mixin import XrayHubMixin
 from .text import XrayTextModelOutput
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 

@@ -40,7 +40,7 @@ from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
 from ..configuration.semantic_ids import XraySemanticIDConfig
-from .hub_mixin import XrayHubMixin
+from ..hub_mixin import XrayHubMixin
 
 DEFAULT_EPOCHS = 20
 

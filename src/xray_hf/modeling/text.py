@@ -17,7 +17,7 @@ from transformers.utils import ModelOutput
 
 from ..configuration.text import XrayTextConfig
 from .checkpointing import NonReentrantCheckpointingMixin
-from .hub_mixin import XrayHubMixin
+from ..hub_mixin import XrayHubMixin
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 
 

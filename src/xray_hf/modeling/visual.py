@@ -18,7 +18,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from ..configuration.visual import XrayVisualConfig
-from .hub_mixin import XrayHubMixin
+from ..hub_mixin import XrayHubMixin
 from .outputs import XrayVisualModelOutput
 from .token_reduction import evit_reorganize, size_bias, tome_merge
 

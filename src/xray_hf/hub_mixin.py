@@ -1,4 +1,5 @@
-"""`push_to_hub` for the package's models: the upload also carries the self-contained remote code and a model card.
+"""`push_to_hub` for the package's models (and, through `processing.hub_mixin`, its processors): the upload also
+carries the self-contained remote code and a model card.
 
 transformers' `PushToHubMixin.push_to_hub` (and `save_pretrained(..., push_to_hub=True)`) saves into a working folder,
 writes a README and hands the folder to `_upload_modified_files`; the hook adds the remote code (`auto_map` included)
@@ -14,7 +15,10 @@ from typing import Any
 
 
 class XrayHubMixin:
-    """Mixed into the package's `PreTrainedModel` bases, before `PreTrainedModel`."""
+    """Mixed into the package's `PreTrainedModel` bases, before `PreTrainedModel` (and, through
+    `XrayProcessorHubMixin`, into the processors)."""
+
+    _hub_prepare = "prepare_for_upload"  # the `xray_hf.hub` function that readies the folder: (folder, repo_id)
 
     def _upload_modified_files(self, working_dir: str | os.PathLike, repo_id: str, *args: Any, **kwargs: Any):
         try:
@@ -22,5 +26,5 @@ class XrayHubMixin:
         except ModuleNotFoundError:  # running as remote code: upload what transformers saved
             hub = None
         if hub is not None:
-            hub.prepare_for_upload(working_dir, repo_id)
+            getattr(hub, self._hub_prepare)(working_dir, repo_id)
         return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
