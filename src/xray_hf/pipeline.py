@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -194,6 +194,20 @@ class Pipeline:
             _write_atomic(self.path(STATE_FILE), json.dumps(self.state, indent=1, default=str))
 
 
+class PipelineStep(Protocol):
+    """One step of a pipeline: a name (its folder and report entry), the settings fingerprinted for reruns, the stages
+    it reads, whether every process of a launch runs it, and `run`, which returns its report entry."""
+
+    name: str
+    kind: str
+    every_rank: bool
+    parents: list[str]
+
+    def settings(self) -> Any: ...
+
+    def run(self, pipeline: Pipeline, progress: _Progress) -> dict[str, Any] | None: ...
+
+
 class TrainStep:
     """One training stage (`xray-hf train <stage>`), resumed from its last complete checkpoint."""
 
@@ -207,7 +221,7 @@ class TrainStep:
     def settings(self) -> Any:
         return self.section
 
-    def run(self, pipeline: Pipeline, progress: Any) -> dict[str, Any]:
+    def run(self, pipeline: Pipeline, progress: _Progress) -> dict[str, Any] | None:
         from .trainers.run import run_stage
 
         config = pipeline.resolve(self.section)
@@ -259,7 +273,7 @@ class SemanticIdsStep:
     def settings(self) -> Any:
         return self.spec
 
-    def run(self, pipeline: Pipeline, progress: Any) -> dict[str, Any]:
+    def run(self, pipeline: Pipeline, progress: _Progress) -> dict[str, Any] | None:
         from .semantic_ids import run_semantic_ids
 
         spec = dict(self.spec)
@@ -292,7 +306,7 @@ class EvalStep:
     def file_name(run: dict[str, Any]) -> str:
         return f"{run['model']}_{run['task']}_{run['dataset']}_{run.get('split', 'test')}.json"
 
-    def run(self, pipeline: Pipeline, progress: Any) -> dict[str, Any]:
+    def run(self, pipeline: Pipeline, progress: _Progress) -> dict[str, Any] | None:
         from .eval.run import run_eval
 
         results = []
@@ -355,9 +369,9 @@ def pipeline_parents(pipeline: Pipeline, name: str) -> list[str]:
     return parents
 
 
-def build_steps(config: dict[str, Any]) -> list[Any]:
+def build_steps(config: dict[str, Any]) -> list[PipelineStep]:
     """The pipeline's steps in order: every stage, then semantic IDs, then the evaluations."""
-    steps: list[Any] = [TrainStep(name, section) for name, section in config["stages"].items()]
+    steps: list[PipelineStep] = [TrainStep(name, section) for name, section in config["stages"].items()]
     if config.get("semantic_ids"):
         steps.append(SemanticIdsStep(config["semantic_ids"]))
     if config.get("evaluation"):
@@ -582,7 +596,7 @@ def _apply_restart(pipeline: Pipeline, names: list[str], restart: list[str]) -> 
     pipeline.save_state()
 
 
-def _check_finished(pipeline: Pipeline, steps: list[Any]) -> set[str]:
+def _check_finished(pipeline: Pipeline, steps: list[PipelineStep]) -> set[str]:
     """The steps a rerun keeps; a finished step whose settings changed since is an error naming it."""
     done: set[str] = set()
     for step in steps:
@@ -599,6 +613,6 @@ def _check_finished(pipeline: Pipeline, steps: list[Any]) -> set[str]:
 
 
 __all__ = [
-    "build_report", "build_steps", "last_complete_checkpoint", "load_pipeline_config", "plot_loss_curves",
+    "PipelineStep", "build_report", "build_steps", "load_pipeline_config", "plot_loss_curves",
     "preset_path", "render_report_md", "run_pipeline",
 ]
