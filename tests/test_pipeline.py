@@ -280,3 +280,27 @@ def test_pipeline_under_torchrun_trains_every_stage_on_both_ranks(tmp_path):
         ("zero-shot", "moving-shapes"), ("retrieval", "openmoji")}
     assert ModelCard.load(out / "clip" / "README.md").data.eval_results
     assert AutoModel.from_pretrained(out / "distill") is not None
+
+
+def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
+    """The commented-out variant of pipeline_tiny.yaml (MNTP and SimCSE before CLIP) resolves into valid stage
+    configs whose chain reaches the CLIP stage's parents."""
+    text = preset_path("tiny").read_text()
+    for line in ("  # mntp: {base: mntp_tiny.yaml}", '  # simcse: {base: simcse_tiny.yaml, model: {text: {from_pretrained: "{output}/mntp"}}}'):
+        assert line in text
+        text = text.replace(line, line.replace("# ", "", 1))
+    config = yaml.safe_load(text)
+    config["stages"]["clip"]["model"]["text"] = {"from_llm": None, "from_pretrained": "{output}/simcse"}
+    for name in ("mntp", "simcse", "clip"):  # base: paths are relative to the pipeline file
+        config["stages"][name]["base"] = str(CONFIGS / config["stages"][name]["base"])
+    for name in ("mae", "hashtag", "distill", "compress"):
+        config["stages"][name]["base"] = str(CONFIGS / config["stages"][name]["base"])
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    resolved = load_pipeline_config(path)
+    for name, section in resolved["stages"].items():
+        check_run_config(section, name)
+    steps = {step.name: step.parents for step in build_steps(resolved)}
+    assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
+    assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]
+    assert resolved["stages"]["clip"]["model"]["text"]["config"]["pooling"] == "mean"  # kept from clip_tiny.yaml

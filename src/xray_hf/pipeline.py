@@ -81,7 +81,7 @@ def _substitute(value: Any, output: str) -> Any:
 
 def _references(value: Any, own: str | None = None) -> list[str]:
     """The stage names a section reads from the run directory (`{output}/<stage>`; not its own output)."""
-    text = json.dumps(value, sort_keys=True)
+    text = json.dumps(value)  # in the order of the config: a stage's first parent is the one it names first
     found = re.findall(re.escape(OUTPUT) + r"/([A-Za-z0-9_-]+)", text)
     return [name for name in dict.fromkeys(found) if name != own]
 
