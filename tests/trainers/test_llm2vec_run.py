@@ -5,10 +5,14 @@ import copy
 
 import pytest
 import torch
-from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel
 
-from xray_hf import XrayCLIPModel, XrayLLM2CLIPTextModel, XrayVisualConfig, XrayVisualModel
-from xray_hf.convert import smollm2_tokenizer
+from xray_hf import (
+    XrayCLIPModel,
+    XrayLLM2CLIPTextModel,
+    XrayVisualConfig,
+    XrayVisualModel,
+)
 from xray_hf.trainers.llm2vec_run import TextDataSpec, item_texts
 from xray_hf.trainers.run import run_stage
 
@@ -16,19 +20,6 @@ DATA = {"sources": [{"name": "openmoji", "split": "train", "columns": ["caption"
         "max_length": 16}
 TRAINING = {"per_device_train_batch_size": 16, "learning_rate": 5e-3, "warmup_steps": 1, "logging_steps": 1,
             "save_strategy": "no", "report_to": [], "disable_tqdm": True, "use_cpu": True}
-
-
-@pytest.fixture(scope="module")
-def llm_dir(tmp_path_factory):
-    """A tiny LLaMA checkpoint with the SmolLM2 tokenizer beside it (what `from_llm` reads)."""
-    tokenizer = smollm2_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("llm")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def config(stage, output_dir, text, max_steps=8, **training):

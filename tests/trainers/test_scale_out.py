@@ -24,14 +24,13 @@ import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModel, LlamaForCausalLM
 
 from xray_hf import (
     XrayCLIPModel,
     XrayVisualForPreTraining,
     XrayVisualModel,
 )
-from xray_hf.convert import smollm2_tokenizer
 from xray_hf.trainers import clip_run, mae
 from xray_hf.trainers.run import run_stage
 
@@ -275,18 +274,6 @@ def run_worker(folder, name: str, commands: list[list[str]], launcher: list[str]
         record["tensors"] = load_file(folder / f"{name}-rank{rank}.safetensors")
         records.append(record)
     return records
-
-
-@pytest.fixture(scope="module")
-def llm_dir(tmp_path_factory):
-    tokenizer = smollm2_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
-    path = tmp_path_factory.mktemp("llm")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 RUNS = ["mae_ddp", "mae_fsdp", "mae_fsdp_from_fsdp", "mae_fsdp_from_ddp", "mae_ddp_from_fsdp", "mae_fsdp_checkpointing",
