@@ -294,3 +294,27 @@ def test_trainer_push_to_hub_uploads_like_xray_hf_push(hub_server, tmp_path):
     with torch.no_grad():
         expected = trainer.model.xray_visual(pixels).pooler_output
         assert torch.allclose(loaded(pixels).pooler_output, expected, atol=1e-6)
+
+
+def test_trainer_pushes_each_checkpoint_like_xray_hf_push(hub_server, tmp_path):
+    """`push_to_hub=True` in the training arguments: every save pushes the checkpoint's model with remote code and a
+    card, never the pickled training_args.bin or other training state the Trainer's own push would upload."""
+    from xray_hf import XrayVisualForPreTraining
+    from xray_hf.trainers.mae import MAETrainer, MAETrainingArguments
+
+    config = XrayVisualConfig.from_preset("tiny", image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1,
+                                          num_attention_heads=2, intermediate_size=64, decoder_hidden_size=32,
+                                          decoder_num_hidden_layers=1, decoder_num_attention_heads=2)
+    torch.manual_seed(0)
+    args = MAETrainingArguments(output_dir=str(tmp_path / "mae"), max_steps=2, save_steps=1, report_to=[],
+                                disable_tqdm=True, push_to_hub=True, hub_model_id="alice/mae-in-training",
+                                use_cpu=True)
+    batches = [{"pixel_values": torch.randn(2, 3, 16, 16)} for _ in range(2)]
+    trainer = MAETrainer(model=XrayVisualForPreTraining(config), args=args, train_dataset=batches,
+                         data_collator=lambda rows: rows[0])
+    trainer.train()
+    stored = hub_server.files("alice/mae-in-training")
+    assert {"config.json", "model.safetensors", "README.md", "modeling_mae.py"} <= set(stored)
+    assert not any(path.endswith(".bin") or path.startswith(("checkpoint-", "optimizer", "trainer_state",
+                                                             "training_args", "runs/")) for path in stored)
+    assert stored["model.safetensors"] == (tmp_path / "mae" / "checkpoint-2" / "model.safetensors").read_bytes()

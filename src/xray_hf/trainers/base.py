@@ -328,6 +328,23 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
             revision=revision or self.args.hub_revision, commit_message=commit_message, token=token,
         )
 
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """With `push_to_hub=True`, each saved checkpoint's model goes up as `xray-hf push` uploads it (remote code,
+        card, no training state), instead of the Trainer's copy of `output_dir`, which also uploads a pickled
+        `training_args.bin`, logs and caches. Resumable checkpoints on the Hub (`hub_strategy` "checkpoint" or
+        "all_checkpoints") are not uploaded: resume from local checkpoints."""
+        from ..hub import push_checkpoint
+
+        if not self.is_world_process_zero() or self.args.hub_strategy == "end":
+            return
+        if self.args.hub_strategy in ("checkpoint", "all_checkpoints") and not getattr(self, "_warned_hub", False):
+            logger.warning("hub_strategy=%r: only the model of each checkpoint is pushed, not its training state",
+                           self.args.hub_strategy)
+            self._warned_hub = True
+        push_checkpoint(checkpoint_folder, self.hub_model_id, private=bool(self.args.hub_private_repo),
+                        revision=self.args.hub_revision, token=self.args.hub_token,
+                        commit_message=f"Training in progress, step {self.state.global_step}")
+
     def record_terms(self, values: dict[str, torch.Tensor]) -> None:
         """Add named per-step values (loss terms, the logit scale) to sums kept as tensors (no device sync per step);
         the next training log reports their means."""
