@@ -304,3 +304,16 @@ def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
     assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
     assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]
     assert resolved["stages"]["clip"]["model"]["text"]["config"]["pooling"] == "mean"  # kept from clip_tiny.yaml
+
+
+def test_an_unreadable_state_file_is_an_error_not_a_fresh_start(tmp_path):
+    """The state says which steps finished: a damaged one must stop the run, not silently redo everything."""
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump({"stages": {"mae": {"base": str(CONFIGS / "mae_tiny.yaml")}}},
+                                          sort_keys=False))
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / STATE_FILE).write_text('{"steps": {"mae": {"status": "do')
+    with pytest.raises(ValueError, match="pipeline_state.json is not readable JSON.*move it aside"):
+        run_pipeline(out, config=config_path)
+    assert (out / STATE_FILE).read_text() == '{"steps": {"mae": {"status": "do'  # left as it was

@@ -529,7 +529,12 @@ def run_pipeline(output: str | os.PathLike, preset: str | None = None, config: s
 
     def decide() -> set[str]:
         os.makedirs(output, exist_ok=True)
-        pipeline.state = _read_json(pipeline.path(STATE_FILE)) or {}
+        state_file = pipeline.path(STATE_FILE)
+        state = _read_json(state_file)
+        if os.path.exists(state_file) and not isinstance(state, dict):
+            raise ValueError(f"{state_file} is not readable JSON, so which steps finished is unknown; move it aside "
+                             "to start this run directory over (finished stages then resume from their checkpoints)")
+        pipeline.state = state or {}
         pipeline.state.setdefault("steps", {})
         pipeline.state["config"] = str(path)
         _apply_restart(pipeline, [step.name for step in steps], restart or [])
