@@ -284,6 +284,8 @@ def test_trainer_push_to_hub_uploads_like_xray_hf_push(hub_server, tmp_path):
     trainer = MAETrainer(model=XrayVisualForPreTraining(config), args=args, train_dataset=batches,
                          data_collator=lambda rows: rows[0])
     trainer.train()
+    with pytest.raises(TypeError, match=r"model-card arguments \['tags'\]"):
+        trainer.push_to_hub(tags=["mine"])
     url = trainer.push_to_hub()
     assert url == f"{hub_server.url}/alice/trained-mae"
     stored = hub_server.files("alice/trained-mae")

@@ -311,11 +311,15 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
         """Save the model and upload `output_dir` as `xray-hf push` does (`xray_hf.hub.push_checkpoint`): weights,
         config, processor files, the model card and self-contained remote code, none of the training state. The repo
         is `args.hub_model_id` (a bare name goes to the token's namespace). Returns its URL on the main process.
-        (`hub_strategy` pushes of checkpoints during training are the Trainer's own and carry no remote code.)"""
+        The upload is always blocking; the Trainer's model-card arguments (`tags`, `model_name`, ...) have no effect,
+        the card is the package's (`xray_hf.model_card`), so passing them is an error rather than silently lost."""
         from huggingface_hub import HfApi
 
         from ..hub import push_checkpoint
 
+        if kwargs:
+            raise TypeError(f"push_to_hub got Trainer model-card arguments {sorted(kwargs)}, which xray_hf does not "
+                            "use: its model card is built from the checkpoint (xray_hf.model_card)")
         self.save_model(_internal_call=True)
         if not self.is_world_process_zero():
             return None
