@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import yaml
 
+from .atomic_io import write_json_atomic, write_text_atomic
 from .stages import STAGES, get_stage
 from .trainers.resume import last_complete_checkpoint
 
@@ -191,7 +192,7 @@ class Pipeline:
 
     def save_state(self) -> None:
         if self.is_main:
-            _write_atomic(self.path(STATE_FILE), json.dumps(self.state, indent=1, default=str))
+            write_json_atomic(self.path(STATE_FILE), self.state, indent=1, default=str)
 
 
 class PipelineStep(Protocol):
@@ -322,14 +323,6 @@ class EvalStep:
             results.append({"model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
                             "split": spec.get("split", "test"), "metrics": result["metrics"], "plots": plots})
         return {"stage": self.name, "runs": results}
-
-
-def _write_atomic(path: str, text: str) -> None:
-    """Write a file so that a kill leaves the old or the new one, never half of it."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Any:
@@ -463,9 +456,9 @@ def render_report_md(report: dict[str, Any], total_seconds: float | None = None)
 def write_report(pipeline: Pipeline) -> dict[str, Any]:
     """Write `report.json` and `report.md` from the state (main process); returns the report."""
     report = build_report(pipeline)
-    _write_atomic(pipeline.path(REPORT_JSON), json.dumps(report, indent=1))
+    write_json_atomic(pipeline.path(REPORT_JSON), report, indent=1)
     total = sum(info.get("seconds", 0.0) for info in pipeline.state.get("steps", {}).values())
-    _write_atomic(pipeline.path(REPORT_MD), render_report_md(report, total))
+    write_text_atomic(pipeline.path(REPORT_MD), render_report_md(report, total))
     return report
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import datasets
 import yaml
 
+from ..atomic_io import write_json_atomic
 from .concepts import (
     ConceptCounts,
     WordNetConcepts,
@@ -279,10 +280,7 @@ def _read_shards(out: str) -> datasets.Dataset:
 
 
 def _save_json(path: str, value: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1, ensure_ascii=False, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(path, value, indent=1, ensure_ascii=False, default=str)
 
 
 __all__ = ["STEPS", "CurateConfig", "curate"]

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic_io import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 DATA_STATE_NAME = "data_state-rank{rank}.json"
@@ -134,10 +136,7 @@ def save_data_state(state: dict, checkpoint: str, rank: int) -> str:
     check_json_state(state, "data state")
     os.makedirs(checkpoint, exist_ok=True)
     path = os.path.join(checkpoint, DATA_STATE_NAME.format(rank=rank))
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(state, f)
-    os.replace(tmp, path)
+    write_json_atomic(path, state)
     return path
 
 
