@@ -320,3 +320,7 @@ def test_trainer_pushes_each_checkpoint_like_xray_hf_push(hub_server, tmp_path):
     assert not any(path.endswith(".bin") or path.startswith(("checkpoint-", "optimizer", "trainer_state",
                                                              "training_args", "runs/")) for path in stored)
     assert stored["model.safetensors"] == (tmp_path / "mae" / "checkpoint-2" / "model.safetensors").read_bytes()
+    repo = hub_server.hub.repos[("model", "alice/mae-in-training")]
+    summaries = sorted(commit.summary for commit in repo.commits.values())
+    assert [s for s in summaries if s.startswith("Training")] == ["Training in progress, step 1",
+                                                                  "Training in progress, step 2"]  # one per save
