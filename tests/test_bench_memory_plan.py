@@ -76,6 +76,11 @@ def test_fsdp2_shards_ddp_state_plus_a_unit_working_set(plan):
                 assert sharded == pytest.approx((ddp["weights"] + ddp["grads"] + ddp["optimizer"]) / world)
                 # the working set holds at least the two largest units in bf16, and is far below a replica
                 assert 2 * 2 * max(shape["units"]) <= fsdp["comm"] < ddp["weights"] / 2
+    # the units are the ones the trainers shard: the frozen LLM lies wholly in frozen units (its embeddings too, not
+    # in the root), and no unit mixes frozen and trainable parameters
+    clip = plan["clip"]["shape"]
+    assert sum(clip["units"]) - sum(clip["trainable_units"]) == clip["frozen"]
+    assert all(t in (0, n) for n, t in zip(clip["units"], clip["trainable_units"]))
 
 
 def test_adamw_keeps_twice_lions_state(plan):
