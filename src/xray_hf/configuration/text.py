@@ -1,11 +1,16 @@
 """Configurations of the two text towers (paper section 4.6).
 
-`XrayLLM2CLIPTextConfig`: an LLM (any LLaMA-architecture config, nested) made bidirectional, pooled, then
-a residual MLP adapter and a projection (LLM2CLIP, section 4.6.2). `XrayTextConfig`: a plain CLIP-style
-text transformer, with the shapes of the paper's Table 7 (section 4.6.1) as presets.
+`XrayLLM2CLIPTextConfig`: a frozen text model (nested config) pooled, then a residual MLP adapter and a projection
+(LLM2CLIP, section 4.6.2). The text model is any transformers text model: an encoder (BERT, RoBERTa, XLM-R,
+MPNet, ... e.g. a sentence-transformers embedder such as all-MiniLM-L6-v2) or a decoder LLM of the LLaMA, Qwen2,
+Mistral and Gemma families, made bidirectional (LLM2Vec) or causal with last-token pooling (e5-mistral style).
+`XrayTextConfig`: a plain CLIP-style text transformer, with the shapes of the paper's Table 7 (section 4.6.1).
 
-Every setting that changes an embedding (pooling, bidirectional attention, max length, padding side,
-adapter, projection) lives here and round-trips through `save_pretrained`.
+Every setting that changes an embedding (pooling, normalisation, bidirectional attention, max length, padding
+side, adapter, projection) lives here and round-trips through `save_pretrained`. Both configs share one text
+contract (`XrayTextTowerConfigMixin`): `max_text_length`, `padding_side` and `tokenize(tokenizer, texts)`, the one
+function through which captions become tokens everywhere (processor, trainers, text cache, eval, compress,
+curation).
 """
 
 from __future__ import annotations
@@ -18,14 +23,53 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .visual import XrayConfigMixin
 
-LLM2CLIP_POOLING_TYPES = ("mean", "eos", "weighted_mean")
+LLM2CLIP_POOLING_TYPES = ("mean", "eos", "weighted_mean", "cls")
+# sentence-transformers' names for the same poolings (`1_Pooling/config.json`, `pooling_mode_<name>`)
+SENTENCE_TRANSFORMERS_POOLING = {"mean_tokens": "mean", "cls_token": "cls", "lasttoken": "eos",
+                                 "weightedmean_tokens": "weighted_mean"}
 TEXT_POOLING_TYPES = ("eos", "mean")
 PADDING_SIDES = ("right", "left")
 
-# LLaMA-architecture model types whose transformers base model honours `is_causal=False`
+# Decoder LLM model types whose transformers base model honours `is_causal=False`
 # (`merge_with_config_defaults` turns it into a padding-only mask and a non-causal SDPA call).
 # Each one is checked by tests/modeling/test_llm2clip.py; add a type only together with a test.
-BIDIRECTIONAL_LLM_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+BIDIRECTIONAL_LLM_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text")
+
+
+def embedder_kind(llm_config: PreTrainedConfig) -> str | None:
+    """How the tower runs and loads its frozen text model: `"decoder"` (a causal LLM of `BIDIRECTIONAL_LLM_TYPES`,
+    run causal or made bidirectional), `"encoder"` (bidirectional by design: the model types transformers has a
+    masked-LM head for, i.e. BERT, RoBERTa, XLM-R, MPNet, DeBERTa, ModernBERT, ...), else None (not supported: e.g.
+    GPT-2, whose attention cannot be made bidirectional)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    model_type = getattr(llm_config, "model_type", None)
+    if model_type in BIDIRECTIONAL_LLM_TYPES:
+        return "decoder"
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(llm_config, "is_encoder_decoder", False):
+        return "encoder"
+    return None
+
+
+def tokenize_texts(tokenizer: Any, texts: Any, *, max_length: int, padding_side: str, return_tensors: str | None = "pt",
+                   **overrides: Any):
+    """Captions -> tokens: padded to the longest, truncated at `max_length`, padded on `padding_side`. The one
+    tokenization of the package; text towers call it with their config's settings (`config.tokenize`)."""
+    kwargs = {"padding": True, "truncation": True, "max_length": max_length, "padding_side": padding_side}
+    kwargs.update(overrides)
+    return tokenizer(list(texts) if not isinstance(texts, str) else texts, return_tensors=return_tensors, **kwargs)
+
+
+class XrayTextTowerConfigMixin:
+    """The contract both text towers' configs keep: a token limit, a padding side and `tokenize`."""
+
+    max_text_length: int
+    padding_side: str
+
+    def tokenize(self, tokenizer: Any, texts: Any, return_tensors: str | None = "pt", **overrides: Any):
+        """`tokenizer(texts)` with this tower's max length and padding side: what the tower was trained on."""
+        return tokenize_texts(tokenizer, texts, max_length=self.max_text_length, padding_side=self.padding_side,
+                              return_tensors=return_tensors, **overrides)
 
 # The architecture of SmolLM2-135M-Instruct (the LLM shipped here, see `xray-hf convert smollm2`): the default
 # nested LLM config, so `XrayLLM2CLIPTextConfig()` describes a real model. The paper uses LLaMA-1B.
@@ -73,20 +117,26 @@ def _refuse_foreign_checkpoint(cls: type[PreTrainedConfig], config_dict: dict, s
         raise ValueError(f"{source} holds a {found!r} checkpoint, not {cls.model_type!r}{hint}")
 
 
-class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
+class XrayLLM2CLIPTextConfig(XrayTextTowerConfigMixin, XrayConfigMixin, PreTrainedConfig):
     r"""
-    Configuration of an [`XrayLLM2CLIPTextModel`]: LLM -> pooling -> residual MLP adapter -> projection.
+    Configuration of an [`XrayLLM2CLIPTextModel`]: frozen text model -> pooling -> residual MLP adapter ->
+    projection.
 
     Args:
         llm_config (`dict` or `PreTrainedConfig`, *optional*):
-            Config of the LLM, any LLaMA-architecture causal LM config (model types in
-            `BIDIRECTIONAL_LLM_TYPES`). Defaults to the shape of SmolLM2-135M. When `bidirectional` is set,
-            its `is_causal` is set to `False`, so transformers' own classes built from it are bidirectional too.
+            Config of the frozen text model: a decoder LLM (model types in `BIDIRECTIONAL_LLM_TYPES`) or any
+            transformers text encoder (BERT, RoBERTa, XLM-R, MPNet, ...; `AutoModel`). Defaults to the shape of
+            SmolLM2-135M. For a decoder with `bidirectional` set, its `is_causal` is set to `False`, so
+            transformers' own classes built from it are bidirectional too.
         pooling (`str`, *optional*, defaults to `"mean"`):
-            `"mean"` over non-padding tokens, `"eos"` (last non-padding token) or `"weighted_mean"`
-            (position-weighted mean, later tokens weigh more).
+            `"mean"` over non-padding tokens, `"eos"` (last non-padding token; sentence-transformers' `lasttoken`),
+            `"cls"` (first token) or `"weighted_mean"` (position-weighted mean, later tokens weigh more).
+        normalize_pooled (`bool`, *optional*, defaults to `False`):
+            L2-normalise the pooled output (a sentence-transformers `Normalize` module): the pooled output is then
+            what `SentenceTransformer(folder).encode` returns.
         bidirectional (`bool`, *optional*, defaults to `True`):
-            Attention over all non-padding tokens (LLM2Vec) instead of causal attention.
+            Attention over all non-padding tokens (LLM2Vec) instead of causal attention. Encoders are
+            bidirectional by design (`False` is refused for them).
         max_text_length (`int`, *optional*, defaults to 128):
             Maximum number of tokens per caption (longer captions are truncated by the tokenizer).
         padding_side (`str`, *optional*, defaults to `"right"`):
@@ -117,6 +167,7 @@ class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
         self,
         llm_config: dict | PreTrainedConfig | None = None,
         pooling: str = "mean",
+        normalize_pooled: bool = False,
         bidirectional: bool = True,
         max_text_length: int = 128,
         padding_side: str = "right",
@@ -131,7 +182,8 @@ class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
         **kwargs,
     ):
         self.llm_config = _llm_config_from(llm_config)
-        self.pooling = pooling
+        self.pooling = SENTENCE_TRANSFORMERS_POOLING.get(pooling, pooling)
+        self.normalize_pooled = bool(normalize_pooled)
         self.bidirectional = bool(bidirectional)
         self.max_text_length = max_text_length
         self.padding_side = padding_side
@@ -151,10 +203,11 @@ class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
     def validate_xray(self) -> None:
         """Raise a `ValueError` naming the first inconsistent setting; mark the nested LLM config bidirectional."""
         llm_type = getattr(self.llm_config, "model_type", None)
-        if llm_type not in BIDIRECTIONAL_LLM_TYPES:
+        if self.kind is None:
             raise ValueError(
-                f"llm_config.model_type {llm_type!r} is not a supported LLaMA-architecture LLM; supported "
-                f"(bidirectional attention verified): {BIDIRECTIONAL_LLM_TYPES}"
+                f"llm_config.model_type {llm_type!r} is not a supported text model: use an encoder (BERT, RoBERTa, "
+                f"XLM-R, MPNet, ...: a type with a masked-LM head) or a decoder LLM whose bidirectional attention "
+                f"is verified: {BIDIRECTIONAL_LLM_TYPES}"
             )
         if self.pooling not in LLM2CLIP_POOLING_TYPES:
             raise ValueError(f"pooling must be one of {LLM2CLIP_POOLING_TYPES}, got {self.pooling!r}")
@@ -170,6 +223,15 @@ class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
             raise ValueError(f"adapter_mlp_ratio must be > 0, got {self.adapter_mlp_ratio}")
         if not 0.0 <= self.adapter_dropout < 1.0:
             raise ValueError(f"adapter_dropout must be in [0, 1), got {self.adapter_dropout}")
+        if self.kind == "encoder":
+            if not self.bidirectional:
+                raise ValueError(f"bidirectional=False: a {llm_type!r} encoder is bidirectional by design")
+            if self.padding_side != "right":
+                raise ValueError(
+                    f"padding_side={self.padding_side!r}: a {llm_type!r} encoder numbers positions from the first "
+                    "token, so left padding would shift them; use 'right'"
+                )
+            return
         llm_is_causal = getattr(self.llm_config, "is_causal", True)
         if self.bidirectional:
             # transformers >= 5 reads `is_causal` from the config: LlamaModel & co. built from this nested
@@ -191,11 +253,17 @@ class XrayLLM2CLIPTextConfig(XrayConfigMixin, PreTrainedConfig):
     def llm_hidden_size(self) -> int:
         return self.llm_config.hidden_size
 
+    @property
+    def kind(self) -> str | None:
+        """`"encoder"` or `"decoder"`: see `embedder_kind`."""
+        return embedder_kind(self.llm_config)
+
     def embedding_settings(self) -> dict[str, Any]:
         """The settings that change the pooled LLM output (used to key the embedding cache)."""
         return {
             "llm_config": self.llm_config.to_dict(),
             "pooling": self.pooling,
+            "normalize_pooled": self.normalize_pooled,
             "bidirectional": self.bidirectional,
             "max_text_length": self.max_text_length,
             "padding_side": self.padding_side,
@@ -212,7 +280,7 @@ TEXT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class XrayTextConfig(XrayConfigMixin, PreTrainedConfig):
+class XrayTextConfig(XrayTextTowerConfigMixin, XrayConfigMixin, PreTrainedConfig):
     r"""
     Configuration of an [`XrayTextModel`]: a CLIP-style causal text transformer with learned absolute
     positions, pooled at the last non-padding token (or mean), then a linear projection.
@@ -305,6 +373,11 @@ class XrayTextConfig(XrayConfigMixin, PreTrainedConfig):
         _refuse_foreign_checkpoint(cls, config_dict, pretrained_model_name_or_path)
         return config_dict, kwargs
 
+    @property
+    def max_text_length(self) -> int:
+        """Tokens per caption: the learned positions bound it."""
+        return self.max_position_embeddings
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "XrayTextConfig":
         """A config with one of Table 7's shapes: `clip-512` (CLIP's 8 heads/12 layers), `clip-768`,
@@ -341,6 +414,10 @@ class XrayTextConfig(XrayConfigMixin, PreTrainedConfig):
 
 __all__ = [
     "XrayLLM2CLIPTextConfig",
+    "XrayTextTowerConfigMixin",
+    "embedder_kind",
+    "tokenize_texts",
+    "SENTENCE_TRANSFORMERS_POOLING",
     "XrayTextConfig",
     "TEXT_PRESETS",
     "BIDIRECTIONAL_LLM_TYPES",

@@ -191,16 +191,20 @@ def encode_images(model: nn.Module, images: Any, **options: Any) -> torch.Tensor
     return embed_images(model, images, **options)[0]
 
 
-def text_encoder(model: nn.Module, tokenizer: Any, max_length: int | None = None) -> TextEncoder:
-    """The default text encoder: `tokenizer(texts, padding=True, truncation=True)` -> `get_text_features`."""
+def text_encoder(model: nn.Module, tokenizer: Any) -> TextEncoder:
+    """The default text encoder: the text tower's own tokenization (`text_config.tokenize`: its max length and
+    padding side, as in training) -> `get_text_features`."""
     if tokenizer is None:
         raise ValueError("text encoding needs a tokenizer (or pass encode_text=...)")
     if not hasattr(model, "get_text_features"):
         raise ValueError(f"{type(model).__name__} has no get_text_features; pass encode_text=...")
+    text_config = getattr(model.config, "text_config", model.config)
 
     def encode(texts: list[str]) -> torch.Tensor:
-        kwargs = {} if max_length is None else {"max_length": max_length}
-        tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt", **kwargs)
+        if hasattr(text_config, "tokenize"):
+            tokens = text_config.tokenize(tokenizer, texts)
+        else:  # another library's model (e.g. transformers' CLIPModel): the tokenizer's own limit
+            tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
         device, _ = _device_dtype(model)
         inputs = {key: tokens[key].to(device) for key in ("input_ids", "attention_mask") if key in tokens}
         return _pooled(model.get_text_features(**inputs), "get_text_features")

@@ -181,7 +181,10 @@ class SiameseCaptionLoss(nn.Module):
     """Two contrastive terms on one batch: images against their captions (`caption_loss`) and against their
     aggregated hashtags read as text (`hashtag_loss`), weighted `caption_weight : hashtag_weight` (paper: 1:1).
     Returned terms are weighted, so they sum to the total. Items without hashtags (`hashtag_mask` False) are left
-    out of the hashtag term as rows and columns, on every rank (ranks may then hold different row counts)."""
+    out of the hashtag term as rows and columns, on every rank (ranks may then hold different row counts).
+    Each term has its own groups: `group_ids` (identical captions) for the caption term, `hashtag_group_ids`
+    (identical hashtag texts, which are far more common: many items share "circle, left") for the hashtag term,
+    so that two items with the same text are never each other's negatives."""
 
     def __init__(
         self,
@@ -207,6 +210,7 @@ class SiameseCaptionLoss(nn.Module):
         logit_bias: torch.Tensor | float | None = None,
         hashtag_mask: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
+        hashtag_group_ids: torch.Tensor | None = None,
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         terms = {"caption_loss": self.caption_weight * self.contrastive(
@@ -214,7 +218,7 @@ class SiameseCaptionLoss(nn.Module):
         )}
         if hashtag_features is not None:
             terms["hashtag_loss"] = self.hashtag_weight * self.hashtag_term(
-                image_features, hashtag_features, logit_scale, logit_bias, hashtag_mask, group_ids
+                image_features, hashtag_features, logit_scale, logit_bias, hashtag_mask, hashtag_group_ids
             )
         return terms if output_dict else sum(terms.values())
 
@@ -227,7 +231,8 @@ class SiameseCaptionLoss(nn.Module):
         hashtag_mask: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The unweighted image-hashtag contrastive loss over the items that have hashtags."""
+        """The unweighted image-hashtag contrastive loss over the items that have hashtags; `group_ids` here are
+        the hashtag texts' groups."""
         _check_pair("image_features", image_features, "hashtag_features", hashtag_features)
         _check_rows("hashtag_mask", hashtag_mask, image_features.shape[0])
         if hashtag_mask is not None:
@@ -285,6 +290,7 @@ class CLIPStageLoss(nn.Module):
         hashtag_embeds: torch.Tensor | None = None,
         hashtag_mask: torch.Tensor | None = None,
         group_ids: torch.Tensor | None = None,
+        hashtag_group_ids: torch.Tensor | None = None,
         slip_embeds_1: torch.Tensor | None = None,
         slip_embeds_2: torch.Tensor | None = None,
         denoised_embeds: torch.Tensor | None = None,
@@ -297,7 +303,7 @@ class CLIPStageLoss(nn.Module):
             raise ValueError("denoised_embeds and denoise_target must be given together")
         hashtags = hashtag_embeds if self.siamese.hashtag_weight else None
         siamese = self.siamese(image_embeds, text_embeds, hashtags, logit_scale, logit_bias, hashtag_mask=hashtag_mask,
-                               group_ids=group_ids, output_dict=True)
+                               group_ids=group_ids, hashtag_group_ids=hashtag_group_ids, output_dict=True)
         terms = {"contrastive_loss": siamese.pop("caption_loss"), **siamese}  # the caption term's weight is 1
         if slip_embeds_1 is not None and self.slip_weight:
             terms["slip_loss"] = self.slip_weight * self.slip(slip_embeds_1, slip_embeds_2)

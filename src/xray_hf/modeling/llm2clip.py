@@ -1,9 +1,14 @@
-"""The LLM2CLIP text tower (paper section 4.6.2): a bidirectional LLM, pooled, then adapter and projection.
+"""The LLM2CLIP text tower (paper section 4.6.2): a frozen text model, pooled, then adapter and projection.
 
-The LLM is any LLaMA-architecture model from transformers, built from the nested `config.llm_config`.
-It is made bidirectional the way transformers >= 5 supports it: `is_causal=False` (passed on every call and
-stored in the nested config), which gives a padding-only attention mask and a non-causal SDPA call. A
-stock class built from the nested config is therefore bidirectional as well; nothing here patches modules.
+The frozen text model (`llm`, built from the nested `config.llm_config`) is any transformers text model:
+- an encoder (BERT, RoBERTa, XLM-R, MPNet, ...; `AutoModel`), e.g. a sentence-transformers embedder, whose folder
+  `from_llm` reads (pooling, normalisation, max length): the pooled output then equals
+  `SentenceTransformer(folder).encode(texts)`. LLM2CLIP's point: a text model whose embeddings already separate
+  captions, frozen, plus a trained adapter;
+- a decoder LLM (LLaMA, Qwen2, Mistral, Gemma families), made bidirectional the way transformers >= 5 supports it:
+  `is_causal=False` (passed on every call and stored in the nested config), which gives a padding-only attention
+  mask and a non-causal SDPA call, or left causal with last-token pooling (LLM2Vec / e5-mistral checkpoints).
+  A stock class built from the nested config is therefore bidirectional as well; nothing here patches modules.
 
 `XrayLLM2CLIPTextForMNTP` is the same LLM with its LM head, for masked next-token prediction (LLM2Vec): its
 parameter names match `XrayLLM2CLIPTextModel` (`llm.*`), so a LoRA adapter trained on one loads on the other.
@@ -28,10 +33,11 @@ from transformers import initialization as init
 from transformers.loss.loss_utils import fixed_cross_entropy
 from transformers.utils import ModelOutput
 
-from ..configuration.text import XrayLLM2CLIPTextConfig
+from ..configuration.text import XrayLLM2CLIPTextConfig, embedder_kind
 from .checkpointing import NonReentrantCheckpointingMixin
 from ..hub_mixin import XrayHubMixin
-from .text import XrayTextModelOutput
+from .sentence_embedder import is_sentence_transformers_folder, read_sentence_transformers_folder
+from .text import XrayTextModelOutput, XrayTextTowerMixin
 from .text_pooling import check_attention_mask, pool_tokens, position_ids_from_attention_mask
 
 # Attention implementations for which `is_causal=False` is honoured with our padding-only mask.
@@ -76,6 +82,17 @@ class XrayLLM2CLIPAdapter(nn.Module):
         return self.norm(x)
 
 
+def embedder_blocks(llm: nn.Module) -> list[str]:
+    """Class names of the text model's repeated blocks (FSDP wrapping units, no-split modules): its own
+    `_no_split_modules` that sit in a `ModuleList`, else the class of its longest `ModuleList` (MPNet lists none)."""
+    lists = [m for m in llm.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    in_lists = {type(child).__name__ for m in lists for child in m}
+    declared = [name for name in (getattr(llm, "_no_split_modules", None) or []) if name in in_lists]
+    if declared or not lists:
+        return declared
+    return [type(max(lists, key=len)[0]).__name__]
+
+
 def _refuse_remote_code_llm(llm_config, source: str) -> None:
     auto_map = getattr(llm_config, "auto_map", None)
     if auto_map:
@@ -86,7 +103,7 @@ def _refuse_remote_code_llm(llm_config, source: str) -> None:
         )
 
 
-class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
+class XrayLLM2CLIPTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
     config: XrayLLM2CLIPTextConfig
     config_class = XrayLLM2CLIPTextConfig
     base_model_prefix = "llm"
@@ -101,7 +118,8 @@ class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMix
         llm_config = config.llm_config
         if llm_config._attn_implementation is None:
             llm_config._attn_implementation = config._attn_implementation or "sdpa"
-        if config.bidirectional and llm_config._attn_implementation not in BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS:
+        decoder = config.kind == "decoder"
+        if decoder and config.bidirectional and llm_config._attn_implementation not in BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"attention implementation {llm_config._attn_implementation!r} is not supported for bidirectional "
                 f"attention here; use one of {BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS}"
@@ -109,10 +127,11 @@ class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMix
         self.llm = AutoModel.from_config(llm_config)
         # One config object for the LLM's modules and our nested config: settings can never drift apart.
         config.llm_config = self.llm.config
-        self._no_split_modules = list(self.llm._no_split_modules or [])
-        # The LLM's own output head, if it is not tied to the input embeddings (see the module docstring).
+        self._no_split_modules = embedder_blocks(self.llm)
+        # A decoder's own output head, if it is not tied to the input embeddings (see the module docstring).
         tied = getattr(config.llm_config, "tie_word_embeddings", False)
-        self.lm_head = None if tied else nn.Linear(config.llm_hidden_size, config.llm_config.vocab_size, bias=False)
+        untied_decoder = decoder and not tied
+        self.lm_head = nn.Linear(config.llm_hidden_size, config.llm_config.vocab_size, bias=False) if untied_decoder else None
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -143,7 +162,10 @@ class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMix
             self.lm_head.requires_grad_(self._uses_lm_head and not frozen)
 
     def llm_hidden_states(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states of the LLM, bidirectional if configured, positions independent of padding."""
+        """Last hidden states of the text model: a decoder bidirectional if configured, positions independent of
+        padding; an encoder as its own forward runs it (right padding, see the config)."""
+        if self.config.kind == "encoder":
+            return self.llm(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
         outputs = self.llm(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -185,18 +207,35 @@ class XrayLLM2CLIPTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMix
         **config_kwargs,
     ) -> "XrayLLM2CLIPTextPreTrainedModel":
         """
-        Build the tower around a plain LLM checkpoint (e.g. the output of `xray-hf convert smollm2`).
+        Build the tower around a plain text-model checkpoint: a decoder LLM (e.g. the output of
+        `xray-hf convert smollm2`), an encoder, or a sentence-transformers folder (e.g. `xray-hf convert minilm`),
+        whose pooling, normalisation and max length are read from its `modules.json` and module configs.
 
-        The LLM's weights are loaded, with its LM head if it is untied (see the module docstring); the adapter
-        and projection are newly initialised. `config_kwargs` go to [`XrayLLM2CLIPTextConfig`]. Checkpoints with
-        remote code (`auto_map`) are refused.
+        The text model's weights are loaded, with a decoder's LM head if it is untied (see the module docstring);
+        the adapter and projection are newly initialised. `config_kwargs` go to [`XrayLLM2CLIPTextConfig`] (and
+        win over the folder's settings). Checkpoints with remote code (`auto_map`) are refused.
         """
+        if is_sentence_transformers_folder(llm_name_or_path):
+            folder = read_sentence_transformers_folder(llm_name_or_path)
+            llm_name_or_path, config_kwargs = folder.model_path, {**folder.config_kwargs, **config_kwargs}
         llm_config = AutoConfig.from_pretrained(llm_name_or_path)
         _refuse_remote_code_llm(llm_config, str(llm_name_or_path))
         if getattr(llm_config, "model_type", None) == XrayLLM2CLIPTextConfig.model_type:
             raise ValueError(f"{llm_name_or_path} is already an xray_llm2clip_text checkpoint: use from_pretrained")
+        if embedder_kind(llm_config) == "encoder":
+            if cls._uses_lm_head:
+                raise ValueError(f"{llm_name_or_path} holds a {llm_config.model_type!r} encoder: MNTP trains decoder "
+                                 "LLMs (an encoder is used frozen as it is)")
+            config_kwargs.setdefault("pooling", "mean")
         config = XrayLLM2CLIPTextConfig(llm_config=llm_config, **config_kwargs)
         model = cls(config)
+        if config.kind == "encoder":
+            encoder = AutoModel.from_pretrained(llm_name_or_path, dtype=dtype or torch.float32)
+            model.llm.load_state_dict(encoder.state_dict(), strict=True)
+            if dtype is not None:
+                model.to(dtype=dtype)
+            model.freeze_llm(config.freeze_llm)
+            return model
         source, info = AutoModelForCausalLM.from_pretrained(
             llm_name_or_path, dtype=dtype or torch.float32, output_loading_info=True
         )
@@ -240,7 +279,11 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
         llm_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters())
         with torch.set_grad_enabled(llm_trains):
             hidden = self.llm_hidden_states(input_ids, attention_mask)
-            return pool_tokens(hidden, attention_mask, self.config.pooling)
+            return self._pool(hidden, attention_mask)
+
+    def _pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        pooled = pool_tokens(hidden, attention_mask, self.config.pooling)
+        return nn.functional.normalize(pooled, dim=-1) if self.config.normalize_pooled else pooled
 
     def forward(
         self,
@@ -258,7 +301,7 @@ class XrayLLM2CLIPTextModel(XrayLLM2CLIPTextPreTrainedModel):
             llm_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.llm.parameters())
             with torch.set_grad_enabled(llm_trains):
                 hidden = self.llm_hidden_states(input_ids, attention_mask)
-                pooled = pool_tokens(hidden, attention_mask, self.config.pooling)
+                pooled = self._pool(hidden, attention_mask)
         else:
             expected = self.config.llm_hidden_size
             if llm_pooled_output.dim() != 2 or llm_pooled_output.shape[1] != expected:
@@ -320,6 +363,8 @@ class XrayLLM2CLIPTextForMNTP(XrayLLM2CLIPTextPreTrainedModel):
 
     def __init__(self, config: XrayLLM2CLIPTextConfig):
         super().__init__(config)
+        if config.kind == "encoder":
+            raise ValueError(f"MNTP trains decoder LLMs; llm_config is a {config.llm_config.model_type!r} encoder")
         self._build_llm(config)
         self.post_init()
         self.freeze_llm(config.freeze_llm)

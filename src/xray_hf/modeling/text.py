@@ -7,6 +7,8 @@ padding, and a linear projection into the space shared with the vision tower.
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +43,15 @@ class XrayTextModelOutput(ModelOutput):
     last_hidden_state: torch.FloatTensor | None = None
 
 
-class XrayTextPreTrainedModel(NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
+class XrayTextTowerMixin:
+    """What both text towers offer beside `forward` / `get_text_features`: the tokenization they were trained on."""
+
+    def tokenize(self, tokenizer: Any, texts: Any, return_tensors: str | None = "pt", **overrides: Any):
+        """`tokenizer(texts)` with this tower's `max_text_length` and `padding_side` (`config.tokenize`)."""
+        return self.config.tokenize(tokenizer, texts, return_tensors=return_tensors, **overrides)
+
+
+class XrayTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
     config: XrayTextConfig
     config_class = XrayTextConfig
     base_model_prefix = "xray_text"
@@ -113,4 +123,4 @@ class XrayTextModel(XrayTextPreTrainedModel):
         return output
 
 
-__all__ = ["XrayTextModel", "XrayTextPreTrainedModel", "XrayTextModelOutput"]
+__all__ = ["XrayTextModel", "XrayTextPreTrainedModel", "XrayTextModelOutput", "XrayTextTowerMixin"]

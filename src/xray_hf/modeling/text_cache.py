@@ -126,14 +126,7 @@ class TextCacheFingerprint:
 
 
 def _tokenize_for(model: XrayLLM2CLIPTextModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]):
-    return tokenizer(
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=model.config.max_text_length,
-        padding_side=model.config.padding_side,
-        return_tensors="pt",
-    )
+    return model.config.tokenize(tokenizer, texts)
 
 
 class TextEmbeddingCache:

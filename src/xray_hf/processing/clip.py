@@ -11,6 +11,7 @@ from typing import Any
 
 from transformers import BatchFeature, ProcessorMixin
 
+from ..configuration.text import tokenize_texts
 from .hub_mixin import XrayProcessorHubMixin
 
 
@@ -43,9 +44,8 @@ class XrayCLIPProcessor(XrayProcessorHubMixin, ProcessorMixin):
     def for_model(cls, config: Any, image_processor, video_processor, tokenizer) -> "XrayCLIPProcessor":
         """A processor whose tokenizer settings follow an `XrayCLIPConfig`'s text tower."""
         text = config.text_config
-        max_length = getattr(text, "max_text_length", None) or getattr(text, "max_position_embeddings", 77)
-        return cls(image_processor, video_processor, tokenizer, max_text_length=int(max_length),
-                   padding_side=getattr(text, "padding_side", "right"))
+        return cls(image_processor, video_processor, tokenizer, max_text_length=int(text.max_text_length),
+                   padding_side=text.padding_side)
 
     def __call__(self, images=None, text=None, videos=None, return_tensors: str | None = "pt",
                  **kwargs: Any) -> BatchFeature:
@@ -55,10 +55,10 @@ class XrayCLIPProcessor(XrayProcessorHubMixin, ProcessorMixin):
             raise ValueError("pass images or videos, not both: a batch holds one modality")
         data: dict[str, Any] = {}
         if text is not None:
-            text_kwargs = {"padding": True, "truncation": True, "max_length": self.max_text_length,
-                           "padding_side": self.padding_side}
-            text_kwargs.update({k: kwargs.pop(k) for k in list(kwargs) if k in text_kwargs})
-            data.update(self.tokenizer(text, return_tensors=return_tensors, **text_kwargs))
+            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in ("padding", "truncation", "max_length",
+                                                                         "padding_side")}
+            settings = {"max_length": self.max_text_length, "padding_side": self.padding_side, **overrides}
+            data.update(tokenize_texts(self.tokenizer, text, return_tensors=return_tensors, **settings))
         if images is not None:
             data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
         if videos is not None:

