@@ -1,6 +1,7 @@
 """An in-memory server for the parts of the Hugging Face Hub HTTP API that huggingface_hub, transformers and datasets
 call (see /work/shared/HUB.md): users and organisations by token, repositories with branches and commits, git-LFS
-batch uploads, file resolution (with byte ranges), tree / paths-info listings.
+batch uploads, file resolution (with byte ranges), tree / paths-info listings. Model, dataset and Space repositories
+(a Space is created with its `sdk`, as on the Hub).
 
 Standard library only. `HubServer().start()` listens on 127.0.0.1 on a free port; point the clients at it with
 `HF_ENDPOINT=server.url`. `server.fail_next_uploads(n)` makes the next `n` LFS PUTs fail (dropped connection or 500),
@@ -24,6 +25,7 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".parquet", ".arrow", ".pt", ".pth", ".c
 LFS_THRESHOLD = 10 * 1024 * 1024
 PREFIX_TO_TYPE = {"datasets": "dataset", "spaces": "space"}
 TYPE_TO_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+SPACE_SDKS = ("gradio", "docker", "static")
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -66,6 +68,7 @@ class Repo:
     repo_type: str
     repo_id: str
     private: bool
+    sdk: str | None = None  # Spaces: the app's SDK (gradio, docker, static), required when one is created
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
 
@@ -105,8 +108,8 @@ class HubState:
     def can_write(self, user: str | None, namespace: str) -> bool:
         return user is not None and (namespace == user or namespace in self.user_orgs(user))
 
-    def create_repo(self, repo_type: str, repo_id: str, private: bool) -> Repo:
-        repo = Repo(repo_type, repo_id, private)
+    def create_repo(self, repo_type: str, repo_id: str, private: bool, sdk: str | None = None) -> Repo:
+        repo = Repo(repo_type, repo_id, private, sdk)
         initial = Commit(_new_oid(repo_id, "initial"), {".gitattributes": _regular(b"*.safetensors filter=lfs\n")},
                          "initial commit", None)
         repo.commits[initial.oid] = initial
@@ -265,7 +268,10 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 return self._json({"error": "You already created this repo", "url": self._repo_url(existing)}, 409,
                                   {"X-Error-Message": "You already created this repo"})
             private = bool(payload.get("private")) or payload.get("visibility") == "private"
-            repo = self.hub.create_repo(repo_type, repo_id, private)
+            sdk = payload.get("sdk")
+            if repo_type == "space" and sdk not in SPACE_SDKS:
+                raise HubError(400, f"A Space needs an sdk, one of {list(SPACE_SDKS)}; got {sdk!r}")
+            repo = self.hub.create_repo(repo_type, repo_id, private, sdk if repo_type == "space" else None)
         self._json({"url": self._repo_url(repo), "name": repo_id, "id": repo_id})
 
     def _delete_repo(self) -> None:
@@ -306,7 +312,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._json({"id": repo_id, "_id": repo_id, "author": repo.namespace, "sha": commit.oid, "private": repo.private,
                     "disabled": False, "gated": False, "downloads": 0, "likes": 0, "tags": [],
                     "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date)),
-                    "siblings": siblings})
+                    "siblings": siblings, **({"sdk": repo.sdk} if repo.repo_type == "space" else {})})
 
     def _create_branch(self, repo_type: str, repo_id: str, branch: str) -> None:
         payload = json.loads(self._body() or b"{}")

@@ -209,17 +209,118 @@ def build_parser() -> argparse.ArgumentParser:
                    help="redo these stages (and everything after them) instead of keeping their results")
     p.set_defaults(func=_pipeline)
 
+    # -- index / search / demo: a faiss index over a gallery, queried by text, image or video (xray_hf.search) --
+    def _index(args: argparse.Namespace) -> int:
+        from .search import build_index
+
+        params = {key: value for key, value in (("hnsw_m", args.hnsw_m), ("ef_search", args.ef_search),
+                                                ("nlist", args.nlist), ("nprobe", args.nprobe))
+                  if value is not None}
+        report = build_index(
+            args.model, args.source, args.output, kind=args.kind, split=args.split, compression=args.compression,
+            compressed_dim=args.compressed_dim, quantizer=args.quantizer, media_column=args.media_column,
+            max_items=args.max_items, batch_size=args.batch_size, thumbnails=not args.no_thumbnails,
+            num_frames=args.num_frames, params=params, device=args.device,
+        )
+        skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped_by_reason"].items())
+        print(f"indexed {report['count']} items ({report['added']} new, {report['already_indexed']} already done) "
+              f"into {args.output} ({report['kind']}, {report['dim']}-d)"
+              + (f"; skipped {report['skipped']} ({skipped}): " + ", ".join(i["id"] for i in
+                 report["skipped_items"][:10]) if report["skipped"] else ""))
+        return 0
+
+    p = sub.add_parser("index", help="embed a gallery of images / videos with a CLIP checkpoint into a search index")
+    p.add_argument("--model", required=True, help="an XrayCLIPModel checkpoint directory")
+    p.add_argument("--source", required=True, action="append",
+                   help="gallery: embedded set (openmoji, mnist, moving-shapes, ...), folder, Parquet or WebDataset "
+                        "shards; repeat for several")
+    p.add_argument("--output", required=True, help="index directory (an existing one with the same settings is "
+                   "continued: only new items are embedded)")
+    p.add_argument("--kind", default="flat", choices=("flat", "hnsw", "int8", "binary", "ivfpq"),
+                   help="faiss index: exact, HNSW graph, the model's int8 codes, its binary codes + float re-ranking, "
+                        "or IVF-PQ (default: flat)")
+    p.add_argument("--compression", default=None, choices=("projection",),
+                   help="index the model's learned low-dimensional projection (compress stage) instead")
+    p.add_argument("--compressed-dim", type=int, default=None, help="projection size (a trained Matryoshka size)")
+    p.add_argument("--split", default="test", help="split of an embedded set (default: test)")
+    p.add_argument("--quantizer", default=None, help="semantic-ID quantiser directory (default: one fitted on this "
+                   "model beside it, if any)")
+    p.add_argument("--media-column", default=None, help="image/video column when there are several")
+    p.add_argument("--max-items", type=int, default=None, help="index at most this many items per source")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-frames", type=int, default=None, help="frames per video clip (default: the processor's)")
+    p.add_argument("--no-thumbnails", action="store_true", help="do not store PNG thumbnails (the demo shows them)")
+    p.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default 32)")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW candidates per search (default 128)")
+    p.add_argument("--nlist", type=int, default=None, help="IVF-PQ cells (default: ~sqrt of the training items)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ cells searched (default: nlist / 8, >= 8)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=_index)
+
+    def _search(args: argparse.Namespace) -> int:
+        import json
+
+        from .search import Searcher, parse_filters
+
+        searcher = Searcher(args.index, args.model)
+        result = searcher.search(args.query, image=args.image, video=args.video, k=args.k, min_score=args.min_score,
+                                 filters=parse_filters(args.filter))
+        if args.json:
+            print(json.dumps({"query": result.query, "seconds": result.seconds, "rows": result.rows}, indent=2))
+            return 0
+        print(format_table(result.rows))
+        print(f"{len(result.rows)} results in {result.seconds * 1000:.1f} ms")
+        return 0
+
+    p = sub.add_parser("search", help="query a search index by text, image or video")
+    p.add_argument("index", help="index directory written by xray-hf index")
+    p.add_argument("query", nargs="?", default=None, help="text query")
+    p.add_argument("--image", default=None, help="query by an example image (path)")
+    p.add_argument("--video", default=None, help="query by an example video (path)")
+    p.add_argument("-k", type=int, default=10, help="results (default 10)")
+    p.add_argument("--min-score", type=float, default=None, help="drop results scoring below this (cosine)")
+    p.add_argument("--filter", action="append", default=None, metavar="COLUMN=VALUE",
+                   help="keep items whose metadata column equals (or, for lists, contains) VALUE; repeatable")
+    p.add_argument("--model", default=None, help="checkpoint (default: the one the index was built with)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=_search)
+
+    def _demo(args: argparse.Namespace) -> int:
+        from .search.demo import export_space, launch_demo
+
+        if args.export is not None:
+            path = export_space(args.index, args.export, model=args.model, model_repo=args.model_repo,
+                                index_repo=args.index_repo)
+            print(f"Space written to {path}; publish it with: xray-hf push {path} --repo-id NAMESPACE/NAME")
+            return 0
+        launch_demo(args.index, model=args.model, host=args.host, port=args.port)
+        return 0
+
+    p = sub.add_parser("demo", help="a Gradio web demo over a search index, or a Space folder (--export)")
+    p.add_argument("index", help="index directory written by xray-hf index")
+    p.add_argument("--model", default=None, help="checkpoint (default: the one the index was built with)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="write a Space-ready folder (app.py, requirements.txt, README, index, model) instead")
+    p.add_argument("--model-repo", default=None, help="with --export: load the model from this Hub id, not a copy")
+    p.add_argument("--index-repo", default=None,
+                   help="with --export: load the index from this Hub dataset id, not a copy")
+    p.set_defaults(func=_demo)
+
     # -- push: a checkpoint directory to a Hub (HF_ENDPOINT / HF_TOKEN), with model card and remote code --
     def _push(args: argparse.Namespace) -> int:
-        from .hub import push_checkpoint
+        from .hub import is_space_folder, push_checkpoint, push_space
 
-        url = push_checkpoint(args.directory, args.repo_id, private=args.private, revision=args.revision,
-                              commit_message=args.commit_message)
+        push = push_space if is_space_folder(args.directory) else push_checkpoint
+        url = push(args.directory, args.repo_id, private=args.private, revision=args.revision,
+                   commit_message=args.commit_message)
         print(f"pushed {args.directory} to {url}")
         return 0
 
-    p = sub.add_parser("push", help="upload a checkpoint (weights, config, processor, model card, remote code)")
-    p.add_argument("directory", help="a checkpoint directory written by xray-hf train / pipeline")
+    p = sub.add_parser("push", help="upload a checkpoint (weights, config, processor, model card, remote code), or a "
+                       "Space folder written by xray-hf demo --export")
+    p.add_argument("directory", help="a checkpoint directory written by xray-hf train / pipeline, or a Space folder")
     p.add_argument("--repo-id", required=True, help="NAMESPACE/NAME on the Hub (HF_ENDPOINT, HF_TOKEN honoured)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--revision", default=None, help="branch to push to (default: main)")
@@ -227,6 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_push)
 
     return parser
+
+
+def format_table(rows: list[dict]) -> str:
+    """Search rows as a plain text table: rank, score, id, modality, caption (cut to fit)."""
+    if not rows:
+        return "no results"
+    lines = [f"{'rank':>4}  {'score':>7}  {'id':<32}  {'modality':<8}  caption"]
+    for row in rows:
+        caption = str(row.get("caption") or "")
+        lines.append(f"{row['rank']:>4}  {row['score']:>7.4f}  {str(row['id'])[:32]:<32}  "
+                     f"{str(row.get('modality') or ''):<8}  {caption[:60]}")
+    return "\n".join(lines)
 
 
 def _leave_process_group() -> None:

@@ -174,8 +174,12 @@ def prepare_for_upload(directory: str | os.PathLike, repo_id: str, replace_defau
     kept unless it is transformers' auto-generated placeholder (with `replace_default_card`)."""
     from .remote_code import export_remote_code
 
+    from .modeling.st_files import is_clip_checkpoint, write_sentence_transformers_files
+
     directory = Path(directory)
     export_remote_code(directory)
+    if is_clip_checkpoint(directory):  # checkpoints saved before these files existed get them too
+        write_sentence_transformers_files(directory)
     readme = directory / "README.md"
     if not readme.is_file() or (replace_default_card and _DEFAULT_CARD_MARKER in readme.read_text(encoding="utf-8")):
         build_card(directory, repo_id).save(readme)
@@ -291,5 +295,65 @@ def push_checkpoint(
     return url
 
 
-__all__ = ["HubPushError", "build_card", "files_to_upload", "prepare_for_upload", "prepare_processor_for_upload",
-           "push_checkpoint", "stale_generated_files"]
+def space_sdk(directory: str | os.PathLike) -> str | None:
+    """The `sdk:` of a Space folder's README front matter (`xray-hf demo --export` writes one), else None."""
+    readme = Path(directory) / "README.md"
+    if not readme.is_file():
+        return None
+    from huggingface_hub import RepoCard
+
+    try:
+        data = RepoCard.load(readme).data.to_dict()
+    except ValueError:
+        return None
+    return data.get("sdk")
+
+
+def is_space_folder(directory: str | os.PathLike) -> bool:
+    """A folder to push as a Space: no model config, a README declaring an `sdk`, and its app file."""
+    directory = Path(directory)
+    return not (directory / "config.json").is_file() and space_sdk(directory) is not None
+
+
+def push_space(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> str:
+    """Upload a Space folder (`xray-hf demo --export`) to the Space repository `repo_id` (created with the README's
+    `sdk` if needed) in one commit; returns its URL. Errors as `push_checkpoint`'s (`HubPushError`)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.utils import get_token
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"Space folder {os.fspath(directory)!r} does not exist")
+    sdk = space_sdk(directory)
+    if sdk is None:
+        raise HubPushError(f"{os.fspath(directory)} is not a Space folder: its README.md has no `sdk:` front matter")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise HubPushError(f"repo_id must be NAMESPACE/NAME, got {repo_id!r}")
+    token = token or get_token()
+    endpoint = _endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        url = str(api.create_repo(repo_id, repo_type="space", space_sdk=sdk, private=private, exist_ok=True))
+        if revision is not None and revision != "main":
+            api.create_branch(repo_id, repo_type="space", branch=revision, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=directory, revision=revision,
+                          commit_message=commit_message or f"Upload {directory.resolve().name} with xray_hf",
+                          ignore_patterns=["__pycache__/*", "*/__pycache__/*", "*.pyc"])
+    except HfHubHTTPError as error:
+        raise HubPushError(_scrub(f"the Hub at {endpoint} refused the Space upload to {repo_id}: "
+                                  f"{_server_message(error)}", token)) from None
+    return url if revision in (None, "main") else f"{url}/tree/{revision}"
+
+
+__all__ = ["HubPushError", "build_card", "files_to_upload", "is_space_folder", "prepare_for_upload",
+           "prepare_processor_for_upload", "push_checkpoint", "push_space", "space_sdk", "stale_generated_files"]

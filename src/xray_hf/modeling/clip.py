@@ -199,6 +199,16 @@ class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
         model._freeze_text_llm()
         return model
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """`PreTrainedModel.save_pretrained`, plus the sentence-transformers files (`modules.json`,
+        `sentence_bert_config.json`) that let `SentenceTransformer(save_directory)` load the checkpoint."""
+        from .st_files import write_sentence_transformers_files
+
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if os.path.isdir(save_directory) and kwargs.get("is_main_process", True):
+            write_sentence_transformers_files(save_directory, self.config)
+        return result
+
     def no_weight_decay(self) -> set[str]:
         """Parameters that never take weight decay: the logit scale (besides biases, norms and tokens)."""
         return {"logit_scale"}
