@@ -18,6 +18,7 @@ from xray_hf.losses import (
     FeatureDistillationLoss,
     RelationalDistillationLoss,
     SiameseCaptionLoss,
+    SimilarityDistillationLoss,
     SLIPLoss,
     hashtag_loss,
     masked_patch_loss,
@@ -267,10 +268,12 @@ CASES = {
     "stage": ("stage", dict(label_smoothing=0.1), [4, 4], {"mask": [1, 1, 1, 1, 0, 1, 1, 1]}),
     "distill": ("distill", dict(contrastive_weight=0.5), [4, 4], {}),
     "distill-uneven-global": ("distill", dict(local_loss=False, temperature=2.0), [5, 3], {}),
+    "compression": ("compression", dict(), [4, 4], {}),
+    "compression-uneven-global": ("compression", dict(local_loss=False, mse_weight=0.5), [5, 3], {}),
 }
 FEATURES = {"clip": ("image", "text"), "slip": ("view_1", "view_2"), "siamese": ("image", "text", "tags"),
             "stage": ("image", "text", "tags", "view_1", "view_2", "denoised", "clean"),
-            "distill": ("image", "text", "teacher_image", "teacher_text")}
+            "distill": ("image", "text", "teacher_image", "teacher_text"), "compression": ("compressed", "full")}
 
 
 def _run_case(name, rank, world_size):
@@ -300,6 +303,8 @@ def _run_case(name, rank, world_size):
         loss = DistillationLoss(**kwargs, **dist_kwargs)(
             image_embeds=local["image"], teacher_image_embeds=local["teacher_image"], text_embeds=local["text"],
             logit_scale=scale, teacher_text_embeds=local["teacher_text"], teacher_logit_scale=20.0)["loss"]
+    elif kind == "compression":  # Matryoshka sizes 8 and 4 of the projection; the full embeddings are detached
+        loss = SimilarityDistillationLoss({8: 1.0, 4: 0.5}, **kwargs, **dist_kwargs)(local["compressed"], local["full"])
     else:
         loss = CLIPStageLoss(**kwargs, **dist_kwargs)(
             image_embeds=unit["image"], text_embeds=unit["text"], logit_scale=scale, hashtag_embeds=unit["tags"],

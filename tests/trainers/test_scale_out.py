@@ -5,9 +5,10 @@ Launch 1 (`torchrun`, one import, many runs chained): MAE and CLIP under DDP and
 and per-step losses), MAE resumed under FSDP2 from an FSDP2 and from a DDP checkpoint and under DDP from an FSDP2
 checkpoint, MAE under FSDP2 with non-reentrant gradient checkpointing and over a stream with a corrupt sample on one
 rank, CLIP, MAE with 2 micro-batches of gradient accumulation and CLIP with the LLM2CLIP tower (frozen tiny LLaMA)
-under DDP and FSDP2, then hashtag, distill, mntp and simcse for 2 steps under DDP and FSDP2. The worker also counts
+under DDP and FSDP2, then hashtag, distill, mntp and simcse for 2 steps under DDP and FSDP2, then compress from the DDP
+CLIP under DDP and FSDP2 and resumed under FSDP2 from the DDP run's checkpoint. The worker also counts
 FSDP2's reduce-scatters, block forwards, checkpoint files each rank reads and full tensors each rank gathers. The single-process references are
-`run_stage` in the test process, fed the union of both ranks' recorded batches (and MAE masks). Launch 2 and 3:
+`run_stage` in the test process, fed the union of both ranks' recorded batches (and MAE masks, CLIP, compress). Launch 2 and 3:
 `accelerate launch --config_file configs/accelerate/{fsdp2,ddp}.yaml`.
 """
 
@@ -31,7 +32,7 @@ from xray_hf import (
     XrayVisualForPreTraining,
     XrayVisualModel,
 )
-from xray_hf.trainers import clip_run, mae
+from xray_hf.trainers import clip_run, compression, mae
 from xray_hf.trainers.run import run_stage
 
 from .test_distributed import HASHTAG, MODEL, free_port, launch
@@ -278,7 +279,20 @@ def run_worker(folder, name: str, commands: list[list[str]], launcher: list[str]
 
 RUNS = ["mae_ddp", "mae_fsdp", "mae_fsdp_from_fsdp", "mae_fsdp_from_ddp", "mae_ddp_from_fsdp", "mae_fsdp_checkpointing",
         "mae_corrupt", "clip_ddp", "clip_fsdp", "mae_ga_ddp", "mae_ga_fsdp", "clip_llm_ddp", "clip_llm_fsdp", "hashtag_ddp", "hashtag_fsdp", "distill_ddp", "distill_fsdp",
-        "mntp_ddp", "mntp_fsdp", "simcse_ddp", "simcse_fsdp"]
+        "mntp_ddp", "mntp_fsdp", "simcse_ddp", "simcse_fsdp", "compress_ddp", "compress_fsdp", "compress_fsdp_from_ddp"]
+
+
+def compress_config(clip_dir: str, output_dir: str, **training) -> dict:
+    """The compress stage on a CLIP checkpoint: 32 OpenMoji images and their captions, 8 per rank and step."""
+    return {
+        "stage": "compress", "seed": 0,
+        "model": {"from_pretrained": clip_dir, "compression": {"compressed_dim": 8, "matryoshka_dims": [4]}},
+        "texts": {"column": "caption"},
+        "data": {"image": {"name": "openmoji", "split": "train", "max_samples": 32, "batch_size": 32}},
+        "training": {"output_dir": output_dir, "max_steps": 3, "optimizer": "adamw", "learning_rate": 1e-2,
+                     "warmup_steps": 0, "per_device_train_batch_size": 8, "logging_steps": 1, "save_steps": 2,
+                     "report_to": [], "disable_tqdm": True, **training},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -338,8 +352,14 @@ def chained(tmp_path_factory, llm_dir):
             commands.append(["train", stage, "--config", write(folder, f"{stage}_{kind}", config)])
         simcse_command = ["train", "simcse", "--config", write(folder, f"simcse_{kind}", simcse)]
         commands.append(simcse_command)
+    for kind, extra in (("ddp", {}), ("fsdp", FSDP)):
+        commands.append(["train", "compress", "--config", write(folder, f"compress_{kind}", compress_config(
+            out["clip_ddp"], out[f"compress_{kind}"], **extra))])
+    commands.append(["train", "compress", "--config", write(folder, "compress_fsdp_from_ddp", compress_config(
+        out["clip_ddp"], out["compress_fsdp_from_ddp"], **FSDP)),
+        "--resume", os.path.join(out["compress_ddp"], "checkpoint-2")])
     order = RUNS[:13] + ["hashtag_ddp", "distill_ddp", "mntp_ddp", "simcse_ddp", "hashtag_fsdp", "distill_fsdp",
-                        "mntp_fsdp", "simcse_fsdp"]
+                        "mntp_fsdp", "simcse_fsdp", "compress_ddp", "compress_fsdp", "compress_fsdp_from_ddp"]
     records = run_worker(folder, "chained", commands)
     assert [len(record["runs"]) for record in records] == [len(order)] * 2  # one trainer per run
     runs = {name: [record["runs"][i] | {"tensors": {k.split(".", 1)[1]: v for k, v in record["tensors"].items()
@@ -401,6 +421,11 @@ def references(chained, tmp_path_factory, monkeypatch_module):
     clip_batches = union_batches(runs["clip_ddp"])
     monkeypatch_module.setattr(clip_run, "build_train_loader", lambda *a, **k: ReplayLoader(clip_batches))
     results["clip"] = run_stage("clip", with_training(CLIP, output_dir=str(out / "clip")))
+    compress_batches = union_batches(runs["compress_ddp"])
+    monkeypatch_module.setattr(compression.CompressionTrainer, "get_train_dataloader",
+                               lambda self: ReplayLoader(compress_batches))
+    results["compress"] = run_stage("compress", compress_config(str(folder / "clip_ddp"), str(out / "compress"),
+                                                                save_strategy="no"))
     return out, results
 
 
@@ -548,7 +573,7 @@ def test_fsdp_checkpoints_are_gathered_on_and_read_by_rank_0_only(chained):
 
 def test_sharded_model_and_optimizer_are_released_after_training(chained):
     _, runs = chained
-    for name in ("mae_fsdp", "mae_ga_fsdp", "mntp_fsdp", "clip_fsdp", "clip_llm_fsdp"):
+    for name in ("mae_fsdp", "mae_ga_fsdp", "mntp_fsdp", "clip_fsdp", "clip_llm_fsdp", "compress_fsdp"):
         for rank in runs[name]:
             assert rank["plain_after_train"], name
             assert rank["accelerator_refs"] == 0, name
@@ -637,6 +662,41 @@ def test_every_other_stage_trains_under_ddp_and_fsdp(chained, stage):
     fsdp = runs[f"{stage}_fsdp"][0]["sharding"]
     assert fsdp["units"] and fsdp["local"] < fsdp["full"]
     assert runs[f"{stage}_fsdp"][0]["plain_after_train"]
+
+
+def test_compress_trains_one_projection_under_ddp_and_fsdp_like_one_process(chained, references):
+    """The compress stage's projection goes through the DDP / FSDP2 wrapper (its gradients are synchronised) and its
+    similarity loss sees the global batch: both ranks end with the same weights, the one-process run's."""
+    folder, runs = chained
+    single, results = references
+    key = "embedding_compression.projection.weight"
+    want = single_losses(results["compress"])
+    reference = load_file(single / "compress" / "model.safetensors")
+    source = load_file(folder / "clip_ddp" / "model.safetensors")
+    for kind in ("ddp", "fsdp"):
+        ranks = runs[f"compress_{kind}"]
+        assert [(r["process_index"], r["world_size"], r["global_step"]) for r in ranks] == [(0, 2, 3), (1, 2, 3)]
+        assert ranks[0]["weights"] == ranks[1]["weights"], kind  # one projection, not one per rank
+        got = losses(ranks)
+        difference = max(abs(a - b) for a, b in zip(got, want))
+        print(f"compress {kind}: max |loss - one process| = {difference:.2e} over {len(got)} steps")
+        assert len(got) == len(want) == 3 and difference < 1e-5, (kind, got, want)
+        saved = load_file(folder / f"compress_{kind}" / "model.safetensors")
+        weight = (saved[key] - reference[key]).abs().max().item()
+        print(f"compress {kind}: max |projection - one process| = {weight:.2e}")
+        assert weight < 1e-5 and not torch.equal(saved[key], saved[key].new_zeros(saved[key].shape))
+        for name, value in source.items():  # the towers are the source checkpoint's
+            assert torch.equal(saved[name], value), name
+        model = AutoModel.from_pretrained(folder / f"compress_{kind}")
+        assert isinstance(model, XrayCLIPModel) and bool(model.embedding_compression.int8_calibrated)
+    sharding = runs["compress_fsdp"][0]["sharding"]
+    assert sharding["units"] == ["FSDPXrayEmbeddingCompression"] and sharding["dtensors"] == sharding["params"] == 1
+    assert sharding["local"] < sharding["full"]
+    assert (folder / "compress_fsdp" / "checkpoint-2" / "model.safetensors").is_file()  # saved while sharded
+    # resumed under FSDP2 from the DDP run's checkpoint: the last step is the DDP run's
+    for resumed, before in zip(runs["compress_fsdp_from_ddp"], runs["compress_ddp"]):
+        assert resumed["global_step"] == 3 and len(resumed["steps"]) == 1
+        assert abs(resumed["steps"][0]["loss"] - before["steps"][2]["loss"]) < 1e-5
 
 
 def test_accelerate_launch_with_the_shipped_fsdp2_and_ddp_configs(tmp_path):

@@ -2,9 +2,9 @@
 `forward(..., output_dict=False)` returns the loss, or named `*_loss` terms with `output_dict=True`. All math is in
 fp32 (fp64 stays fp64), whatever the input dtype.
 
-Losses that couple the batch (contrastive, SLIP, siamese) handle distribution themselves, as open_clip's `ClipLoss`:
-features of the other ranks are gathered (with gradients by default) and each rank computes the loss of its own
-rows against all columns (`local_loss`).
+Losses that couple the batch (contrastive, SLIP, siamese, relational and similarity distillation) handle
+distribution themselves, as open_clip's `ClipLoss`: features of the other ranks are gathered (with gradients by
+default) and each rank computes the loss of its own rows against all columns (`local_loss`).
 
 Gradient scaling rule under DDP (the known pitfall "gathering with gradients plus a global loss scales gradients by
 world size"): with `gather_with_grad=True`, the gather's backward sums every rank's gradient into the rank that owns

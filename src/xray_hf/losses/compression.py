@@ -9,12 +9,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..configuration.compression import XrayCompressionConfig
+from .distributed import BatchCoupledLoss, _local_reduce, gather_rows
 
 
-class SimilarityDistillationLoss(nn.Module):
+class SimilarityDistillationLoss(BatchCoupledLoss):
     """Train the projection to keep the full embedding's similarities (relational distillation from it), at every
     Matryoshka size: for each size `d` (weight `w_d`), the batch's cosine matrix of the first `d` compressed
     outputs (renormalised) is pulled to the full embeddings' cosine matrix by
@@ -28,6 +28,10 @@ class SimilarityDistillationLoss(nn.Module):
 
     The total `loss` is `kl_weight * sum_d w_d KL_d + mse_weight * sum_d w_d MSE_d` (sentence-transformers'
     `MatryoshkaLoss` sums its inner loss over the sizes the same way). Computed in fp32 with autocast off.
+
+    The batch is the global one, as in [`ContrastiveLoss`]: both sides are gathered from every rank (the compressed
+    outputs with gradients by default) and each rank computes its own rows against all columns (`local_loss`), so
+    under DDP or FSDP2 the synchronised gradient is the one-process gradient of the concatenated batch.
     """
 
     def __init__(
@@ -36,8 +40,12 @@ class SimilarityDistillationLoss(nn.Module):
         temperature: float = 0.2,
         kl_weight: float = 1.0,
         mse_weight: float = 1.0,
+        local_loss: bool = True,
+        gather_with_grad: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
     ):
-        super().__init__()
+        super().__init__(local_loss, gather_with_grad, rank, world_size)
         weights = dict(dims) if isinstance(dims, Mapping) else {int(d): 1.0 for d in dims}
         if not weights or not all(isinstance(d, int) and d > 0 for d in weights):
             raise ValueError(f"dims must be positive ints, got {list(weights)}")
@@ -55,35 +63,49 @@ class SimilarityDistillationLoss(nn.Module):
     def forward(
         self, compressed_embeds: torch.Tensor, embeds: torch.Tensor, output_dict: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        """`compressed_embeds` (B, compressed_dim): the projection's raw outputs; `embeds` (B, D): the full
-        embeddings of the same items (the teacher; no gradient flows into it)."""
+        """`compressed_embeds` (B, compressed_dim): the projection's outputs (raw or normalised: each size is
+        renormalised); `embeds` (B, D): the full embeddings of the same items (the teacher; no gradient flows into
+        it). B is this rank's batch; the similarities are over every rank's."""
         if compressed_embeds.ndim != 2 or embeds.ndim != 2 or compressed_embeds.shape[0] != embeds.shape[0]:
             raise ValueError(
                 f"expected (B, d) compressed and (B, D) full embeddings, got {tuple(compressed_embeds.shape)} and "
                 f"{tuple(embeds.shape)}"
             )
-        if embeds.shape[0] < 3:
-            raise ValueError("similarity distillation needs at least 3 embeddings per batch (a spread of similarities)")
         if max(self.weights) > compressed_embeds.shape[1]:
             raise ValueError(f"dims {list(self.weights)} exceed the compressed width {compressed_embeds.shape[1]}")
+        rank, world_size = self.ranks()
+        (all_compressed, all_embeds), sizes = gather_rows(
+            [compressed_embeds, embeds.detach()], rank, world_size, self.gather_with_grad
+        )
+        total = sum(sizes)
+        if total < 3:
+            raise ValueError("similarity distillation needs at least 3 embeddings per batch (a spread of similarities)")
+        start = sum(sizes[:rank]) if self.local_loss else 0
+        rows = sizes[rank] if self.local_loss else total
         with torch.autocast(compressed_embeds.device.type, enabled=False):
-            teacher = F.normalize(embeds.detach().float(), dim=-1)
-            target = teacher @ teacher.T
-            eye = torch.eye(target.shape[0], dtype=torch.bool, device=target.device)
-            off = ~eye
-            others = target[off].view(target.shape[0], -1)  # (B, B - 1): each row without itself
+            teacher = F.normalize(all_embeds.float(), dim=-1)
+            full_target = teacher @ teacher.T
+            off_all = ~torch.eye(total, dtype=torch.bool, device=teacher.device)
+            variance = full_target[off_all].var(unbiased=False).clamp_min(1e-12)  # over the global batch
+            target = full_target[start : start + rows]  # (rows, total): this rank's rows against every column
+            off = off_all[start : start + rows]
+            others = target[off].view(rows, total - 1)  # each row without itself
             scale = self.temperature * others.std(-1, unbiased=False, keepdim=True).clamp_min(1e-6)  # per row
-            variance = others.var(unbiased=False).clamp_min(1e-12)
-            log_p_teacher = F.log_softmax((target / scale).masked_fill(eye, -math.inf), dim=-1)
+            log_p_teacher = F.log_softmax((target / scale).masked_fill(~off, -math.inf), dim=-1)
             p_teacher = log_p_teacher.exp()
+            students = all_compressed[start : start + rows] if self.local_loss else all_compressed
             kl = mse = compressed_embeds.new_zeros((), dtype=torch.float32)
             for dim, weight in self.weights.items():
-                student = F.normalize(compressed_embeds[:, :dim].float(), dim=-1)
-                similarity = student @ student.T
-                mse = mse + weight * (similarity - target)[off].pow(2).mean() / variance
-                log_p_student = F.log_softmax((similarity / scale).masked_fill(eye, -math.inf), dim=-1)
-                row_kl = (p_teacher * (log_p_teacher - log_p_student)).masked_fill(eye, 0.0).sum(-1)
-                kl = kl + weight * row_kl.mean()
-            terms = {"similarity_kl_loss": self.kl_weight * kl, "similarity_mse_loss": self.mse_weight * mse}
+                columns = F.normalize(all_compressed[:, :dim].float(), dim=-1)
+                similarity = F.normalize(students[:, :dim].float(), dim=-1) @ columns.T
+                mse = mse + weight * (similarity - target)[off].pow(2).sum() / variance
+                log_p_student = F.log_softmax((similarity / scale).masked_fill(~off, -math.inf), dim=-1)
+                row_kl = (p_teacher * (log_p_teacher - log_p_student)).masked_fill(~off, 0.0).sum(-1)
+                kl = kl + weight * row_kl.sum()
+            terms = {
+                "similarity_kl_loss": self.kl_weight * _local_reduce(kl, total, world_size, self.local_loss),
+                "similarity_mse_loss": self.mse_weight * _local_reduce(mse, total * (total - 1), world_size,
+                                                                       self.local_loss),
+            }
         loss = terms["similarity_kl_loss"] + terms["similarity_mse_loss"]
         return {"loss": loss, **terms} if output_dict else loss

@@ -234,13 +234,17 @@ class JSONTrainingArgumentsMixin(FSDPTrainerMixin):
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if self.args.should_save:
-            pickled = os.path.join(output_dir, TRAINING_ARGS_NAME)
-            if os.path.isfile(pickled):
-                os.remove(pickled)
-            with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
-                f.write(self.args.to_json_string())
+            write_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
+
+
+def write_training_args(args: TrainingArguments, output_dir: str) -> None:
+    """`training_args.json` in `output_dir`, and no pickled `training_args.bin` (removed if the Trainer wrote it)."""
+    pickled = os.path.join(output_dir, TRAINING_ARGS_NAME)
+    if os.path.isfile(pickled):
+        os.remove(pickled)
+    with open(os.path.join(output_dir, TRAINING_ARGS_JSON), "w", encoding="utf-8") as f:
+        f.write(args.to_json_string())
 
 
 class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
@@ -392,4 +396,7 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
         return inputs["pixel_values"]
 
 
-__all__ = ["DATA_STATE_NAME", "FSDPTrainerMixin", "JSONTrainingArgumentsMixin", "ResumableLoader", "XrayTrainer", "XrayTrainingArguments"]
+__all__ = [
+    "DATA_STATE_NAME", "FSDPTrainerMixin", "JSONTrainingArgumentsMixin", "ResumableLoader", "XrayTrainer",
+    "XrayTrainingArguments", "write_training_args",
+]

@@ -28,17 +28,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import nn
 
 from ..eval.compression import compression_retention
 from ..losses.compression import SimilarityDistillationLoss
 from ..modeling.compression import XrayEmbeddingCompression
-from .base import XrayTrainer, XrayTrainingArguments
+from .base import XrayTrainer, XrayTrainingArguments, write_training_args
+from .fsdp import full_model_state, is_sharded, load_full_model_state
 from .data import SourceSpec, check_keys
 from .run import RunContext, StageRun, check_model_keys
 
 logger = logging.getLogger(__name__)
+
+COMPRESSION_PREFIX = "embedding_compression."  # where an XrayCLIPModel holds its XrayEmbeddingCompression
 
 
 @dataclass
@@ -124,20 +127,29 @@ def calibrate_int8(model: nn.Module, embeds: torch.Tensor, samples: int = 10000,
 class CompressionTrainer(XrayTrainer):
     """Fits `model.embedding_compression.projection` on frozen embeddings (`{"embeds": (B, D)}` batches, e.g. from
     `EmbeddingDataset`); every other parameter of the model is frozen. The loss (default: from the compression
-    config and the arguments' weights) logs its terms beside `loss`."""
+    config and the arguments' weights, over every rank's batch) logs its terms beside `loss`.
+
+    The Trainer's model is the compression module itself: DDP and FSDP2 wrap it alone (the frozen towers never run
+    here), and the loss calls it through the wrapper, so its gradients are synchronised. Saving (the final model
+    and every checkpoint) writes the whole model it belongs to, a `from_pretrained` CLIP checkpoint; resuming reads
+    the module's weights back from one.
+    """
 
     def __init__(self, model: nn.Module, args: XrayTrainingArguments, *trainer_args: Any,
                  loss: nn.Module | None = None, **kwargs: Any):
         module = compression_of(model)
+        self.owner = None if model is module else model  # the model saved around the trained module
         for parameter in model.parameters():
             parameter.requires_grad_(False)
         module.projection.weight.requires_grad_(True)
-        super().__init__(model, args, *trainer_args, **kwargs)
+        super().__init__(module, args, *trainer_args, **kwargs)
         self.loss = loss or SimilarityDistillationLoss.from_config(
             module.config,
             temperature=getattr(args, "similarity_temperature", 0.2),
             kl_weight=getattr(args, "kl_weight", 1.0),
             mse_weight=getattr(args, "mse_weight", 1.0),
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
         )
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
@@ -145,13 +157,67 @@ class CompressionTrainer(XrayTrainer):
         if "embeds" not in inputs:
             raise ValueError(f"batch has no 'embeds' (keys: {sorted(inputs)}); use EmbeddingDataset")
         embeds = inputs["embeds"].float()
-        module = compression_of(self.accelerator.unwrap_model(model))
-        weight = module.projection.weight
-        compressed = module.projection(F.normalize(embeds, dim=-1).to(weight.dtype))
+        compressed = model(embeds, "projection")  # through the DDP / FSDP2 wrapper: gradients are synchronised
         terms = self.loss(compressed, embeds, output_dict=True)
         if model.training:
             self.record_terms({key: value for key, value in terms.items() if key != "loss"})
         return (terms["loss"], {"compressed_embeds": compressed, **terms}) if return_outputs else terms["loss"]
+
+    def train(self, *args: Any, **kwargs: Any):
+        output = super().train(*args, **kwargs)
+        self.trained_model()  # the owner now holds the trained plain module, not the sharded one it lent
+        return output
+
+    def trained_model(self) -> nn.Module:
+        """The model to save and evaluate: the owner (a CLIP model) holding the trained module, or the module."""
+        module = self.accelerator.unwrap_model(self.model)
+        if self.owner is None:
+            return module
+        if not is_sharded(module):  # after training under FSDP2 the Trainer's module is a new, plain one
+            self.owner.embedding_compression = module
+        return self.owner
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the owner model with the trained module (a CLIP checkpoint; also each checkpoint's model)."""
+        if self.owner is None:
+            return super().save_model(output_dir, _internal_call)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        module = self.accelerator.unwrap_model(self.model)
+        state = full_model_state(module) if is_sharded(module) else module.state_dict()  # collective when sharded
+        if self.args.should_save:
+            owner = self.trained_model()
+            weights = {key: value for key, value in owner.state_dict().items() if not key.startswith(COMPRESSION_PREFIX)}
+            weights.update({COMPRESSION_PREFIX + key: value.detach().cpu() for key, value in state.items()})
+            owner.save_pretrained(output_dir, state_dict=weights)
+            write_training_args(self.args, output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        """Resume the module from a checkpoint of its owner (`embedding_compression.*` of its weights)."""
+        if self.owner is None or model is not None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors import safe_open
+
+        keys = {}
+        for path in self._full_weight_files(resume_from_checkpoint):  # the headers only, on every rank
+            with safe_open(path, framework="pt") as f:
+                keys[path] = [key for key in f.keys() if key.startswith(COMPRESSION_PREFIX)]
+        if not any(keys.values()):
+            raise ValueError(f"{resume_from_checkpoint} holds no {COMPRESSION_PREFIX}* weights (model.safetensors of "
+                             "a compress checkpoint) to resume the compression from")
+        self.shard_for_fsdp()
+        sharded = is_sharded(self.model)
+        state = None
+        if not sharded or dist.get_rank() == 0:  # under FSDP2 rank 0 alone reads the tensors, then broadcasts
+            state = {}
+            for path, names in keys.items():
+                with safe_open(path, framework="pt") as f:
+                    state.update({key.removeprefix(COMPRESSION_PREFIX): f.get_tensor(key) for key in names})
+        if sharded:
+            load_full_model_state(self.model, state)
+        else:
+            self.model.load_state_dict(state)
 
 
 def fit_embedding_compression(
@@ -289,7 +355,7 @@ def prepare_compress(run: RunContext) -> StageRun:
     trainer = CompressionTrainer(model, args, train_dataset=EmbeddingDataset(embeds))
 
     def after_training(trainer: CompressionTrainer, results: dict) -> None:
-        module = compression_of(trainer.accelerator.unwrap_model(trainer.model))
+        module = compression_of(trainer.trained_model())
         module.eval()
         retention: dict[str, Any] = {}
         for eval_spec in run.data.eval_sets:
