@@ -13,6 +13,7 @@ numbers, booleans or lists of strings (class labels as their names).
 
 from __future__ import annotations
 
+import glob
 import io
 import os
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -56,14 +58,25 @@ def _id_column(dataset: datasets.Dataset, media_column: str) -> list[str] | None
     return None
 
 
+def _parquet_files(source: str) -> list[str]:
+    if os.path.isdir(source):
+        return sorted(glob.glob(os.path.join(source, "*.parquet")))
+    matched = sorted(glob.glob(source)) if source.endswith(".parquet") else []
+    return matched
+
+
 def open_source(source: str, split: str = "test", media_column: str | None = None,
                 max_items: int | None = None) -> GallerySource:
     """Open one source (see the module docstring); an empty one is an error naming it."""
+    parquet = _parquet_files(source)
+    if parquet and sum(pq.read_metadata(path).num_rows for path in parquet) == 0:
+        # checked here: datasets' Parquet reader fails on a file without rows with an arrow batch-size error
+        raise ValueError(f"the gallery source {source!r} is empty: nothing to index (its Parquet files have no rows)")
     try:
         eval_set = load_eval_set(source, split, max_samples=max_items, media_column=media_column)
     except ValueError as error:
-        if "has no rows" in str(error):
-            raise ValueError(f"the gallery source {source!r} is empty: nothing to index") from None
+        if "no rows" in str(error) or "Empty" in str(error):  # data layer / pyarrow words for an empty source
+            raise ValueError(f"the gallery source {source!r} is empty: nothing to index ({error})") from None
         raise
     dataset = eval_set.dataset
     if len(dataset) == 0:
