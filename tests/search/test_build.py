@@ -24,11 +24,11 @@ def test_build_stores_metadata_and_skips_the_corrupt_file(clip_dir, image_folder
     index = SearchIndex(tmp_path / "index")
     table = index.table
     assert table.num_rows == index.index.ntotal == 16
-    assert {"id", "source", "modality", "path", "caption", "thumbnail", "tags", "colour", "vector_id"} \
+    assert {"id", "source", "modality", "file_path", "caption", "thumbnail", "tags", "colour", "vector_id"} \
         <= set(table.column_names)
     row = table.slice(0, 1).to_pylist()[0]
     assert row["id"] == "red_square_0.png" and row["caption"] == "a red square" and row["tags"] == ["red", "square"]
-    assert row["modality"] == "image" and row["path"] == str(image_folder / "red_square_0.png")
+    assert row["modality"] == "image" and row["file_path"] == str(image_folder / "red_square_0.png")
     assert row["thumbnail"][:8] == b"\x89PNG\r\n\x1a\n"
     assert table.column("vector_id").to_pylist() == list(range(16))
     manifest = json.loads((tmp_path / "index" / "index.json").read_text())

@@ -34,7 +34,7 @@ def _picture(searcher: Searcher, row: dict[str, Any]) -> Image.Image:
     data = searcher.index.thumbnail(row["id"])
     if data is not None:
         return Image.open(io.BytesIO(data)).convert("RGB")
-    path = row.get("path")
+    path = row.get("file_path")
     if path and row.get("modality") == "image" and os.path.isfile(path):
         picture = Image.open(path).convert("RGB")
         picture.thumbnail((256, 256))

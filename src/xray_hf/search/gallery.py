@@ -6,7 +6,8 @@ metadata file, or WebDataset / Parquet shards (`eval.data.load_eval_set` opens t
 
 Item ids are stable across builds, so a build can skip what it already holds: the set's `id` column, else the
 folder's `file_name`, else the media file's path, else `<source>#<row>`. Stored columns: `id`, `source`,
-`modality` (`image` / `video`), `path` (the media file, when it is one), `caption` (a list of captions joined with
+`modality` (`image` / `video`), `file_path` (the media file, when it is one; not `path`, which gradio's client
+takes for a file to download), `caption` (a list of captions joined with
 " | "), a small PNG `thumbnail` (for the demo; the middle frame of a video), and every other column holding strings,
 numbers, booleans or lists of strings (class labels as their names).
 """
@@ -27,7 +28,7 @@ from PIL import Image
 
 from ..eval.data import load_eval_set
 
-RESERVED = ("id", "source", "modality", "path", "caption", "thumbnail", "semantic_ids", "vector_id")
+RESERVED = ("id", "source", "modality", "file_path", "caption", "thumbnail", "semantic_ids", "vector_id")
 THUMBNAIL_SIZE = 128
 
 
@@ -119,7 +120,7 @@ def metadata(source: GallerySource, row: dict[str, Any], item_id: str) -> dict[s
     if isinstance(caption, list):
         caption = " | ".join(str(c) for c in caption)
     out: dict[str, Any] = {"id": item_id, "source": source.name, "modality": source.modality,
-                           "path": path if path and os.path.isfile(path) else None,
+                           "file_path": path if path and os.path.isfile(path) else None,
                            "caption": None if caption is None else str(caption)}
     features = eval_set.dataset.features
     for column, value in row.items():
