@@ -24,9 +24,11 @@ from transformers.configuration_utils import SubConfigSpec
 from .visual import XrayConfigMixin
 
 LLM2CLIP_POOLING_TYPES = ("mean", "eos", "weighted_mean", "cls")
-# sentence-transformers' names for the same poolings (`1_Pooling/config.json`, `pooling_mode_<name>`)
+# sentence-transformers' names for the same poolings (`1_Pooling/config.json`: `pooling_mode_<name>: true` in
+# folders written by sentence-transformers < 6, `pooling_mode: <name>` since)
 SENTENCE_TRANSFORMERS_POOLING = {"mean_tokens": "mean", "cls_token": "cls", "lasttoken": "eos",
-                                 "weightedmean_tokens": "weighted_mean"}
+                                 "weightedmean_tokens": "weighted_mean", "mean": "mean", "cls": "cls",
+                                 "weightedmean": "weighted_mean"}
 TEXT_POOLING_TYPES = ("eos", "mean")
 PADDING_SIDES = ("right", "left")
 
@@ -53,9 +55,11 @@ def embedder_kind(llm_config: PreTrainedConfig) -> str | None:
 
 def tokenize_texts(tokenizer: Any, texts: Any, *, max_length: int, padding_side: str, return_tensors: str | None = "pt",
                    **overrides: Any):
-    """Captions -> tokens: padded to the longest, truncated at `max_length`, padded on `padding_side`. The one
-    tokenization of the package; text towers call it with their config's settings (`config.tokenize`)."""
-    kwargs = {"padding": True, "truncation": True, "max_length": max_length, "padding_side": padding_side}
+    """Captions -> `input_ids`, `attention_mask`: padded to the longest, truncated at `max_length`, padded on
+    `padding_side` (no `token_type_ids`: one segment, which encoders default to). The one tokenization of the
+    package; text towers call it with their config's settings (`config.tokenize`)."""
+    kwargs = {"padding": True, "truncation": True, "max_length": max_length, "padding_side": padding_side,
+              "return_token_type_ids": False}
     kwargs.update(overrides)
     return tokenizer(list(texts) if not isinstance(texts, str) else texts, return_tensors=return_tensors, **kwargs)
 

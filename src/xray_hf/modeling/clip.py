@@ -168,12 +168,12 @@ class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
         cls,
         vision: str | os.PathLike | XrayVisualModel,
         text: str | os.PathLike | PreTrainedModel,
-        freeze_llm: bool = True,
+        freeze_llm: bool | None = None,
         **config_kwargs: Any,
     ) -> "XrayCLIPModel":
         """Start stage 3 from the previous stages: the backbone of a hashtag (or MAE, or backbone) checkpoint, its
-        head dropped and nothing else missing, and a trained text tower (`XrayLLM2CLIPTextModel`, whose LLM is
-        frozen unless `freeze_llm=False`, or `XrayTextModel`). The visual projection, logit scale, SLIP head and
+        head dropped and nothing else missing, and a trained text tower (`XrayLLM2CLIPTextModel`, whose frozen text
+        model stays as its config's `freeze_llm` says unless `freeze_llm` is given, or `XrayTextModel`). The visual projection, logit scale, SLIP head and
         denoiser are new. `config_kwargs` go to [`XrayCLIPConfig`]; `projection_dim` is the text tower's."""
         if isinstance(vision, XrayVisualModel):
             backbone = vision
@@ -184,7 +184,7 @@ class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
                     f"{vision} does not hold a complete XrayVisual backbone: missing {sorted(info['missing_keys'])[:8]}"
                 )
         tower = text if isinstance(text, PreTrainedModel) else AutoModel.from_pretrained(text)
-        if hasattr(tower, "freeze_llm"):
+        if hasattr(tower, "freeze_llm") and freeze_llm is not None:
             tower.freeze_llm(freeze_llm)  # recorded in its config, which the CLIP config takes over
         vision_config = XrayVisualConfig.from_dict(
             {k: v for k, v in backbone.config.to_dict().items() if k not in ("id2label", "label2id", "problem_type")}

@@ -215,10 +215,13 @@ class XrayLLM2CLIPTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpoint
         the adapter and projection are newly initialised. `config_kwargs` go to [`XrayLLM2CLIPTextConfig`] (and
         win over the folder's settings). Checkpoints with remote code (`auto_map`) are refused.
         """
-        if is_sentence_transformers_folder(llm_name_or_path):
+        sentence_transformers = is_sentence_transformers_folder(llm_name_or_path)
+        if sentence_transformers:
             folder = read_sentence_transformers_folder(llm_name_or_path)
             llm_name_or_path, config_kwargs = folder.model_path, {**folder.config_kwargs, **config_kwargs}
         llm_config = AutoConfig.from_pretrained(llm_name_or_path)
+        if sentence_transformers and embedder_kind(llm_config) == "decoder":
+            config_kwargs.setdefault("bidirectional", False)  # sentence-transformers runs a decoder causal
         _refuse_remote_code_llm(llm_config, str(llm_name_or_path))
         if getattr(llm_config, "model_type", None) == XrayLLM2CLIPTextConfig.model_type:
             raise ValueError(f"{llm_name_or_path} is already an xray_llm2clip_text checkpoint: use from_pretrained")

@@ -58,23 +58,40 @@ def read_sentence_transformers_folder(path: str | os.PathLike) -> SentenceEmbedd
     kwargs: dict[str, Any] = {"normalize_pooled": "Normalize" in kinds}
     if "Pooling" in kinds:
         pooling = _read_json(kinds["Pooling"] / "config.json")
-        modes = [name for name, on in pooling.items() if name.startswith("pooling_mode_") and on is True]
-        if len(modes) != 1 or modes[0].removeprefix("pooling_mode_") not in SENTENCE_TRANSFORMERS_POOLING:
+        if isinstance(pooling.get("pooling_mode"), str):  # sentence-transformers >= 6
+            modes = [pooling["pooling_mode"]]
+        else:
+            modes = [name.removeprefix("pooling_mode_") for name, on in pooling.items()
+                     if name.startswith("pooling_mode_") and on is True]
+        if len(modes) != 1 or modes[0] not in SENTENCE_TRANSFORMERS_POOLING:
             raise ValueError(
                 f"{kinds['Pooling']}/config.json turns on {modes or 'no pooling mode'}; the tower pools with exactly "
-                f"one of {['pooling_mode_' + m for m in SENTENCE_TRANSFORMERS_POOLING]}"
+                f"one of {sorted(SENTENCE_TRANSFORMERS_POOLING)}"
             )
-        kwargs["pooling"] = SENTENCE_TRANSFORMERS_POOLING[modes[0].removeprefix("pooling_mode_")]
+        kwargs["pooling"] = SENTENCE_TRANSFORMERS_POOLING[modes[0]]
         if pooling.get("include_prompt", True) is False:
             raise ValueError(f"{kinds['Pooling']}/config.json excludes the prompt from pooling (include_prompt), "
                              "which the tower does not reproduce")
     model_path = kinds["Transformer"]
-    settings_file = model_path / "sentence_bert_config.json"
-    if settings_file.is_file():
-        settings = _read_json(settings_file)
-        if settings.get("max_seq_length"):
-            kwargs["max_text_length"] = int(settings["max_seq_length"])
+    max_length = _max_seq_length(model_path)
+    if max_length is not None:
+        kwargs["max_text_length"] = max_length
+    model_settings = root / "config_sentence_transformers.json"
+    if model_settings.is_file() and _read_json(model_settings).get("default_prompt_name"):
+        raise ValueError(f"{model_settings} sets a default prompt, which encode() prepends and the tower does not; "
+                         "remove default_prompt_name or put the prompt into the captions")
     return SentenceEmbedderFolder(model_path=model_path, config_kwargs=kwargs)
+
+
+def _max_seq_length(model_path: Path) -> int | None:
+    """The Transformer module's token limit: `sentence_bert_config.json`'s `max_seq_length` (sentence-transformers
+    < 6), else the tokenizer's `model_max_length` (where version 6 keeps it)."""
+    settings = model_path / "sentence_bert_config.json"
+    if settings.is_file() and _read_json(settings).get("max_seq_length"):
+        return int(_read_json(settings)["max_seq_length"])
+    tokenizer = model_path / "tokenizer_config.json"
+    limit = _read_json(tokenizer).get("model_max_length") if tokenizer.is_file() else None
+    return int(limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else None
 
 
 __all__ = ["SentenceEmbedderFolder", "is_sentence_transformers_folder", "read_sentence_transformers_folder"]
