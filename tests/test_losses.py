@@ -270,10 +270,13 @@ CASES = {
     "distill-uneven-global": ("distill", dict(local_loss=False, temperature=2.0), [5, 3], {}),
     "compression": ("compression", dict(), [4, 4], {}),
     "compression-uneven-global": ("compression", dict(local_loss=False, mse_weight=0.5), [5, 3], {}),
+    # the softmax hashtag loss skips samples without hashtags: rank 0 holds 1 labelled sample, rank 1 holds 3
+    "hashtag": ("hashtag", dict(label_smoothing=0.1), [4, 4], {"mask": [1, 0, 0, 0, 1, 1, 0, 1]}),
 }
 FEATURES = {"clip": ("image", "text"), "slip": ("view_1", "view_2"), "siamese": ("image", "text", "tags"),
             "stage": ("image", "text", "tags", "view_1", "view_2", "denoised", "clean"),
-            "distill": ("image", "text", "teacher_image", "teacher_text"), "compression": ("compressed", "full")}
+            "distill": ("image", "text", "teacher_image", "teacher_text"), "compression": ("compressed", "full"),
+            "hashtag": ("logits",)}
 
 
 def _run_case(name, rank, world_size):
@@ -303,6 +306,10 @@ def _run_case(name, rank, world_size):
         loss = DistillationLoss(**kwargs, **dist_kwargs)(
             image_embeds=local["image"], teacher_image_embeds=local["teacher_image"], text_embeds=local["text"],
             logit_scale=scale, teacher_text_embeds=local["teacher_text"], teacher_logit_scale=20.0)["loss"]
+    elif kind == "hashtag":
+        labels = (torch.rand(total, 8, generator=generator) < 0.4) | (torch.arange(8) == torch.arange(total)[:, None] % 8)
+        labels = (labels & torch.tensor(extras["mask"], dtype=torch.bool)[:, None]).float()[start:stop]
+        loss = hashtag_loss(local["logits"], labels, "softmax", world_size=world_size, **kwargs)
     elif kind == "compression":  # Matryoshka sizes 8 and 4 of the projection; the full embeddings are detached
         loss = SimilarityDistillationLoss({8: 1.0, 4: 0.5}, **kwargs, **dist_kwargs)(local["compressed"], local["full"])
     else:

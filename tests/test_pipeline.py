@@ -8,10 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 from transformers import AutoModel
 
 from xray_hf.pipeline import (
@@ -24,6 +27,9 @@ from xray_hf.pipeline import (
 )
 from xray_hf.stages import STAGES
 from xray_hf.trainers.run import check_run_config, load_run_config, run_stage
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay import ReplayLoader, rank_mean_losses, union_batches  # noqa: E402
 
 CONFIGS = preset_path("tiny").parent
 
@@ -252,21 +258,143 @@ def test_pipeline_runs_every_step_and_continues_after_ctrl_c_and_a_kill(tmp_path
     assert (out / "clip" / "model.safetensors").stat().st_mtime_ns == clip_weights
 
 
+WORKER = r'''
+"""
+Run `xray-hf pipeline` in this rank; record per training stage (its folder name) each step's loss, inputs and random
+draws (MAE masks, denoiser noise) and a hash of the trained weights, into <prefix>-rank<r>.json / .safetensors.
+"""
+import hashlib, json, os, sys
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from transformers import Trainer
+
+from xray_hf.cli import main
+from xray_hf.modeling.clip import XrayCLIPDenoiser
+from xray_hf.trainers.mae import MAETrainer
+
+record, tensors, current = {}, {}, {}
+trainer_init, mask_noise, denoise = Trainer.__init__, MAETrainer.mask_noise, XrayCLIPDenoiser.forward
+
+
+def weights_hash(model):
+    state = model.state_dict()
+    return hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
+
+
+def keep(key, value):
+    run = record[current["name"]]
+    tensors[f"{current['name']}.{len(run['steps'])}.{key}"] = value.detach().cpu().contiguous()
+
+
+def recording_init(self, *args, **kwargs):
+    trainer_init(self, *args, **kwargs)
+    name = current["name"] = os.path.basename(os.path.normpath(self.args.output_dir))
+    run = record[name] = {"world_size": self.args.world_size, "process_index": self.args.process_index, "steps": []}
+    compute_loss, train = self.compute_loss, self.train
+
+    def recording_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            for key, value in inputs.items():
+                if torch.is_tensor(value):
+                    keep(key, value)
+            run["steps"].append({"ids": [str(i) for i in inputs.get("id", [])],
+                                 "loss": (out[0] if return_outputs else out).item()})
+        return out
+
+    def recording_train(*args, **kwargs):
+        output = train(*args, **kwargs)
+        run["global_step"], run["weights"] = self.state.global_step, weights_hash(self.model)
+        return output
+
+    self.compute_loss, self.train = recording_compute_loss, recording_train
+
+
+def recording_noise(self, model, pixel_values):
+    noise = mask_noise(self, model, pixel_values)
+    if model.training:
+        keep("noise", noise)
+    return noise
+
+
+def recording_denoise(self, embedding, noise=None):
+    if noise is None and self.training:
+        noise = torch.randn(embedding.shape[0], self.norm.normalized_shape[0], device=embedding.device)
+        keep("denoise_noise", noise)
+    return denoise(self, embedding, noise)
+
+
+Trainer.__init__, MAETrainer.mask_noise, XrayCLIPDenoiser.forward = recording_init, recording_noise, recording_denoise
+status = main(sys.argv[2:])
+rank = os.environ["RANK"]
+with open(f"{sys.argv[1]}-rank{rank}.json", "w") as f:
+    json.dump(record, f)
+save_file(tensors, f"{sys.argv[1]}-rank{rank}.safetensors")
+if dist.is_initialized():
+    dist.barrier()
+sys.exit(status)
+'''
+
+
+def without_key_biases(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights with every attention layer's key bias zeroed. It has no effect on the layer's output (a bias on
+    the keys adds one constant to all of a query's logits, which the softmax removes), so its loss gradient is zero
+    and the optimizers move it by rounding noise (Lion by +-lr): no two runs agree on it, and nothing depends on it."""
+    out = {}
+    for key, value in state.items():
+        value = value.clone()
+        if key.endswith("qkv.bias"):
+            value.view(3, -1)[1] = 0
+        elif key.endswith(".kv.bias"):
+            value.view(2, -1)[0] = 0
+        elif key.endswith("k_proj.bias"):
+            value.zero_()
+        out[key] = value
+    return out
+
+
+def replay_stage(name: str, section: dict, ranks: list[dict], output_dir, patch: pytest.MonkeyPatch) -> dict:
+    """One process trains stage `name` from the same parents on the union of the ranks' batches, with their random
+    draws (MAE masks, denoiser noise); returns its results."""
+    from xray_hf.modeling.clip import XrayCLIPDenoiser
+    from xray_hf.trainers import clip_run, compression, distill_run, hashtag, mae
+
+    batches = union_batches(ranks)
+    noise = [batch.pop("noise", None) for batch in batches]
+    denoise_noise = iter([batch.pop("denoise_noise", None) for batch in batches])
+    for module in (mae, hashtag, clip_run, distill_run):
+        patch.setattr(module, "build_train_loader", lambda *a, **k: ReplayLoader(batches))
+    patch.setattr(compression.CompressionTrainer, "get_train_dataloader", lambda self: ReplayLoader(batches))
+    patch.setattr(mae.MAETrainer, "mask_noise",
+                  lambda self, model, pixels: noise[self.state.global_step] if model.training else None)
+    denoise = XrayCLIPDenoiser.forward
+    patch.setattr(XrayCLIPDenoiser, "forward", lambda self, embedding, noise=None: denoise(
+        self, embedding, next(denoise_noise) if noise is None and self.training else noise))
+    config = json.loads(json.dumps(section))
+    config["training"].update(output_dir=str(output_dir), save_strategy="no", eval_strategy="no", report_to=[])
+    return run_stage(name, config)
+
+
 @pytest.mark.slow
 def test_pipeline_under_torchrun_trains_every_stage_on_both_ranks(tmp_path):
-    """The same command under `torchrun` (2 CPU ranks, gloo): each stage trains on both ranks, the main process
-    alone writes the state, semantic IDs, evaluations, report and cards, and every rank exits cleanly."""
+    """The same command under `torchrun` (2 CPU ranks, gloo): every stage trains on both ranks into one model (the
+    same weights on both), the one a single process trains from the same parents on the same global batches; the
+    main process alone writes the state, semantic IDs, evaluations, report and cards, and every rank exits cleanly."""
     config_path = tmp_path / "pipeline.yaml"
     config_path.write_text(yaml.safe_dump(small_pipeline(), sort_keys=False))
     out = tmp_path / "run"
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2", "--master_addr",
-         "127.0.0.1", "--master_port", str(port), "-m", "xray_hf.cli", "pipeline", "--config", str(config_path),
-         "--output", str(out)],
+         "127.0.0.1", "--master_port", str(port), str(worker), str(tmp_path / "record"), "pipeline", "--config",
+         str(config_path), "--output", str(out)],
         env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     report = json.loads((out / "report.json").read_text())
@@ -275,11 +403,37 @@ def test_pipeline_under_torchrun_trains_every_stage_on_both_ranks(tmp_path):
         checkpoint = out / name / "checkpoint-2"
         assert {p.name for p in checkpoint.glob("data_state-rank*.json")} == {"data_state-rank0.json",
                                                                              "data_state-rank1.json"}
-        assert report[name]["metrics"]["global_step"] == 4
     assert {(run["task"], run["dataset"]) for run in report["clip"]["evaluation"]} == {
         ("zero-shot", "moving-shapes"), ("retrieval", "openmoji")}
     assert ModelCard.load(out / "clip" / "README.md").data.eval_results
     assert AutoModel.from_pretrained(out / "distill") is not None
+
+    records = []
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"record-rank{rank}.json").read_text())
+        tensors = load_file(tmp_path / f"record-rank{rank}.safetensors")
+        for name, run in record.items():
+            run["tensors"] = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == name}
+        records.append(record)
+    sections = json.loads(json.dumps(load_pipeline_config(config_path)["stages"]).replace("{output}", str(out)))
+    assert list(records[0]) == list(records[1]) == list(sections)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, section in sections.items():
+            ranks = [record[name] for record in records]
+            assert [(r["process_index"], r["world_size"], r["global_step"]) for r in ranks] == [(0, 2, 4), (1, 2, 4)]
+            assert len(ranks[0]["steps"]) == len(ranks[1]["steps"]) == 4, name
+            assert ranks[0]["weights"] == ranks[1]["weights"], f"{name}: the ranks trained different weights"
+            assert report[name]["metrics"]["global_step"] == 4
+            single = replay_stage(name, section, ranks, tmp_path / "single" / name, patch)
+            got, want = rank_mean_losses(ranks), [e["loss"] for e in single["log_history"] if "loss" in e]
+            loss_gap = max(abs(a - b) for a, b in zip(got, want))
+            saved, reference = (without_key_biases(load_file(folder / name / "model.safetensors"))
+                                for folder in (out, tmp_path / "single"))
+            assert saved.keys() == reference.keys()
+            weight_gap = max((saved[k].double() - reference[k].double()).abs().max().item() for k in saved)
+            print(f"{name}: max |loss - one process| {loss_gap:.2e}, max |weight - one process| {weight_gap:.2e}")
+            assert len(got) == len(want) == 4 and loss_gap < 1e-5, (name, got, want)
+            assert weight_gap < 1e-5, name
 
 
 def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):

@@ -93,7 +93,7 @@ def test_compress_stage_trains_calibrates_saves_and_reports_retention(clip_dir, 
 
 
 def test_compress_from_the_cli_with_templates_and_bad_settings(clip_dir, tmp_path):
-    config = compress_config(clip_dir, "unused")
+    config = compress_config(clip_dir, "unused", report_to=["tensorboard"])  # logs what it trains: the module
     config["texts"] = {"templates": ["a photo of a {}.", "a {}."]}
     config["data"] = {"image": {"name": "fashion-mnist", "split": "train", "max_samples": 100},
                       "eval": {"name": "fashion-mnist", "split": "test", "max_samples": 50}}
@@ -104,6 +104,7 @@ def test_compress_from_the_cli_with_templates_and_bad_settings(clip_dir, tmp_pat
     results = json.loads((out / "results.json").read_text())
     assert results["training_embeddings"] == 200  # 100 images, 20 class prompts repeated to 100
     assert set(results["retention"]["fashion_mnist"]["int8"]) >= {"zeroshot_acc1", "relative_zeroshot_acc1"}
+    assert any((out / "runs").rglob("events.out.tfevents.*"))
 
     with pytest.raises(ValueError, match="existing CLIP checkpoint"):
         run_stage("compress", compress_config(tmp_path / "missing", tmp_path / "x"))
@@ -129,3 +130,5 @@ def test_compress_stage_resumes_to_the_uninterrupted_losses(clip_dir, tmp_path):
                         resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-4"))
     losses = [[row["loss"] for row in r["log_history"] if "loss" in row] for r in (full, resumed)]
     assert len(losses[0]) == 8 and losses[1] == losses[0]  # the resumed history starts with the checkpoint's
+    checkpoint = AutoModel.from_pretrained(tmp_path / "full" / "checkpoint-4")  # a checkpoint is a CLIP model
+    assert isinstance(checkpoint, XrayCLIPModel) and bool(checkpoint.embedding_compression.int8_calibrated)

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -36,6 +37,9 @@ from xray_hf.trainers import clip_run, compression, mae
 from xray_hf.trainers.run import run_stage
 
 from .test_distributed import HASHTAG, MODEL, free_port, launch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from replay import ReplayLoader, rank_mean_losses, union_batches  # noqa: E402
 
 pytestmark = pytest.mark.slow  # three launches, ~2.5 min on 2 cores
 
@@ -368,44 +372,6 @@ def chained(tmp_path_factory, llm_dir):
     return folder, runs
 
 
-class ReplayLoader:
-    """A stateful loader yielding recorded global batches (both ranks' batches, rank 0's rows first)."""
-
-    def __init__(self, batches: list[dict]):
-        self.batches, self.position = batches, 0
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        while self.position < len(self.batches):
-            self.position += 1
-            yield self.batches[self.position - 1]
-
-    def state_dict(self) -> dict:
-        return {"position": self.position}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.position = state["position"]
-
-
-def union_batches(ranks: list[dict], skip: set[str] = frozenset()) -> list[dict]:
-    """Per step, the concatenation of both ranks' recorded tensors (token tensors padded to one length)."""
-    batches = []
-    for step in range(len(ranks[0]["steps"])):
-        keys = {k.split(".", 1)[1] for k in ranks[0]["tensors"] if k.split(".", 1)[0] == str(step)} - set(skip)
-        batch = {}
-        for key in sorted(keys):
-            parts = [r["tensors"][f"{step}.{key}"] for r in ranks]
-            if parts[0].ndim == 2 and not parts[0].is_floating_point() and key != "noise":
-                width = max(p.shape[1] for p in parts)
-                parts = [torch.nn.functional.pad(p, (0, width - p.shape[1])) for p in parts]
-            batch[key] = torch.cat(parts)
-        batch["id"] = [i for r in ranks for i in r["steps"][step]["ids"]]
-        batches.append(batch)
-    return batches
-
-
 @pytest.fixture(scope="module")
 def references(chained, tmp_path_factory, monkeypatch_module):
     """The single-process MAE and CLIP runs over the union of the DDP run's batches (and masks)."""
@@ -435,9 +401,7 @@ def monkeypatch_module():
         yield patch
 
 
-def losses(ranks: list[dict]) -> list[float]:
-    """Per step, the mean of the ranks' losses: the loss of the global batch."""
-    return [sum(r["steps"][s]["loss"] for r in ranks) / len(ranks) for s in range(len(ranks[0]["steps"]))]
+losses = rank_mean_losses
 
 
 def single_losses(results: dict) -> list[float]:

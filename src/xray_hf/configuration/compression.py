@@ -8,6 +8,7 @@ model's weights (see `xray_hf.modeling.compression`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -64,6 +65,11 @@ class XrayCompressionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_json_string(self) -> str:
+        """The settings as JSON, as `PreTrainedConfig.to_json_string` (what Trainer integrations such as TensorBoard
+        log about the model being trained: the compress stage trains this module alone)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @property
     def dims(self) -> tuple[int, ...]:

@@ -4,6 +4,7 @@ loss and the hashtag loss (stages 1 and 2; also importable from `modeling.mae` a
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .distributed import _check_pair, _check_rows, _check_smoothing, _fp32, fp32_loss, info_nce_rows, same_group_mask
@@ -61,13 +62,19 @@ def masked_patch_loss(
 
 
 def hashtag_loss(
-    logits: torch.Tensor, labels: torch.Tensor, loss_type: str = "softmax", label_smoothing: float = 0.0
+    logits: torch.Tensor, labels: torch.Tensor, loss_type: str = "softmax", label_smoothing: float = 0.0,
+    world_size: int = 1,
 ) -> torch.Tensor:
     """Multi-label hashtag loss (stage 2) in fp32.
 
     `"softmax"` (Mahajan et al. 2018): cross-entropy between softmax(logits) and the multi-hot target scaled to
     sum to one; samples without any label do not count. `"bce"`: per-label binary cross-entropy, averaged.
     `label_smoothing` mixes the target with the uniform distribution (softmax) or pulls 0/1 towards eps/2 (BCE).
+
+    With `world_size` > 1 (a DDP or FSDP2 step; collective) the softmax loss counts the labelled samples of every
+    rank and scales this rank's sum by `world_size`: the ranks' losses then average to the loss of the global batch,
+    and DDP's gradient mean is its gradient, also when the ranks hold different numbers of labelled samples (each
+    rank's own mean would weight a sample by its rank's count).
     """
     if loss_type not in HASHTAG_LOSSES:
         raise ValueError(f"loss_type must be one of {HASHTAG_LOSSES}, got {loss_type!r}")
@@ -86,4 +93,8 @@ def hashtag_loss(
     if label_smoothing:
         target = target * (1.0 - label_smoothing) + label_smoothing / labels.shape[-1]
     per_sample = -(target * logits.log_softmax(dim=-1)).sum(dim=-1)
-    return (per_sample * has_label).sum() / has_label.sum().clamp_min(1.0)
+    labelled = has_label.sum().detach()
+    if world_size > 1:
+        labelled = labelled.clone()
+        dist.all_reduce(labelled)
+    return (per_sample * has_label).sum() * world_size / labelled.clamp_min(1.0)

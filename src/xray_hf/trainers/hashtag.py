@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import EvalPrediction
 
+from ..losses import hashtag_loss
 from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
 from .base import XrayTrainer, XrayTrainingArguments
 from .data import SourceSpec, _map_dataset, build_eval_dataset, build_train_loader
@@ -118,11 +119,10 @@ class HashtagTrainer(XrayTrainer):
         if "labels" not in inputs:
             raise ValueError("hashtag batches need multi-hot 'labels'; use HashtagCollator")
         args = self.args
-        loss_type = getattr(args, "hashtag_loss", "softmax")
-        outputs = model(
-            pixel_values=pixel_values, labels=inputs["labels"], loss_type=loss_type,
-            label_smoothing=args.label_smoothing_factor,
-        )
+        outputs = model(pixel_values=pixel_values)
+        # the loss of the global batch: labelled samples are counted over the ranks while training (collective)
+        outputs.loss = hashtag_loss(outputs.logits, inputs["labels"], getattr(args, "hashtag_loss", "softmax"),
+                                    args.label_smoothing_factor, world_size=args.world_size if model.training else 1)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
