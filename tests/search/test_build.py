@@ -160,6 +160,23 @@ def test_semantic_ids_are_stored_when_a_quantiser_is_given(clip_dir, image_folde
     assert all(len(ids) == 2 for ids in index.table.column("semantic_ids").to_pylist())
 
 
+def test_a_quantiser_fitted_on_the_model_is_found_beside_it(clip_dir, other_clip_dir, tmp_path):
+    from xray_hf.configuration.semantic_ids import XraySemanticIDConfig
+    from xray_hf.modeling.semantic_ids import XraySemanticIDModel
+    from xray_hf.search.build import find_quantizer
+
+    run = tmp_path / "run"
+    shutil.copytree(clip_dir, run / "clip")
+    quantizer = XraySemanticIDModel(XraySemanticIDConfig(embedding_dim=16, num_levels=2, codebook_size=4))
+    quantizer.save_pretrained(run / "semantic_ids" / "quantizer")
+    report = run / "semantic_ids" / "report.json"
+    report.write_text(json.dumps({"model": str(run / "clip"), "feature": "embedding"}))
+    assert find_quantizer(str(run / "clip"), 16) == str(run / "semantic_ids" / "quantizer")
+    assert find_quantizer(str(run / "clip"), 32) is None  # another width
+    report.write_text(json.dumps({"model": str(other_clip_dir), "feature": "embedding"}))
+    assert find_quantizer(str(run / "clip"), 16) is None  # fitted on another model
+
+
 @pytest.mark.parametrize("kind", ["int8", "binary"])
 def test_compressed_kinds_store_the_models_codes(clip_dir, image_folder, tmp_path, kind):
     build_index(clip_dir, str(image_folder), tmp_path / "index", kind=kind, progress=False)

@@ -76,3 +76,10 @@ def test_export_writes_a_space_that_loads(gallery_index, tmp_path):
     assert not os.path.exists(os.path.join(hub, "model")) and not os.path.exists(os.path.join(hub, "index"))
     with pytest.raises(ValueError, match="not empty"):
         export_space(gallery_index, tmp_path / "space")
+
+
+def test_cli_demo_export(gallery_index, tmp_path, capsys):
+    from xray_hf.cli import main
+
+    assert main(["demo", str(gallery_index), "--export", str(tmp_path / "cli_space")]) == 0
+    assert "xray-hf push" in capsys.readouterr().out and (tmp_path / "cli_space" / "app.py").is_file()
