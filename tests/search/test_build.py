@@ -213,3 +213,13 @@ def test_parts_are_plain_parquet(clip_dir, image_folder, tmp_path):
     build_index(clip_dir, str(image_folder), tmp_path / "index", progress=False)
     parts = sorted((tmp_path / "index").glob("items-*.parquet"))
     assert parts and pq.read_table(parts[0]).num_rows == 16
+
+
+def test_an_index_built_with_a_relative_model_path_is_searchable_from_elsewhere(clip_dir, image_folder, tmp_path,
+                                                                                  monkeypatch):
+    from xray_hf.search import Searcher
+
+    monkeypatch.chdir(clip_dir.parent)
+    build_index(clip_dir.name, str(image_folder), tmp_path / "index", max_items=4, progress=False)
+    monkeypatch.chdir(tmp_path)
+    assert len(Searcher(tmp_path / "index").search("a red square", k=2).rows) == 2

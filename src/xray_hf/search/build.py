@@ -228,7 +228,8 @@ def build_index(
         "bytes_per_item": {k: v if v is None else round(v, 2) for k, v in index.bytes_per_item().items()},
     }
     sources_seen = sorted(set(store.manifest["sources"]) | {s.name for s in gallery})
-    store.update_manifest({"report": report, "sources": sources_seen, "model": embedder.model_dir,
+    # absolute: `xray-hf search INDEX` finds the checkpoint from any working directory
+    store.update_manifest({"report": report, "sources": sources_seen, "model": os.path.abspath(embedder.model_dir),
                            "split": split})
     return report
 
