@@ -21,6 +21,7 @@ TASKS = {
     "retrieval": "zeroshot_retrieval",
     "linear-probe": "linear_probe",
     "knn": "knn",
+    "caption-retrieval": "caption_retrieval",
 }
 REQUIRED_KEYS = ("dataset", "model", "task", "metrics", "language")
 
