@@ -13,8 +13,11 @@ from .stages import STAGES
 def _embed(args: argparse.Namespace) -> int:
     from .demo import embed_image
 
-    pooled = embed_image(args.image, preset=args.preset, model_path=args.model)
-    print(f"embedding shape: {tuple(pooled.shape)}")
+    result = embed_image(args.image, preset=args.preset, model_path=args.model, compile=args.compile,
+                         batch_size=args.batch_size)
+    print(f"embedding shape: {tuple(result.pooled.shape)}")
+    print(f"throughput: {result.images_per_second:.1f} images/s (batch {result.batch_size}, "
+          f"{'compiled' if result.compiled else 'eager'}, {result.threads} torch threads)")
     return 0
 
 
@@ -26,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", default=None, help="image path (default: a bundled scikit-image photo)")
     p.add_argument("--preset", default="tiny", help="XrayVisualConfig preset, random init (default: tiny)")
     p.add_argument("--model", default=None, help="a saved model directory instead of a preset")
+    p.add_argument("--batch-size", type=int, default=8, help="copies of the image per timed call (default: 8)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes) before timing")
     p.set_defaults(func=_embed)
 
     # -- more subcommands (train, convert, ...) are added below, one block each --
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
             max_train_samples=args.max_train_samples, feature=args.feature, num_frames=args.num_frames,
             stride=args.stride, video_mode=args.video_mode, batch_size=args.batch_size, num_workers=args.num_workers,
             device=args.device, plots=not args.no_plots, seed=args.seed, save_adapter=args.save_adapter,
+            compile=args.compile,
         )
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         print(f"{result['task']} on {result['dataset']}/{args.split}: {metrics}")
@@ -140,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="write only the JSON")
     p.add_argument("--save-adapter", default=None, metavar="NAME",
                    help="linear-probe only: save the probe as a linear adapter in <model>/adapters/NAME")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the vision tower (static shapes: one graph per batch shape)")
     p.set_defaults(func=_eval)
 
     # -- semantic-ids: RQ / PQ codes of a dataset's embeddings (paper 6.6); ids Parquet + quantiser + report --
@@ -307,6 +315,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index-repo", default=None,
                    help="with --export: load the index from this Hub dataset id, not a copy")
     p.set_defaults(func=_demo)
+
+    # -- export: the encoders as ONNX files (fp32, and dynamically quantised int8), run with onnxruntime --
+    def _export(args: argparse.Namespace) -> int:
+        from .export.onnx import export_onnx
+
+        size = args.image_size
+        if size is not None and len(size) not in (1, 2):
+            raise ValueError(f"--image-size takes SIZE or HEIGHT WIDTH, got {len(size)} values")
+        size = None if size is None else tuple(size * (3 - len(size)))  # SIZE -> (SIZE, SIZE)
+        manifest = export_onnx(args.model, args.output, image_size=size,
+                               num_frames=args.num_frames, video=not args.no_video, text=not args.no_text,
+                               int8=args.int8)
+        for name, entry in manifest["encoders"].items():
+            files = entry["file"] + (f" + {entry['int8_file']}" if "int8_file" in entry else "")
+            print(f"{name}: {files}, inputs {entry['inputs']}, min cosine to PyTorch {entry['check']['min_cosine']:.6f}")
+        print(f"exported to {args.output} (load with xray_hf.export.runtime.XrayOnnxModel)")
+        return 0
+
+    p = sub.add_parser("export", help="export the image, video and text encoders to ONNX (optionally int8)")
+    p.add_argument("--model", required=True, help="a checkpoint directory (CLIP or backbone)")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--int8", action="store_true", help="also write dynamically int8-quantised copies")
+    p.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
+                   help="resolution fixed in the image and video files: SIZE or HEIGHT WIDTH (default: the config's)")
+    p.add_argument("--num-frames", type=int, default=None, help="frames fixed in the video file (default: the config's)")
+    p.add_argument("--no-video", action="store_true", help="skip the video encoder")
+    p.add_argument("--no-text", action="store_true", help="skip the text encoder")
+    p.set_defaults(func=_export)
 
     # -- push: a checkpoint directory to a Hub (HF_ENDPOINT / HF_TOKEN), with model card and remote code --
     def _push(args: argparse.Namespace) -> int:

@@ -112,6 +112,7 @@ def run_eval(
     language: str = "en",
     seed: int = 0,
     save_adapter: str | None = None,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`) of `model` (a checkpoint directory or a
     loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
@@ -121,7 +122,8 @@ def run_eval(
     `linear-probe` trains on `train_split` of `train_dataset` (default: `dataset`), chooses C on `val_split`
     (embedded sets; otherwise a held-out part of train) and also reports kNN; with `save_adapter=NAME` its
     probe is saved as a linear adapter in `<model>/adapters/NAME` (`modeling.adapters`). See the module
-    docstrings of `zero_shot`, `retrieval` and `linear_probe` for the definitions.
+    docstrings of `zero_shot`, `retrieval` and `linear_probe` for the definitions. `compile=True` compiles the
+    model's vision tower in place (`xray_hf.export.compile.compile_for_inference`).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
@@ -145,6 +147,10 @@ def run_eval(
         raise ValueError(f"task {task!r} needs a tokenizer (or encode_text=)")
     if device is not None:
         model = model.to(device)
+    if compile:  # the vision tower, in place, static shapes: one graph per batch shape
+        from ..export.compile import compile_for_inference
+
+        compile_for_inference(model)
     transform = ProcessorTransform(image_processor, video_processor)
     if num_frames is None:
         num_frames = int(getattr(video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
