@@ -43,3 +43,21 @@ def test_converted_smollm2_is_a_plain_working_checkpoint():
     with torch.no_grad():
         next_token = model(input_ids=ids).logits[0, -1].argmax().item()
     assert tokenizer.decode(next_token).strip() == "Paris"
+
+
+def test_cli_copies_minilm_and_the_copy_builds_the_same_tower(tmp_path, capsys):
+    from xray_hf import XrayLLM2CLIPTextModel
+    from xray_hf.convert import minilm_folder, resolve_text_model
+
+    assert main(["convert", "minilm", "--output", str(tmp_path / "minilm")]) == 0
+    assert "written to" in capsys.readouterr().out
+    assert resolve_text_model("minilm") == str(minilm_folder())
+    assert resolve_text_model(str(tmp_path)) == str(tmp_path)  # a folder is itself
+    torch.manual_seed(0)
+    copied = XrayLLM2CLIPTextModel.from_llm(tmp_path / "minilm", projection_dim=8)
+    torch.manual_seed(0)
+    packaged = XrayLLM2CLIPTextModel.from_llm(resolve_text_model("minilm"), projection_dim=8)
+    settings = ("pooling", "normalize_pooled", "max_text_length", "kind")
+    assert [getattr(copied.config, k) for k in settings] == [getattr(packaged.config, k) for k in settings]
+    for (name, a), (_, b) in zip(copied.state_dict().items(), packaged.state_dict().items()):
+        assert torch.equal(a, b), name
