@@ -75,6 +75,20 @@ def test_string_labels_become_classes_and_plain_integers_need_names(tmp_path):
         load_eval_set(str(tmp_path / "i"), classnames=["a", "b"])
 
 
+def test_string_labels_map_to_the_given_classnames_by_name(tmp_path):
+    """`--classnames dog,cat` with string labels: an item labelled "dog" is class 0 ("dog"), not the index of
+    "dog" in sorted order (1, which is "cat" in the user's list)."""
+    table = load_embedded_subset()
+    names = [["cat", "dog", "bird"][y % 3] for y in table["label"]]
+    write_shards(table.remove_columns("label").add_column("label", names), str(tmp_path / "s"), "parquet", 1)
+    given = ["dog", "cat", "bird"]
+    eval_set = load_eval_set(str(tmp_path / "s"), classnames=given, need=("labels", "classnames"))
+    assert eval_set.classnames == given
+    assert [given[y] for y in eval_set.labels().tolist()] == names
+    with pytest.raises(ValueError, match=r"labels \['bird'\] .* not in the class names \['dog', 'cat'\]"):
+        load_eval_set(str(tmp_path / "s"), classnames=["dog", "cat"], need=("labels",))
+
+
 def test_bad_dataset_arguments():
     with pytest.raises(ValueError, match="neither an embedded set"):
         load_eval_set("no-such-set")

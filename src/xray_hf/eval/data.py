@@ -11,8 +11,9 @@ Sources (`load_eval_set`):
 a local source (a stream).
 
 Columns: the media column is the dataset's image/video feature; labels come from `label` (or `cls`), class
-names from its `ClassLabel` feature, from string labels (sorted), or from `classnames=`; captions from
-`caption` (or `captions`, `txt`, `text`), a string or a list of strings per item.
+names from its `ClassLabel` feature, from string labels (sorted; with `classnames=`, each label is the class of
+that name), or from `classnames=`; captions from `caption` (or `captions`, `txt`, `text`), a string or a list of
+strings per item.
 """
 
 from __future__ import annotations
@@ -98,8 +99,18 @@ def _pick(
     return found
 
 
-def _string_labels_to_classes(dataset: datasets.Dataset, column: str) -> tuple[datasets.Dataset, list[str]]:
-    names = sorted(set(dataset[column]))
+def _string_labels_to_classes(
+    dataset: datasets.Dataset, column: str, classnames: Sequence[str] | None = None
+) -> tuple[datasets.Dataset, list[str]]:
+    """String labels as class indices: into `classnames` by name (the user's order), or into the sorted labels."""
+    found = set(dataset[column])
+    if classnames is None:
+        names = sorted(found)
+    else:
+        names = list(classnames)
+        missing = sorted(found - set(names))
+        if missing:
+            raise ValueError(f"labels {missing[:10]} in column {column!r} are not in the class names {names}")
     return dataset.cast_column(column, datasets.ClassLabel(names=names)), names
 
 
@@ -148,8 +159,7 @@ def load_eval_set(
         if isinstance(feature, datasets.ClassLabel):
             names = names or list(feature.names)
         elif isinstance(feature, datasets.Value) and feature.dtype == "string":
-            table, found = _string_labels_to_classes(table, label_column)
-            names = names or found
+            table, names = _string_labels_to_classes(table, label_column, names)
         elif not (isinstance(feature, datasets.Value) and feature.dtype.startswith("int")):
             raise ValueError(f"label column {label_column!r} must hold class indices or names, got {feature}")
         if names is not None:
