@@ -6,12 +6,16 @@ seeds and writes every result as JSON (CLIP_benchmark's shape) under --output.
 
 Experiments (tiny preset; evaluation through `xray_hf.eval.run_eval` on the saved checkpoint, as a user runs it):
 
-- `fashion`: Fashion-MNIST captioned with simple templates of its class names, plain text tower from scratch;
-  zero-shot top-1 on the test split with the training template set and with CLIP's 8 photo templates (whose
-  unseen words a from-scratch tower cannot read), and a linear probe of the same backbone.
+- `fashion`: Fashion-MNIST captioned with simple templates of its class names, the frozen MiniLM tower (LLM2CLIP
+  slot) against the plain text tower from scratch; zero-shot top-1 on the test split with the training template
+  set and with CLIP's 8 photo templates (whose unseen words a from-scratch tower cannot read), and a linear probe.
+- `unseen`: the same, trained on 8 Fashion-MNIST classes only; zero-shot on the test images of the 2 held-back
+  classes (bag, ankle boot: the last two), among all 10 class names (CLIP's photo templates), MiniLM against plain;
+  beside it, zero-shot on the whole test split.
 - `towers`: OpenMoji retrieval on the test split (names never seen in training), image->text and text->image
-  R@1/R@5: the LLM2CLIP tower (SmolLM2-135M frozen, pooled outputs cached) against the plain `XrayTextModel`
-  trained from scratch (paper 4.6), both against the same embeddings with captions shuffled.
+  R@1/R@5/R@10: the LLM2CLIP tower with frozen all-MiniLM-L6-v2 and with SmolLM2-135M (raw, causal, after
+  LLM2Vec; pooled outputs cached) against the plain `XrayTextModel` trained from scratch (paper 4.6, claim: a
+  frozen LLM-side tower beats training text from scratch), all against the same embeddings with captions shuffled.
 - `order`: configs/clip_tiny.yaml started from MAE -> hashtag (configs/mae_tiny.yaml, configs/hashtag_tiny.yaml,
   trained once) against the same CLIP run from random init at the same CLIP budget (paper Table 6): OpenMoji
   retrieval, moving-shapes video zero-shot (shape x direction, shape, direction) and a Fashion-MNIST linear probe.
@@ -42,6 +46,7 @@ QUIET = {"disable_tqdm": True, "report_to": ["tensorboard"], "save_strategy": "n
 TRAIN_TEMPLATES = ["a photo of a {}", "a picture of a {}", "an image of a {}", "a {}", "a photo of the {}",
                    "a close-up photo of a {}"]
 VISION_TINY = {"preset": "tiny", "config": {"image_size": 32, "patch_size": 4, "num_frames": 4}}
+MINILM_TEXT = {"from_llm": "minilm", "config": {"adapter_depth": 4}}  # frozen all-MiniLM-L6-v2, cached
 PLAIN_TEXT = {"preset": "tiny", "tokenizer": "smollm2",
               "config": {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
                          "max_position_embeddings": 32}}
@@ -68,8 +73,9 @@ def retrieval(model_dir: str, split: str = "test", shuffle_seed: int | None = No
         embeds = embed_retrieval_set(pieces["model"], data, tokenizer=pieces["tokenizer"], caption_column="caption")
         order = torch.from_numpy(np.random.default_rng(shuffle_seed).permutation(len(embeds.text_to_image)))
         metrics = retrieval_metrics(embeds.image_embeds, embeds.text_embeds, embeds.text_to_image[order])
-    return {k: metrics[k] for k in ("text_retrieval_recall@1", "text_retrieval_recall@5",
-                                    "image_retrieval_recall@1", "image_retrieval_recall@5")}
+    return {k: metrics[k] for k in ("text_retrieval_recall@1", "text_retrieval_recall@5", "text_retrieval_recall@10",
+                                    "image_retrieval_recall@1", "image_retrieval_recall@5",
+                                    "image_retrieval_recall@10")}
 
 
 def video_zero_shot(model_dir: str) -> dict[str, float]:
@@ -105,26 +111,83 @@ def plain_clip_config(out: str, seed: int, steps: int, data: dict, captions: dic
     }
 
 
-def fashion(output: str, seeds: list[int], steps: int) -> dict:
-    runs = []
-    for seed in seeds:
-        out = os.path.join(output, f"fashion_seed{seed}")
-        data = {"resolution": 32, "image": {"name": "fashion-mnist", "split": "train", "batch_size": 128},
-                "augment": {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0,
-                            "crop_scale": [0.7, 1.0]}}
-        config = plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES})
-        start = time.time()
-        run_stage("clip", config)
-        seconds = time.time() - start
-        zs = {name: run_eval(out, "zero-shot", "fashion-mnist", split="test", templates=templates,
-                             plots=False)["metrics"]["acc1"]
-              for name, templates in (("zeroshot_acc1_train_templates", TRAIN_TEMPLATES),
-                                      ("zeroshot_acc1_clip_photo_templates", "photo"))}
-        probe = run_eval(out, "linear-probe", "fashion-mnist", split="test", max_train_samples=10000,
-                         plots=False)["metrics"]
-        runs.append({**zs, "lp_acc1": probe["lp_acc1"], "train_seconds": seconds})
-        log(f"fashion seed {seed}: {runs[-1]}")
-    return {"runs": runs, "mean_std": summarize(runs), "steps": steps}
+FASHION_AUGMENT = {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0, "crop_scale": [0.7, 1.0]}
+TEXT_TOWERS = {"minilm": MINILM_TEXT, "plain": PLAIN_TEXT}
+
+
+def fashion(output: str, seeds: list[int], steps: int, towers: list[str] | None = None) -> dict:
+    res = {}
+    for tower, text in TEXT_TOWERS.items():
+        if towers and tower not in towers:
+            continue
+        runs = []
+        for seed in seeds:
+            out = os.path.join(output, f"fashion_{tower}_seed{seed}")
+            data = {"resolution": 32, "image": {"name": "fashion-mnist", "split": "train", "batch_size": 128},
+                    "augment": FASHION_AUGMENT}
+            config = plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES}, text=text)
+            start = time.time()
+            run_stage("clip", config)
+            seconds = time.time() - start
+            zs = {name: run_eval(out, "zero-shot", "fashion-mnist", split="test", templates=templates,
+                                 plots=False)["metrics"]["acc1"]
+                  for name, templates in (("zeroshot_acc1_train_templates", TRAIN_TEMPLATES),
+                                          ("zeroshot_acc1_clip_photo_templates", "photo"))}
+            probe = run_eval(out, "linear-probe", "fashion-mnist", split="test", max_train_samples=10000,
+                             plots=False)["metrics"]
+            runs.append({**zs, "lp_acc1": probe["lp_acc1"], "train_seconds": seconds})
+            log(f"fashion {tower} seed {seed}: {runs[-1]}")
+        res[tower] = {"runs": runs, "mean_std": summarize(runs)}
+    res["steps"] = steps
+    return res
+
+
+HELD_OUT = 2  # the last classes of Fashion-MNIST (bag, ankle boot) are never seen in `unseen` training
+
+
+def _fashion_subset(output: str) -> tuple[str, list[str], list[int]]:
+    """A Parquet file of the Fashion-MNIST training images of all but the last HELD_OUT classes."""
+    from xray_hf.data import load_embedded
+
+    train = load_embedded("fashion-mnist", "train")
+    names = train.features["label"].names
+    held = list(range(len(names) - HELD_OUT, len(names)))
+    path = os.path.join(output, "fashion_seen_classes.parquet")
+    if not os.path.exists(path):
+        train.filter(lambda label: label not in held, input_columns="label").to_parquet(path)
+    return path, names, held
+
+
+def unseen(output: str, seeds: list[int], steps: int, towers: list[str] | None = None) -> dict:
+    """Zero-shot on classes the CLIP run never saw: only the text tower knows what their names mean."""
+    from xray_hf.data import load_embedded
+
+    path, names, held = _fashion_subset(output)
+    test = load_embedded("fashion-mnist", "test")
+    held_test = os.path.join(output, "fashion_held_out_test.parquet")
+    if not os.path.exists(held_test):
+        test.filter(lambda label: label in held, input_columns="label").to_parquet(held_test)
+    count = sum(1 for label in load_embedded("fashion-mnist", "train")["label"] if label not in held)
+    res = {"held_out_classes": [names[i] for i in held]}
+    for tower, text in TEXT_TOWERS.items():
+        if towers and tower not in towers:
+            continue
+        runs = []
+        for seed in seeds:
+            out = os.path.join(output, f"unseen_{tower}_seed{seed}")
+            data = {"resolution": 32, "image": {"path": path, "batch_size": 128, "num_samples": count},
+                    "augment": FASHION_AUGMENT}
+            config = plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES}, text=text)
+            run_stage("clip", config)
+            among_all = run_eval(out, "zero-shot", held_test, templates="photo", classnames=names,
+                                 plots=False)["metrics"]["acc1"]
+            runs.append({"unseen_acc1_among_10": among_all,
+                         "seen_acc1": run_eval(out, "zero-shot", "fashion-mnist", split="test", templates="photo",
+                                               plots=False)["metrics"]["acc1"]})
+            log(f"unseen {tower} seed {seed}: {runs[-1]}")
+        res[tower] = {"runs": runs, "mean_std": summarize(runs)}
+    res["steps"] = steps
+    return res
 
 
 def towers(output: str, seeds: list[int], steps: int, cache_dir: str, tower_variants: list[str] | None = None) -> dict:
@@ -133,8 +196,9 @@ def towers(output: str, seeds: list[int], steps: int, cache_dir: str, tower_vari
     # the LLM as pretrained (causal): bidirectional attention without LLM2Vec's MNTP adaptation is off-distribution
     causal_text = {"from_llm": "smollm2", "config": {"pooling": "mean", "adapter_depth": 4, "max_text_length": 32,
                                                      "bidirectional": False}}
-    variants = (("llm2clip_smollm2_cached", llm_text), ("llm2clip_smollm2_causal_cached", causal_text),
-                ("llm2clip_smollm2_llm2vec_cached", None), ("plain_from_scratch", PLAIN_TEXT))
+    variants = (("llm2clip_minilm_cached", MINILM_TEXT), ("llm2clip_smollm2_cached", llm_text),
+                ("llm2clip_smollm2_causal_cached", causal_text), ("llm2clip_smollm2_llm2vec_cached", None),
+                ("plain_from_scratch", PLAIN_TEXT))
     for name, text in variants:
         if tower_variants and name not in tower_variants:
             continue
@@ -145,7 +209,7 @@ def towers(output: str, seeds: list[int], steps: int, cache_dir: str, tower_vari
             out = os.path.join(output, f"towers_{name}_seed{seed}")
             config = plain_clip_config(out, seed, steps, openmoji_data(), {"column": "caption"}, text=text,
                                        projection_dim=128, learning_rate=1e-3)
-            config["text_cache"] = {"dir": cache_dir}
+            config["text_cache"] = {"dir": f"{cache_dir}_{name}"}
             start = time.time()
             run_stage("clip", config)
             runs.append({**retrieval(out), **{f"shuffled_{k}": v for k, v in retrieval(out, shuffle_seed=seed).items()},
@@ -280,10 +344,11 @@ def video(output: str, seeds: list[int], steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/learn_clip")
-    parser.add_argument("--experiments", nargs="+", default=["fashion", "towers", "order", "ablation"])
+    parser.add_argument("--experiments", nargs="+", default=["fashion", "unseen", "towers", "order", "ablation"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="CLIP steps of every run (default per experiment)")
-    parser.add_argument("--towers", nargs="+", default=None, help="only these text-tower variants of `towers`")
+    parser.add_argument("--towers", nargs="+", default=None,
+                        help="only these text towers (`towers`: variant names; `fashion`, `unseen`: minilm, plain)")
     parser.add_argument("--pretrain-steps", type=int, default=600, help="MAE and hashtag steps of `order`/`ablation`")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny preset)")
     args = parser.parse_args()
@@ -295,7 +360,9 @@ def main() -> None:
         # one SmolLM2 cache for all runs of an experiment (same texts, same LLM): built once, then opened
         cache_dir = os.path.join(args.output, f"text_cache_{'clip_tiny' if experiment in ('order', 'ablation') else experiment}")
         if experiment == "fashion":
-            results[experiment] = fashion(args.output, args.seeds, args.steps or 1200)
+            results[experiment] = fashion(args.output, args.seeds, args.steps or 1200, args.towers)
+        elif experiment == "unseen":
+            results[experiment] = unseen(args.output, args.seeds, args.steps or 1200, args.towers)
         elif experiment == "towers":
             results[experiment] = towers(args.output, args.seeds, args.steps or 600, cache_dir, args.towers)
         elif experiment == "video":
