@@ -71,6 +71,28 @@ def llm2clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, 
     return model, processor
 
 
+def embedder_clip_checkpoint(directory: Path, seed: int = 0) -> tuple[XrayCLIPModel, XrayCLIPProcessor]:
+    """A CLIP checkpoint whose LLM2CLIP tower freezes a sentence encoder (a tiny BERT with MiniLM's WordPiece
+    tokenizer, mean pooled and normalised, as `from_llm: minilm` builds one) and its processor."""
+    from transformers import AutoTokenizer
+
+    from xray_hf.convert import minilm_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
+    bert = {"model_type": "bert", "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 64}
+    text = XrayLLM2CLIPTextConfig(llm_config=bert, projection_dim=16, adapter_depth=1, max_text_length=24,
+                                  normalize_pooled=True)
+    config = XrayCLIPConfig(vision_config=XrayVisualConfig.from_preset("tiny"), text_config=text, projection_dim=16)
+    torch.manual_seed(seed)
+    model = XrayCLIPModel(config).eval()
+    model.save_pretrained(directory)
+    processor = XrayCLIPProcessor.for_model(config, XrayVisualImageProcessor(size=32),
+                                            XrayVisualVideoProcessor(size=32, num_frames=4), tokenizer)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
 def _merge_random_lora(text_model) -> None:
     """Fold a LoRA adapter with random (non-zero) weights into `text_model`'s LLM, in place, with peft's
     `merge_and_unload` on LLM2Vec's target modules (what `trainers.llm2vec.merge_lora` does)."""

@@ -32,6 +32,7 @@ from .checkpoints import (
     CAPTIONS,
     clip_checkpoint,
     images,
+    embedder_clip_checkpoint,
     llm2clip_checkpoint,
     mae_checkpoint,
 )
@@ -121,6 +122,12 @@ with torch.no_grad():
                                                       attention_mask=llm2clip_inputs["attention_mask"]).pooler_output
 for key in ("pixel_values", "input_ids", "attention_mask"):
     out[f"llm2clip_inputs_{key}"] = llm2clip_inputs[key].contiguous()
+embedder = AutoModel.from_pretrained(spec["embedder"], trust_remote_code=True).eval()
+embedder_inputs = AutoProcessor.from_pretrained(spec["embedder"], trust_remote_code=True)(
+    text=spec["captions"], return_tensors="pt")
+with torch.no_grad():
+    out["embedder_text"] = embedder.get_text_features(**embedder_inputs).pooler_output
+out["embedder_input_ids"] = embedder_inputs["input_ids"].contiguous()
 alone = AutoProcessor.from_pretrained(spec["processor"], trust_remote_code=True)  # pushed by its own push_to_hub
 alone_inputs = alone(text=spec["captions"], images=images, return_tensors="pt")
 for key in ("pixel_values", "input_ids", "attention_mask"):
@@ -138,6 +145,7 @@ with torch.no_grad():
 save_file({k: v.contiguous() for k, v in out.items()}, spec["output"])
 print(json.dumps({"clip": type(clip).__module__, "mae": type(mae).__module__,
                   "llm2clip_text": type(llm2clip.text_model).__name__, "alone": type(alone).__module__,
+                  "embedder_llm": type(embedder.text_model.llm).__name__,
                   "peft_loaded": "peft" in sys.modules,
                   "xray_hf_loaded": any(name.startswith("xray_hf") for name in sys.modules)}))
 """
@@ -160,6 +168,8 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     clip, processor = clip_checkpoint(clip_dir)
     mae = mae_checkpoint(mae_dir)
     llm2clip, llm2clip_processor = llm2clip_checkpoint(tmp_path / "llm2clip")
+    embedder, embedder_processor = embedder_clip_checkpoint(tmp_path / "embedder")
+    push_checkpoint(tmp_path / "embedder", "alice/remote-embedder")
     push_checkpoint(clip_dir, "alice/remote-clip")
     push_checkpoint(tmp_path / "llm2clip", "alice/remote-llm2clip")
     llm2clip_processor.push_to_hub("alice/remote-processor")  # a processor on its own, no model
@@ -175,6 +185,7 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     check = subprocess.run([str(python), "-c", "import xray_hf"], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert check.returncode != 0 and "No module named 'xray_hf'" in check.stderr
     spec = {"clip": "alice/remote-clip", "mae": "alice/remote-mae", "llm2clip": "alice/remote-llm2clip",
+            "embedder": "alice/remote-embedder",
             "processor": "alice/remote-processor", "images": paths, "captions": CAPTIONS,
             "output": str(tmp_path / "venv_outputs.safetensors")}
     run = subprocess.run([str(python), "-c", VENV_SCRIPT, json.dumps(spec)], env=env, capture_output=True, text=True,
@@ -183,7 +194,7 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
     report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["clip"].startswith("transformers_modules.") and not report["xray_hf_loaded"]
     assert report["llm2clip_text"] == "XrayLLM2CLIPTextModel" and not report["peft_loaded"]
-    assert report["alone"].startswith("transformers_modules.")
+    assert report["alone"].startswith("transformers_modules.") and report["embedder_llm"] == "BertModel"
 
     theirs = load_file(spec["output"])
     inputs = processor(text=CAPTIONS, images=[p.copy() for p in pictures], return_tensors="pt")
@@ -212,6 +223,11 @@ def test_fresh_venv_loads_pushed_checkpoints_with_remote_code(hub_server, tmp_pa
                                    llm2clip.get_image_features(inputs["pixel_values"]).pooler_output, atol=1e-5, rtol=0)
         text = llm2clip.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
         torch.testing.assert_close(theirs["llm2clip_text"], text.pooler_output, atol=1e-5, rtol=0)
+
+        inputs = embedder_processor(text=CAPTIONS, return_tensors="pt")  # a frozen BERT in the LLM2CLIP slot
+        torch.testing.assert_close(theirs["embedder_input_ids"], inputs["input_ids"], atol=0, rtol=0)
+        torch.testing.assert_close(theirs["embedder_text"], embedder.get_text_features(**inputs).pooler_output,
+                                   atol=1e-5, rtol=0)
 
 
 def test_declared_requirements_are_allowed_and_only_for_their_model(tmp_path):
