@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint: zero-shot, retrieval, linear probe or kNN")
     p.add_argument("--model", required=True, help="checkpoint directory (model, tokenizer, image/video processor)")
-    p.add_argument("--task", required=True, choices=("zero-shot", "retrieval", "linear-probe", "knn"))
+    p.add_argument("--task", required=True,
+                   choices=("zero-shot", "retrieval", "linear-probe", "knn", "caption-retrieval"), help="caption-retrieval: a text model alone (a checkpoint, a folder or minilm / smollm2), LLM2CLIP's "
+                        "CRA: caption against the item's other text (OpenMoji: name against tags)")
     p.add_argument("--dataset", required=True, help="embedded set name (mnist, openmoji, moving-shapes, ...) or a "
                    "local folder / Parquet / WebDataset source")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")

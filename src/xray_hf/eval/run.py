@@ -23,6 +23,7 @@ from .features import TextEncoder
 from .linear_probe import extract_features, knn_eval, linear_probe_eval
 from .metrics import recall_curve, retrieval_metrics, top_k_indices
 from .plots import plot_confusion_matrix, plot_recall_curve, plot_retrieval_grid
+from .caption_retrieval import run_caption_retrieval
 from .results import TASKS, make_result, write_result
 from .retrieval import embed_retrieval_set
 from .zero_shot import resolve_templates, zero_shot_eval
@@ -114,8 +115,9 @@ def run_eval(
     save_adapter: str | None = None,
     compile: bool = False,
 ) -> dict[str, Any]:
-    """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`) of `model` (a checkpoint directory or a
-    loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
+    """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`, `caption-retrieval`) of `model` (a checkpoint
+    directory or a loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
+    `caption-retrieval` takes a text model alone (see `eval.caption_retrieval`).
 
     Returns the CLIP_benchmark-shaped result; with `output`, also writes it there and, with `plots`, writes
     `<output stem>_confusion.png` (zero-shot), `_recall_at_k.png` and `_retrieval_grid.png` (retrieval).
@@ -127,6 +129,15 @@ def run_eval(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    if task == "caption-retrieval":  # a text model alone: no images, no processors
+        found = run_caption_retrieval(model, dataset, split, tokenizer=tokenizer, caption_column=caption_column or
+                                      "caption", max_samples=max_samples)
+        name = model_name or (os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__)
+        result = make_result(dataset, name, task, found["metrics"], language=language, split=split,
+                             num_items=found["num_items"], num_samples=found["num_items"])
+        if output is not None:
+            write_result(output, result)
+        return result
     if save_adapter is not None and (task != "linear-probe" or not isinstance(model, (str, os.PathLike))):
         raise ValueError("save_adapter needs task 'linear-probe' and a checkpoint directory to save it beside")
     model_dir = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
