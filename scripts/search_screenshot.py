@@ -49,6 +49,8 @@ def main() -> None:
             expected = searcher.search(args.query, k=12).rows
             assert shown[0] == f"{expected[0]['score']:.3f} · {expected[0]['caption']}", (shown[0], expected[0])
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+            page.evaluate("window.scrollTo(0, 0)")
+            page.wait_for_function("[...document.querySelectorAll('#results img')].every(i => i.complete)")
             page.screenshot(path=args.output)
             browser.close()
     finally:

@@ -95,7 +95,8 @@ def build_demo(searcher: Searcher, title: str | None = None):
             with gr.Column(scale=3):
                 timing = gr.Markdown(elem_id="query-time")
                 gallery = gr.Gallery(label="Results", columns=6, height="auto", elem_id="results")
-                rows = gr.JSON(label="Rows", elem_id="rows")
+                with gr.Accordion("Rows (JSON)", open=False):
+                    rows = gr.JSON(label="Rows", elem_id="rows")
 
         def search(text, image, video, k, min_score, modality, filters):
             return run_query(searcher, text, image, video, k, min_score, modality, filters)
