@@ -118,6 +118,24 @@ def test_perfect_embeddings_recall_everything_at_rank_one():
         assert metrics[f"{direction}_retrieval_median_rank"] == 1.0
 
 
+def test_median_rank_is_open_clips_floor_of_the_median_plus_one():
+    """open_clip's `get_clip_metrics`: `floor(median(0-based ranks)) + 1`; with an even count the median falls
+    between two ranks and is floored, never interpolated (ranks 1 and 2 give 1, not 1.5)."""
+    items = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    angles = torch.tensor([10.0, 30.0]).deg2rad()  # both texts nearest item 0: text 1 finds its item at rank 2
+    texts = torch.stack([angles.cos(), angles.sin()], dim=1)
+    metrics = retrieval_metrics(items, texts, torch.arange(2), ks=(1,))
+    assert metrics["image_retrieval_mean_rank"] == pytest.approx(1.5)
+    assert metrics["image_retrieval_median_rank"] == 1.0
+    four = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    angles = torch.tensor([0.0, 100.0, 280.0, 190.0]).deg2rad()  # ranks 1, 1, 3, 2: median 1.5 -> 1
+    texts = torch.stack([angles.cos(), angles.sin()], dim=1)
+    assert retrieval_metrics(four, texts, torch.arange(4), ks=(1,))["image_retrieval_median_rank"] == 1.0
+    angles = torch.tensor([0.0, 170.0, 280.0, 190.0]).deg2rad()  # ranks 1, 2, 3, 2: median 2 -> 2
+    texts = torch.stack([angles.cos(), angles.sin()], dim=1)
+    assert retrieval_metrics(four, texts, torch.arange(4), ks=(1,))["image_retrieval_median_rank"] == 2.0
+
+
 def test_hand_computed_retrieval_with_several_captions_per_item():
     # three items on the unit circle at 0, 90 and 180 degrees
     items = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])

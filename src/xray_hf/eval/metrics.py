@@ -10,7 +10,8 @@ Retrieval (`retrieval_metrics`), with several captions per item:
 - `image_retrieval_recall@k` (text -> image): share of captions whose own item is among the k best images.
 - `text_retrieval_recall@k` (image -> text): share of items with *at least one* of their captions among the k
   best captions (CLIP papers' definition; CLIP_benchmark's `recall > 0`).
-- `*_mean_rank`, `*_median_rank` (open_clip's `get_clip_metrics`): 1-based rank of the first correct candidate.
+- `*_mean_rank`, `*_median_rank` (open_clip's `get_clip_metrics`): 1-based rank of the first correct candidate;
+  the median is open_clip's `floor(median(0-based ranks)) + 1` (an even count's median is rounded down).
 
 Ties. CLIP_benchmark and open_clip break ties by `torch.topk`'s order, so a collapsed model (all embeddings
 equal) scores anywhere between 0 and 1 depending on the index of the answer. Here every hit is the *expected*
@@ -214,7 +215,8 @@ def retrieval_metrics(
             metrics[f"{name}_recall@{k}"] = _mean(hits[k])
         if ranks:
             metrics[f"{name}_mean_rank"] = _mean(first_ranks)
-            metrics[f"{name}_median_rank"] = round(first_ranks.quantile(0.5).item(), 12)
+            # open_clip: floor(median of the 0-based ranks) + 1, i.e. the median 1-based rank rounded down
+            metrics[f"{name}_median_rank"] = float(math.floor(round(first_ranks.quantile(0.5).item(), 12)))
     return {key: metrics[key] for key in sorted(metrics, key=_metric_order)}
 
 
