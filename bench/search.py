@@ -13,8 +13,9 @@ per item, plus the indexing throughput against the model's own embedding through
    real vectors are held out as queries.
 3. Each kind (flat, hnsw, int8, binary + re-rank, ivfpq) is built from those vectors and searched for the queries:
    recall@10 against the flat index, queries/s (all queries in one call; one at a time on one thread; k = 1000),
-   build seconds, bytes per item (stored code; whole serialised index). int8 takes the checkpoint's calibrated
-   ranges when it has them (the compress stage), else ranges calibrated on the gallery as the compress stage does.
+   build seconds, bytes per item (stored code; whole serialised index). int8 takes the calibrated ranges of the
+   checkpoint or of its compress stage (`--compress-model`, default `<model>/../compress`, used when its towers
+   equal the checkpoint's), else ranges calibrated on the gallery as the compress stage does.
 
 The machine is shared: read the numbers next to the header's matmul rates, and the ratios more than the rates.
 """
@@ -86,14 +87,26 @@ def generated(real: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def model_int8_ranges(model: str) -> np.ndarray | None:
+def model_int8_ranges(model: str, compress: str | None) -> tuple[np.ndarray | None, str]:
+    """The calibrated int8 ranges of the checkpoint, else of its compress-stage checkpoint (`compress`, default the
+    pipeline's sibling `compress/`), whose frozen CLIP embeds as `model` does (checked on its weights)."""
+    from safetensors.torch import load_file
     from transformers import AutoModel
 
-    clip = AutoModel.from_pretrained(model)
-    module = getattr(clip, "embedding_compression", None)
-    if module is not None and bool(module.int8_calibrated):
-        return module.int8_ranges.float().numpy()
-    return None
+    candidates = [model, compress or os.path.join(os.path.dirname(os.path.abspath(model)), "compress")]
+    for path in candidates:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            continue
+        clip = AutoModel.from_pretrained(path)
+        module = getattr(clip, "embedding_compression", None)
+        if module is None or not bool(module.int8_calibrated):
+            continue
+        if path != model:  # the compress stage must not have changed the towers
+            mine, theirs = load_file(os.path.join(model, "model.safetensors")), clip.state_dict()
+            if any(not torch.equal(tensor, theirs[name]) for name, tensor in mine.items() if name in theirs):
+                continue
+        return module.int8_ranges.float().numpy(), f"the compress stage's calibrated ranges ({path})"
+    return None, ""
 
 
 def run_kind(kind: str, gallery: np.ndarray, queries: np.ndarray, truth: np.ndarray, ranges: np.ndarray):
@@ -150,8 +163,11 @@ def main() -> None:
     parser.add_argument("--model", default="runs/tiny/clip", help="an XrayCLIPModel checkpoint (a trained one)")
     parser.add_argument("--output", default="runs/bench_search")
     parser.add_argument("--generated", type=int, default=60000, help="generated vectors added to the real ones")
+    parser.add_argument("--compress-model", default=None,
+                        help="compress-stage checkpoint with the int8 ranges (default: <model>/../compress)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--throughput-items", type=int, default=5000)
+    parser.add_argument("--skip-throughput", action="store_true", help="only the index kinds")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args()
@@ -162,9 +178,11 @@ def main() -> None:
     os.makedirs(args.output, exist_ok=True)
     header = machine_header()
     print(header)
-    speed = throughput(args.model, args.output, args.throughput_items, args.batch_size)
-    print(f"indexing {speed['index_items_per_s']:.0f} items/s vs embedding {speed['embed_items_per_s']:.0f} items/s "
-          f"({speed['items']} Fashion-MNIST test images): ratio {speed['ratio']:.2f}")
+    speed = None
+    if not args.skip_throughput:
+        speed = throughput(args.model, args.output, args.throughput_items, args.batch_size)
+        print(f"indexing {speed['index_items_per_s']:.0f} items/s vs embedding {speed['embed_items_per_s']:.0f} "
+              f"items/s ({speed['items']} Fashion-MNIST test images): ratio {speed['ratio']:.2f}")
     real, gallery_seconds = gallery_vectors(args.model, args.output, args.batch_size)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(real))
@@ -173,8 +191,7 @@ def main() -> None:
     print(f"gallery: {len(kept)} real + {args.generated} generated = {len(gallery)} vectors of {gallery.shape[1]} "
           f"dimensions; {len(queries)} real queries held out (real vectors embedded and indexed in "
           f"{gallery_seconds:.0f} s)")
-    ranges = model_int8_ranges(args.model)
-    ranges_from = "the checkpoint's compress stage"
+    ranges, ranges_from = model_int8_ranges(args.model, args.compress_model)
     if ranges is None:
         ranges, ranges_from = int8_ranges(torch.from_numpy(kept)).numpy(), "calibrated on the real gallery vectors"
     truth = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
