@@ -5,7 +5,7 @@ quantisation (packed sign bits, Hamming search) with float re-ranking of the top
 Everything works on the L2-normalised embedding, the one similarity is computed on:
 
 - `projection`: `normalize(W @ normalize(e))[:dim]`, renormalised (Matryoshka: any trained `dim` is a prefix);
-  `W` is trained by `SimilarityDistillationLoss` to keep the full embedding's similarities.
+  `W` is trained by `xray_hf.losses.SimilarityDistillationLoss` to keep the full embedding's similarities.
 - `int8`: sentence-transformers' `quantize_embeddings(..., "int8", calibration_embeddings=...)`: per dimension,
   `floor((x - min) / ((max - min) / 255)) - 128`, clipped, with `min`/`max` from the calibration sample
   (stored as the `int8_ranges` buffer, so they save and load with the weights).
@@ -318,7 +318,6 @@ class XrayCompressionMixin:
 
 __all__ = [
     "COMPRESSIONS",
-    "SimilarityDistillationLoss",
     "XrayCompressionMixin",
     "XrayEmbeddingCompression",
     "binary_search",
