@@ -230,11 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
             args.model, args.source, args.output, kind=args.kind, split=args.split, compression=args.compression,
             compressed_dim=args.compressed_dim, quantizer=args.quantizer, media_column=args.media_column,
             max_items=args.max_items, batch_size=args.batch_size, thumbnails=not args.no_thumbnails,
-            num_frames=args.num_frames, params=params, device=args.device,
+            num_frames=args.num_frames, params=params, device=args.device, compile=args.compile,
         )
         skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped_by_reason"].items())
         print(f"indexed {report['count']} items ({report['added']} new, {report['already_indexed']} already done) "
-              f"into {args.output} ({report['kind']}, {report['dim']}-d)"
+              f"into {args.output} ({report['kind']}, {report['dim']}-d"
+              + (f", {report['items_per_second']} items/s" if report.get("items_per_second") else "") + ")"
               + (f"; skipped {report['skipped']} ({skipped}): " + ", ".join(i["id"] for i in
                  report["skipped_items"][:10]) if report["skipped"] else ""))
         return 0
@@ -265,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nlist", type=int, default=None, help="IVF-PQ cells (default: ~sqrt of the training items)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ cells searched (default: nlist / 8, >= 8)")
     p.add_argument("--device", default=None)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the vision tower (static shapes: one graph per batch shape)")
     p.set_defaults(func=_index)
 
     def _search(args: argparse.Namespace) -> int:

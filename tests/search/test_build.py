@@ -223,3 +223,23 @@ def test_an_index_built_with_a_relative_model_path_is_searchable_from_elsewhere(
     build_index(clip_dir.name, str(image_folder), tmp_path / "index", max_items=4, progress=False)
     monkeypatch.chdir(tmp_path)
     assert len(Searcher(tmp_path / "index").search("a red square", k=2).rows) == 2
+
+
+def test_cli_index_compile_compiles_the_vision_tower_and_prints_items_per_second(clip_dir, image_folder, tmp_path,
+                                                                                  capsys, monkeypatch):
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    from xray_hf.cli import main
+    from xray_hf.export.compile import compile_for_inference
+
+    counter = CompileCounter()  # counts graphs instead of generating code (inductor: tests/export)
+    monkeypatch.setitem(compile_for_inference.__kwdefaults__, "backend", counter)
+    torch._dynamo.reset()
+    try:
+        assert main(["index", "--model", str(clip_dir), "--source", str(image_folder), "--output",
+                     str(tmp_path / "index"), "--batch-size", "8", "--compile"]) == 0
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count >= 1
+    assert "items/s)" in capsys.readouterr().out

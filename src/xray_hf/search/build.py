@@ -154,6 +154,7 @@ def build_index(
     commit_every: int = COMMIT_EVERY,
     device: str | None = None,
     progress: bool = True,
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Build (or continue) the index at `output` of `sources` embedded with the checkpoint `model`; returns the
     report, also saved in the manifest (`report`). See the module docstring."""
@@ -165,7 +166,8 @@ def build_index(
                          "stores the model's own compressed codes")
     total_start = time.perf_counter()
     gallery = open_gallery(sources, split, media_column, max_items)
-    embedder = SearchEmbedder(model, compression, compressed_dim, device=device, num_frames=num_frames, stride=stride)
+    embedder = SearchEmbedder(model, compression, compressed_dim, device=device, num_frames=num_frames, stride=stride,
+                              compile=compile)
     settings = {"kind": kind, "dim": embedder.dim, "embedding_dim": embedder.embedding_dim,
                 "compression": compression, "compressed_dim": embedder.compressed_dim if compression else None,
                 "num_frames": embedder.num_frames, "stride": stride, "fingerprint": embedder.fingerprint(),

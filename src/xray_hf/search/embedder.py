@@ -42,7 +42,7 @@ class SearchEmbedder:
 
     def __init__(self, model_dir: str | os.PathLike, compression: str | None = None,
                  compressed_dim: int | None = None, device: str | None = None, num_frames: int | None = None,
-                 stride: int = 2):
+                 stride: int = 2, compile: bool = False):
         from ..eval.run import load_checkpoint
 
         if compression not in (None, "projection"):
@@ -56,6 +56,10 @@ class SearchEmbedder:
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
             raise ValueError(f"{self.model_dir} holds a {type(self.model).__name__}, not a CLIP model: search needs "
                              "get_image_features and get_text_features")
+        if compile:  # the vision tower in place, static shapes: one graph per batch shape
+            from ..export.compile import compile_for_inference
+
+            compile_for_inference(self.model)
         self.tokenizer = pieces["tokenizer"]
         self.transform = ProcessorTransform(pieces["image_processor"], pieces["video_processor"])
         video_processor = pieces["video_processor"]
