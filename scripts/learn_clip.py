@@ -115,17 +115,23 @@ FASHION_AUGMENT = {"flip_p": 0.5, "blur_p": 0.0, "brightness": 0.0, "saturation"
 TEXT_TOWERS = {"minilm": MINILM_TEXT, "plain": PLAIN_TEXT}
 
 
+def chosen_towers(towers: list[str] | None) -> dict[str, dict]:
+    return {name: text for name, text in TEXT_TOWERS.items() if not towers or name in towers}
+
+
+def fashion_config(out: str, seed: int, steps: int, image_source: dict, text: dict) -> dict:
+    """A template-captioned Fashion-MNIST CLIP run (batches of 128) on `image_source`."""
+    data = {"resolution": 32, "image": {**image_source, "batch_size": 128}, "augment": FASHION_AUGMENT}
+    return plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES}, text=text)
+
+
 def fashion(output: str, seeds: list[int], steps: int, towers: list[str] | None = None) -> dict:
     res = {}
-    for tower, text in TEXT_TOWERS.items():
-        if towers and tower not in towers:
-            continue
+    for tower, text in chosen_towers(towers).items():
         runs = []
         for seed in seeds:
             out = os.path.join(output, f"fashion_{tower}_seed{seed}")
-            data = {"resolution": 32, "image": {"name": "fashion-mnist", "split": "train", "batch_size": 128},
-                    "augment": FASHION_AUGMENT}
-            config = plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES}, text=text)
+            config = fashion_config(out, seed, steps, {"name": "fashion-mnist", "split": "train"}, text)
             start = time.time()
             run_stage("clip", config)
             seconds = time.time() - start
@@ -169,15 +175,11 @@ def unseen(output: str, seeds: list[int], steps: int, towers: list[str] | None =
         test.filter(lambda label: label in held, input_columns="label").to_parquet(held_test)
     count = sum(1 for label in load_embedded("fashion-mnist", "train")["label"] if label not in held)
     res = {"held_out_classes": [names[i] for i in held]}
-    for tower, text in TEXT_TOWERS.items():
-        if towers and tower not in towers:
-            continue
+    for tower, text in chosen_towers(towers).items():
         runs = []
         for seed in seeds:
             out = os.path.join(output, f"unseen_{tower}_seed{seed}")
-            data = {"resolution": 32, "image": {"path": path, "batch_size": 128, "num_samples": count},
-                    "augment": FASHION_AUGMENT}
-            config = plain_clip_config(out, seed, steps, data, {"templates": TRAIN_TEMPLATES}, text=text)
+            config = fashion_config(out, seed, steps, {"path": path, "num_samples": count}, text)
             run_stage("clip", config)
             among_all = run_eval(out, "zero-shot", held_test, templates="photo", classnames=names,
                                  plots=False)["metrics"]["acc1"]
