@@ -23,6 +23,7 @@ from xray_hf.pipeline import (
     last_complete_checkpoint,
     load_pipeline_config,
     preset_path,
+    render_report_md,
     run_pipeline,
 )
 from xray_hf.stages import STAGES
@@ -458,6 +459,84 @@ def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
     assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
     assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]
     assert resolved["stages"]["clip"]["model"]["text"]["config"]["pooling"] == "mean"  # kept from clip_tiny.yaml
+
+
+def tiny_clip_checkpoint(path) -> None:
+    """A random tiny CLIP checkpoint with its processor and tokenizer (what an evaluation loads)."""
+    from xray_hf import (XrayCLIPConfig, XrayCLIPModel, XrayCLIPProcessor, XrayTextConfig, XrayVisualConfig,
+                         XrayVisualImageProcessor, XrayVisualVideoProcessor)
+    from xray_hf.convert import smollm2_tokenizer
+
+    tokenizer = smollm2_tokenizer()
+    vision = XrayVisualConfig.from_preset("tiny", image_size=16, patch_size=4, num_frames=4, hidden_size=32,
+                                          num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    text = XrayTextConfig.from_preset("tiny", vocab_size=len(tokenizer), projection_dim=16, max_position_embeddings=32,
+                                      hidden_size=32, num_attention_heads=2, num_hidden_layers=1)
+    config = XrayCLIPConfig(vision_config=vision, text_config=text, projection_dim=16, slip_weight=0.0, lambda_den=0.0)
+    torch.manual_seed(0)
+    XrayCLIPModel(config).save_pretrained(path)
+    XrayCLIPProcessor.for_model(config, XrayVisualImageProcessor(size=16),
+                                XrayVisualVideoProcessor(size=16, num_frames=4), tokenizer).save_pretrained(path)
+
+
+def test_every_evaluation_runs_under_its_own_name_and_a_path_dataset_is_one_file_name(tmp_path):
+    """Two `evaluation:` entries that differ only in an option both run and are reported apart (report.json,
+    report.md, the model card and its model-index); a dataset given as a path is one safe component of the
+    result's file name, so the result and its plots sit in eval/ where the report links them."""
+    from xray_hf.data import load_embedded, write_shards
+    from xray_hf.model_card import write_model_card
+    from xray_hf.pipeline import EvalStep, Pipeline, Ranks, build_report
+
+    out = tmp_path / "run"
+    tiny_clip_checkpoint(out / "clip")
+    source = tmp_path / "my photos" / "set 1"
+    write_shards(load_embedded("openmoji", "test").select(range(10)), str(source), "parquet", 1)
+    runs = [{"model": "clip", "task": "retrieval", "dataset": "openmoji", "split": "test", "max_samples": 12},
+            {"model": "clip", "task": "retrieval", "dataset": "openmoji", "split": "test", "max_samples": 16},
+            {"model": "clip", "task": "retrieval", "dataset": str(source), "split": "train"}]
+    pipeline = Pipeline(str(out), {"stages": {"clip": {}}, "evaluation": runs}, Ranks())
+
+    class Quiet:
+        def write(self, message):
+            pass
+
+    evaluated = EvalStep(runs).run(pipeline, Quiet())
+    stage = {"stage": "clip", "checkpoint": "clip", "parents": [], "model_type": "xray_clip",
+             "architectures": ["XrayCLIPModel"], "data": [], "metrics": {}, "evaluation": [], "plots": []}
+    pipeline.state = {"steps": {"clip": {"status": "done", "seconds": 1.0, "entry": stage},
+                                "eval": {"status": "done", "seconds": 1.0, "entry": evaluated}}}
+    report = build_report(pipeline)
+
+    files = sorted((out / "eval").rglob("*.json"))
+    assert [f.parent for f in files] == [out / "eval"] * 3, files  # one file per evaluation, none nested
+    results = [json.loads(f.read_text()) for f in files]
+    assert sorted(r["num_samples"] for r in results) == [10, 12, 16]
+    reported = report["clip"]["evaluation"]
+    assert len(reported) == 3 and len({run["name"] for run in reported}) == 3
+    for run in reported:  # each reported under its own name with its own numbers
+        assert run["metrics"] == json.loads((out / "eval" / f"{run['name']}.json").read_text())["metrics"]
+    assert [run["settings"] for run in reported] == [{"max_samples": 12}, {"max_samples": 16}, {}]
+    markdown = render_report_md(report)
+    assert "max_samples=12" in markdown and "max_samples=16" in markdown
+    plots = [line.split("](")[1].rstrip(")") for line in markdown.splitlines() if line.startswith("![")]
+    assert len(plots) == 6 and all((out / plot).is_file() for plot in plots), plots
+
+    write_model_card(str(out / "clip"), report["clip"])  # two results of one metric on one dataset: both kept
+    card = ModelCard.load(out / "clip" / "README.md")
+    recall = {(r.dataset_type, r.metric_config): r.metric_value for r in card.data.eval_results
+              if r.metric_type == "image_retrieval_recall@1"}
+    assert recall == {("openmoji", "max_samples=12"): reported[0]["metrics"]["image_retrieval_recall@1"],
+                      ("openmoji", "max_samples=16"): reported[1]["metrics"]["image_retrieval_recall@1"],
+                      (str(source), None): reported[2]["metrics"]["image_retrieval_recall@1"]}
+
+
+def test_evaluation_entries_that_repeat_each_other_are_refused(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    run = {"model": "mae", "task": "linear-probe", "dataset": "mnist", "split": "test"}
+    path.write_text(yaml.safe_dump({"stages": {"mae": {"base": str(CONFIGS / "mae_tiny.yaml")}},
+                                    "evaluation": [run, dict(run)]}))
+    with pytest.raises(ValueError, match="evaluation entries 1 and 2 are the same"):
+        load_pipeline_config(path)
 
 
 def test_an_unreadable_state_file_is_an_error_not_a_fresh_start(tmp_path):

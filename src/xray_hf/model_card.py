@@ -31,6 +31,7 @@ from huggingface_hub.repocard_data import (
 )
 
 from .eval.results import TASKS as BENCHMARK_TASKS
+from .eval.results import describe_settings
 from .model_cards import (
     ARCHITECTURE_FAMILIES,
     DATA_SOURCES,
@@ -162,40 +163,48 @@ def _evaluation(items: list[Any]) -> tuple[list[EvalResult], list[dict], list[st
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
                 raise ValueError(f"evaluation {index} ({task} on {item['dataset']}): metric {key!r} must be a "
                                  f"number, got {value!r}")
+        settings = item.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise ValueError(f"evaluation {index} ({task} on {item['dataset']}): settings must be a mapping of its "
+                             f"options, got {settings!r}")
         source = DATA_SOURCES.get(item["dataset"])
         hub_type = EVAL_TASKS[task].hub_types[source.modality if source else "image"]
-        prepared.append((task, str(item["dataset"]), str(item.get("split") or "test"), hub_type, metrics, source))
+        prepared.append((task, str(item["dataset"]), str(item.get("split") or "test"), hub_type, metrics, source,
+                         describe_settings(settings)))
     # The Hub groups results by (task type, dataset, split): protocols that share one get one joint task name.
     group_names: dict[tuple, list[str]] = {}
-    for task, dataset, split, hub_type, _, _ in prepared:
+    for task, dataset, split, hub_type, _, _, _ in prepared:
         names = group_names.setdefault((hub_type, dataset, split), [])
         if EVAL_TASKS[task].name not in names:
             names.append(EVAL_TASKS[task].name)
     results, rows, seen = [], [], {}
-    for task, dataset, split, hub_type, metrics, source in prepared:
-        key = (hub_type, dataset, split)
+    for task, dataset, split, hub_type, metrics, source, options in prepared:
+        # evaluations of one dataset with different options (templates, frames, feature, ...) are separate results:
+        # the options are the metric's `config` in model-index and follow its name
+        key, where = (hub_type, dataset, split), ", ".join(part for part in (split, options) if part)
+        suffix = f" ({options})" if options else ""
         for metric, value in metrics.items():
             if metric in SETTING_METRICS or value is None or not math.isfinite(value):
                 if metric in SETTING_METRICS:
-                    notes.append(f"{EVAL_TASKS[task].name} on {dataset} ({split}): `{metric}` = {value!r}, the "
+                    notes.append(f"{EVAL_TASKS[task].name} on {dataset} ({where}): `{metric}` = {value!r}, the "
                                  f"{SETTING_METRICS[metric]} (a setting, not a score).")
                 else:
-                    notes.append(f"{EVAL_TASKS[task].name} on {dataset} ({split}): `{metric}` is undefined "
+                    notes.append(f"{EVAL_TASKS[task].name} on {dataset} ({where}): `{metric}` is undefined "
                                  "(e.g. top-5 accuracy with fewer than 5 classes) and left out.")
                 continue
-            if (key, metric) in seen and seen[key, metric] != value:
-                raise ValueError(f"two evaluations report {metric!r} for {dataset} ({split}) as {hub_type} with "
-                                 f"different values ({seen[key, metric]} and {value})")
-            if (key, metric) in seen:
+            if (key, options, metric) in seen and seen[key, options, metric] != value:
+                raise ValueError(f"two evaluations report {metric!r} for {dataset} ({where}) as {hub_type} with "
+                                 f"different values ({seen[key, options, metric]} and {value})")
+            if (key, options, metric) in seen:
                 continue
-            seen[key, metric] = value
+            seen[key, options, metric] = value
             results.append(EvalResult(
                 task_type=hub_type, task_name="; ".join(group_names[key]), dataset_type=dataset,
                 dataset_name=source.title if source else dataset, dataset_split=split, metric_type=metric,
-                metric_name=_metric_name(metric), metric_value=value,
+                metric_name=_metric_name(metric) + suffix, metric_config=options or None, metric_value=value,
             ))
             rows.append({"task": EVAL_TASKS[task].name, "dataset": dataset, "split": split,
-                         "metric": _metric_name(metric), "type": metric, "value": repr(value)})
+                         "metric": _metric_name(metric) + suffix, "type": metric, "value": repr(value)})
     return results, rows, notes
 
 

@@ -8,7 +8,8 @@ A pipeline config (`configs/pipeline_tiny.yaml`) has
   string is the run directory: `from_pretrained: "{output}/hashtag"` chains a stage to the one before it, and
   `training.output_dir` is always `{output}/<stage>`;
 - `semantic_ids:` (optional) the `xray-hf semantic-ids` settings, with `model:` a stage name;
-- `evaluation:` (optional) a list of `xray-hf eval` runs, each with `model:` a stage name.
+- `evaluation:` (optional) a list of `xray-hf eval` runs, each with `model:` a stage name; each result is named
+  by its settings (`evaluation_names`), so entries of one dataset that differ in options are all run and reported.
 
 The run directory gets one checkpoint directory per stage (loadable with `AutoModel.from_pretrained`), `eval/`
 (results JSON and plots), `plots/` (loss curves), `report.json` (one entry per stage with its metrics and
@@ -125,6 +126,14 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
     for spec in [raw.get("semantic_ids") or {}, *evaluation]:
         if spec and spec.get("model") not in stages:
             raise ValueError(f"{spec} must name a stage of this pipeline as model: (one of {list(stages)})")
+    for index, spec in enumerate(evaluation):
+        missing = [key for key in ("task", "dataset") if not spec.get(key)]
+        if missing:
+            raise ValueError(f"evaluation entry {index + 1} ({spec}) needs {' and '.join(missing)}")
+        for other in range(index):
+            if _eval_settings(evaluation[other]) == _eval_settings(spec):
+                raise ValueError(f"evaluation entries {other + 1} and {index + 1} are the same evaluation ({spec}); "
+                                 "remove one")
     return {"seed": raw.get("seed", 0), "stages": stages, "semantic_ids": raw.get("semantic_ids"),
             "evaluation": evaluation, "path": str(path)}
 
@@ -288,9 +297,46 @@ class SemanticIdsStep:
                 "metrics": metrics, "evaluation": [], "plots": []}
 
 
+EVAL_KEYS = ("model", "task", "dataset", "split")  # what names an evaluation; every other key is an option
+
+
+def _eval_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """Everything an evaluation entry sets, with the default split filled in (two entries are one evaluation when
+    these are equal)."""
+    return {"split": "test", **run}
+
+
+def path_component(text: str, limit: int = 80) -> str:
+    """`text` as one safe file-name component: runs of characters other than letters, digits, `.`, `_` and `-`
+    become `-` (a dataset path's `/` too); a long one is cut and ends with a digest of the whole."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.") or "x"
+    if len(safe) > limit:
+        safe = f"{safe[: limit - 9]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def evaluation_names(runs: list[dict[str, Any]]) -> list[str]:
+    """A file name (without `.json`) per evaluation entry: `<model>_<task>_<dataset>_<split>`, the dataset as one
+    safe path component; entries sharing those four are told apart by their options (`..._max_samples-12`)."""
+    bases = [path_component(f"{run['model']}_{run['task']}_{run['dataset']}_{run.get('split', 'test')}", 120)
+             for run in runs]
+    names = []
+    for base, run in zip(bases, runs):
+        options = {key: value for key, value in run.items() if key not in EVAL_KEYS}
+        if bases.count(base) > 1 and options:
+            described = "_".join(f"{key}-{value if isinstance(value, (str, int, float)) else _digest(value)[:8]}"
+                                 for key, value in sorted(options.items()))
+            base = f"{base}_{path_component(described)}"
+        names.append(base)
+    if len(set(names)) != len(names):  # only entries that repeat each other (refused when the config is read)
+        raise ValueError(f"two evaluation entries have the same settings: {runs}")
+    return names
+
+
 class EvalStep:
-    """Every `evaluation:` run (`xray-hf eval`), each result attached to the entry of the stage it evaluates.
-    Results already written are kept on a rerun."""
+    """Every `evaluation:` run (`xray-hf eval`), each result attached to the entry of the stage it evaluates,
+    under its own name (`evaluation_names`): entries of one dataset that differ in options all run and are
+    reported apart. Results already written are kept on a rerun."""
 
     kind = "eval"
     name = "eval"
@@ -298,30 +344,30 @@ class EvalStep:
 
     def __init__(self, runs: list[dict[str, Any]]):
         self.runs = [dict(run) for run in runs]
+        self.names = evaluation_names(self.runs)
         self.parents = list(dict.fromkeys(run["model"] for run in self.runs))
 
     def settings(self) -> Any:
         return self.runs
 
-    @staticmethod
-    def file_name(run: dict[str, Any]) -> str:
-        return f"{run['model']}_{run['task']}_{run['dataset']}_{run.get('split', 'test')}.json"
-
     def run(self, pipeline: Pipeline, progress: _Progress) -> dict[str, Any] | None:
+        from .eval.results import describe_settings
         from .eval.run import run_eval
 
         results = []
-        for spec in self.runs:
-            output = pipeline.path("eval", self.file_name(spec))
+        for spec, name in zip(self.runs, self.names):
+            output = pipeline.path("eval", f"{name}.json")
+            options = {key: value for key, value in spec.items() if key not in EVAL_KEYS}
             result = _read_json(output)  # kept from before an interruption; a half-written file is redone
             if result is None:
-                options = dict(spec)
-                model, task, dataset = options.pop("model"), options.pop("task"), options.pop("dataset")
-                progress.write(f"[pipeline] eval: {task} of {model} on {dataset}")
-                result = run_eval(pipeline.path(model), task, dataset, output=output, model_name=model, **options)
-            plots = [os.path.join("eval", name) for name in (result.get("plots") or {}).values()]
-            results.append({"model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
-                            "split": spec.get("split", "test"), "metrics": result["metrics"], "plots": plots})
+                described = f" ({describe_settings(options)})" if options else ""
+                progress.write(f"[pipeline] eval: {spec['task']} of {spec['model']} on {spec['dataset']}{described}")
+                result = run_eval(pipeline.path(spec["model"]), spec["task"], spec["dataset"],
+                                  split=spec.get("split", "test"), output=output, model_name=spec["model"], **options)
+            plots = [os.path.join("eval", plot) for plot in (result.get("plots") or {}).values()]
+            results.append({"name": name, "model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
+                            "split": spec.get("split", "test"), "settings": options, "metrics": result["metrics"],
+                            "plots": plots})
         return {"stage": self.name, "runs": results}
 
 
@@ -413,7 +459,8 @@ def build_report(pipeline: Pipeline) -> dict[str, Any]:
         report[name] = {**copy.deepcopy(info["entry"]), "status": "done", "seconds": round(info["seconds"], 1)}
     for run in (steps.get("eval", {}).get("entry") or {}).get("runs", []):
         if run["model"] in report:
-            report[run["model"]]["evaluation"].append({k: run[k] for k in ("task", "dataset", "split", "metrics")})
+            report[run["model"]]["evaluation"].append(
+                {key: run[key] for key in ("name", "task", "dataset", "split", "settings", "metrics") if key in run})
             report[run["model"]]["plots"].extend(run["plots"])
     return report
 
@@ -425,7 +472,9 @@ def _format(value: Any) -> str:
 
 
 def render_report_md(report: dict[str, Any], total_seconds: float | None = None) -> str:
-    """`report.md`: a summary table, then per stage its metrics, evaluations and plots."""
+    """`report.md`: a summary table, then per stage its metrics, evaluations (with their options) and plots."""
+    from .eval.results import describe_settings
+
     lines = ["# Xray-Visual pipeline report", ""]
     if total_seconds is not None:
         lines += [f"Total time of the steps: {total_seconds / 60:.1f} min.", ""]
@@ -446,7 +495,8 @@ def render_report_md(report: dict[str, Any], total_seconds: float | None = None)
             lines += ["", "| metric | value |", "|---|---|"]
             lines += [f"| {key} | {_format(value)} |" for key, value in shown.items()]
         for run in entry.get("evaluation", []):
-            lines += ["", f"**{run['task']}** on {run['dataset']} ({run['split']}): "
+            where = ", ".join(part for part in (run["split"], describe_settings(run.get("settings"))) if part)
+            lines += ["", f"**{run['task']}** on {run['dataset']} ({where}): "
                       + ", ".join(f"{k} {_format(v)}" for k, v in run["metrics"].items())]
         for plot in entry.get("plots", []):
             lines += ["", f"![{name}: {Path(plot).stem}]({plot})"]
@@ -611,6 +661,6 @@ def _check_finished(pipeline: Pipeline, steps: list[PipelineStep]) -> set[str]:
 
 
 __all__ = [
-    "PipelineStep", "build_report", "build_steps", "load_pipeline_config", "plot_loss_curves",
-    "preset_path", "render_report_md", "run_pipeline",
+    "PipelineStep", "build_report", "build_steps", "evaluation_names", "load_pipeline_config", "path_component",
+    "plot_loss_curves", "preset_path", "render_report_md", "run_pipeline",
 ]

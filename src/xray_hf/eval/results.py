@@ -26,6 +26,13 @@ TASKS = {
 REQUIRED_KEYS = ("dataset", "model", "task", "metrics", "language")
 
 
+def describe_settings(settings: dict[str, Any] | None) -> str:
+    """An evaluation's options beyond model, task, dataset and split as one line, sorted (`max_samples=12,
+    num_frames=4`; lists and mappings as JSON), or "" without any: what tells two evaluations of one dataset apart."""
+    return ", ".join(f"{key}={value if isinstance(value, str) else json.dumps(value, sort_keys=True)}"
+                     for key, value in sorted((settings or {}).items()))
+
+
 def benchmark_task(task: str) -> str:
     """CLIP_benchmark's task name for a CLI task (`zero-shot` -> `zeroshot_classification`); its names pass."""
     if task in TASKS:
@@ -102,4 +109,7 @@ def validate_result(result: Any) -> None:
             raise ValueError(f"metric {name!r} must be a number, got {value!r}")
 
 
-__all__ = ["REQUIRED_KEYS", "TASKS", "benchmark_task", "make_result", "read_result", "validate_result", "write_result"]
+__all__ = [
+    "REQUIRED_KEYS", "TASKS", "benchmark_task", "describe_settings", "make_result", "read_result", "validate_result",
+    "write_result",
+]
