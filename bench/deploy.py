@@ -107,8 +107,9 @@ def onnx_section(threads: int, rounds: int, quick: bool) -> None:
 
 # ------------------------------------------------------------------------------------------------------- compile
 def compile_section(rounds: int, quick: bool) -> None:
-    preset, batch = ("tiny", 64) if quick else ("vit-b16", 8)
-    for dtype in (torch.float32, torch.bfloat16):
+    cases = [("tiny", 64, torch.float32)] + ([] if quick else [("vit-b16", 8, torch.float32),
+                                                               ("vit-b16", 8, torch.bfloat16)])
+    for preset, batch, dtype in cases:
         eager = ours(preset, dtype=dtype)
         compiled = compile_for_inference(ours(preset, dtype=dtype))
         compiled.load_state_dict(eager.state_dict())

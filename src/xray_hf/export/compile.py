@@ -32,27 +32,20 @@ def vision_towers(model: nn.Module) -> list[XrayVisualModel]:
 
 
 def compile_for_inference(
-    model: nn.Module, *, backend: str = "inductor", mode: str | None = None, text: bool = False,
-    options: dict[str, Any] | None = None,
+    model: nn.Module, *, backend: Any = "inductor", mode: str | None = None, options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Compile `model`'s vision towers in place with static shapes and return `model` (put in eval mode).
 
-    `text=True` also compiles a CLIP model's text tower, with dynamic shapes: captions are padded to each batch's
-    longest, so a static graph per length would recompile at almost every batch. `backend`, `mode` and `options`
-    go to `torch.compile` (e.g. `backend="eager"` to count graphs without code generation).
+    Text towers stay eager: captions are padded to each batch's longest, so a static graph per length would
+    recompile at almost every batch. `backend`, `mode` and `options` go to `torch.compile` (e.g. a
+    `torch._dynamo.testing.CompileCounter` backend counts graphs without generating code).
     """
     towers = vision_towers(model)
     if not towers:
         raise ValueError(f"{type(model).__name__} has no XrayVisualModel to compile")
     model.eval()
-    kwargs = {"backend": backend, "mode": mode, "options": options}
     for tower in towers:
-        tower.compile(dynamic=False, **kwargs)
-    if text:
-        text_model = getattr(model, "text_model", None)
-        if text_model is None:
-            raise ValueError(f"{type(model).__name__} has no text tower to compile (text=True)")
-        text_model.compile(dynamic=True, **kwargs)
+        tower.compile(dynamic=False, backend=backend, mode=mode, options=options)
     return model
 
 
