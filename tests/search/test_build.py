@@ -100,8 +100,9 @@ def test_resuming_with_other_settings_is_refused(clip_dir, other_clip_dir, image
     build_index(clip_dir, str(image_folder), output, max_items=4, progress=False)
     with pytest.raises(ValueError, match="another kind"):
         build_index(clip_dir, str(image_folder), output, kind="hnsw", progress=False)
-    with pytest.raises(ValueError, match="another model"):
+    with pytest.raises(ValueError, match="built with another checkpoint") as error:
         build_index(other_clip_dir, str(image_folder), output, progress=False)
+    assert len(str(error.value)) < 400  # names the problem; does not dump the probe vectors
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "file.txt").write_text("x")
     with pytest.raises(ValueError, match="not an index directory"):

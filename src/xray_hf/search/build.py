@@ -173,6 +173,8 @@ def build_index(
                 "num_frames": embedder.num_frames, "stride": stride, "fingerprint": embedder.fingerprint(),
                 "params": KindParams.from_dict(params).to_dict()}
     store = IndexStore.create_or_resume(output, settings)
+    if store.count or store.manifest["skipped"]:  # continuing: the same checkpoint (its probes, within float noise)
+        embedder.check_fingerprint(store.manifest["fingerprint"], os.fspath(output), settings["fingerprint"])
     if store.count or store.manifest["index_files"]:
         index = store.load_index()
     else:

@@ -155,9 +155,11 @@ class SearchEmbedder:
         image = self.index_vectors(self.embed_pixels(self.prepare_image(probe_image())[None]))[0]
         return {"text": [float(v) for v in text], "image": [float(v) for v in image]}
 
-    def check_fingerprint(self, stored: dict[str, list[float]], index_path: str) -> None:
-        """Refuse a checkpoint whose probes differ from those the index was built with."""
-        mine = self.fingerprint()
+    def check_fingerprint(self, stored: dict[str, list[float]], index_path: str,
+                          mine: dict[str, list[float]] | None = None) -> None:
+        """Refuse a checkpoint whose probes (`mine`, computed when not given) differ from those the index was built
+        with."""
+        mine = mine if mine is not None else self.fingerprint()
         for name in ("text", "image"):
             a, b = np.asarray(mine[name]), np.asarray(stored.get(name, []))
             if a.shape != b.shape:

@@ -70,12 +70,11 @@ class IndexStore:
         if os.path.isfile(os.path.join(directory, MANIFEST)):
             store = cls.open(directory)
             for key, value in settings.items():
-                if key == "params":
+                if key in ("params", "fingerprint"):  # the model is compared by the caller, within float noise
                     continue
                 if store.manifest.get(key) != value:
-                    what = "model" if key == "fingerprint" else key
                     raise ValueError(
-                        f"{directory} already holds an index with another {what} ({store.manifest.get(key)!r} vs "
+                        f"{directory} already holds an index with another {key} ({store.manifest.get(key)!r} vs "
                         f"{value!r} now): resume it with the same settings and checkpoint, or use a new --output")
             store._remove_orphans()
             return store
