@@ -169,10 +169,14 @@ def main() -> None:
     parser.add_argument("--throughput-items", type=int, default=5000)
     parser.add_argument("--skip-throughput", action="store_true", help="only the index kinds")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--real", default=None,
+                        help="real sets to embed, name:split comma-separated (default: all of Fashion-MNIST and MNIST)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check that it runs")
     args = parser.parse_args()
+    global GALLERY
+    if args.real:
+        GALLERY = [tuple(part.split(":")) for part in args.real.split(",")]
     if args.quick:
-        global GALLERY
         GALLERY = [("mnist", "test")]
         args.generated, args.queries, args.throughput_items = 2000, 100, 200
     os.makedirs(args.output, exist_ok=True)
