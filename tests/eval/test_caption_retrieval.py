@@ -47,3 +47,28 @@ def test_bad_model_and_column_are_named():
         run_caption_retrieval("no-such-model")
     with pytest.raises(ValueError, match="no column 'tags'"):
         run_caption_retrieval("minilm", text_column="tags")
+
+
+def test_a_clip_checkpoint_is_read_as_ours_although_it_carries_sentence_transformers_files(tmp_path):
+    """CLIP checkpoints ship modules.json for sentence-transformers; CRA must still embed with their own tower."""
+    from transformers import AutoTokenizer
+
+    from xray_hf import XrayCLIPConfig, XrayCLIPModel, XrayLLM2CLIPTextConfig, XrayLLM2CLIPTextModel
+    from xray_hf.configuration.visual import XrayVisualConfig
+    from xray_hf.convert import minilm_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
+    text = XrayLLM2CLIPTextConfig(llm_config=dict(model_type="bert", vocab_size=len(tokenizer), hidden_size=32,
+                                                  num_hidden_layers=1, num_attention_heads=4, intermediate_size=64),
+                                  projection_dim=8)
+    torch.manual_seed(0)
+    clip = XrayCLIPModel(XrayCLIPConfig(vision_config=XrayVisualConfig.from_preset("tiny"), text_config=text,
+                                        projection_dim=8)).eval()
+    clip.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "x.Transformer"}]')
+    from_dir = run_caption_retrieval(tmp_path, max_samples=32)["metrics"]
+    in_memory = run_caption_retrieval(clip, tokenizer=tokenizer, max_samples=32)["metrics"]
+    assert from_dir == in_memory
+    with pytest.raises(ValueError, match="already an xray_hf checkpoint"):
+        XrayLLM2CLIPTextModel.from_llm(tmp_path)

@@ -227,7 +227,7 @@ def test_from_llm_loads_the_llm_weights(tmp_path):
         assert torch.equal(model.llm.state_dict()[name], tensor)
     assert model.config.llm_config.is_causal is False and model.config.projection_dim == 8
     model.save_pretrained(tmp_path / "ours")
-    with pytest.raises(ValueError, match="already an xray_llm2clip_text"):
+    with pytest.raises(ValueError, match="already an xray_hf checkpoint"):
         XrayLLM2CLIPTextModel.from_llm(tmp_path / "ours")
 
 

@@ -69,14 +69,13 @@ def load_text_tower(model: str | os.PathLike) -> tuple[nn.Module, Any]:
 
     from ..convert import PACKAGED_TEXT_MODELS, resolve_text_model
     from ..modeling.llm2clip import XrayLLM2CLIPTextModel
-    from ..modeling.sentence_embedder import is_sentence_transformers_folder
 
     path = resolve_text_model(model)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"text model {os.fspath(model)!r} is neither a folder nor one of "
                                 f"{sorted(PACKAGED_TEXT_MODELS)}")
     ours = AutoConfig.from_pretrained(path).model_type in ("xray_clip", "xray_llm2clip_text", "xray_text")
-    if ours and not is_sentence_transformers_folder(path):
+    if ours:  # (a CLIP checkpoint also carries sentence-transformers files: it is still ours)
         tower = AutoModel.from_pretrained(path)
     else:
         tower = XrayLLM2CLIPTextModel.from_llm(path)

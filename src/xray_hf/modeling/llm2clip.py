@@ -223,8 +223,9 @@ class XrayLLM2CLIPTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpoint
         if sentence_transformers and embedder_kind(llm_config) == "decoder":
             config_kwargs.setdefault("bidirectional", False)  # sentence-transformers runs a decoder causal
         _refuse_remote_code_llm(llm_config, str(llm_name_or_path))
-        if getattr(llm_config, "model_type", None) == XrayLLM2CLIPTextConfig.model_type:
-            raise ValueError(f"{llm_name_or_path} is already an xray_llm2clip_text checkpoint: use from_pretrained")
+        if str(getattr(llm_config, "model_type", "")).startswith("xray_"):
+            raise ValueError(f"{llm_name_or_path} is already an xray_hf checkpoint ({llm_config.model_type}): load it "
+                             "with from_pretrained")
         if embedder_kind(llm_config) == "encoder":
             if cls._uses_lm_head:
                 raise ValueError(f"{llm_name_or_path} holds a {llm_config.model_type!r} encoder: MNTP trains decoder "
