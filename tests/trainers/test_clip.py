@@ -147,11 +147,16 @@ def _run(config, stop_at=None, resume=None):
     return run.trainer, records
 
 
-def test_resume_continues_the_loss_curve_and_the_resolution_schedule(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_continues_the_loss_curve_and_the_resolution_schedule(tmp_path, num_workers):
+    """Each step's batch has the schedule's size for that step, also when DataLoader workers prefetch batches
+    before a change (they decode at a fixed size; the trainer resizes in the main process), so a run resumed
+    after a change sees the uninterrupted run's batches bitwise."""
     schedule = [[0, 8], [3, 12], [6, 16]]
     training = dict(resolution_schedule=schedule, save_strategy="steps", save_steps=1, eval_strategy="no")
     config = clip_config(tmp_path / "full", max_steps=8, **training)
     config["data"].pop("eval")
+    config["data"]["num_workers"] = num_workers
     full, records = _run(config)
     sizes = [size for size, _ in records]
     assert sizes == [(8, 8)] * 3 + [(12, 12)] * 3 + [(16, 16)] * 2
@@ -263,8 +268,14 @@ def test_progressive_resolution_schedule_and_resume_point():
     class State:
         global_step = 150
 
-    callback.on_train_begin(None, State(), None)  # a run resumed at step 150 continues at 24
-    assert resolution.size == (24, 24)
+    callback.on_train_begin(None, State(), None)  # the transforms decode at the largest size, whatever the step
+    assert resolution.size == (32, 48)
+    batch = {"pixel_values": torch.rand(2, 3, 32, 48), "simclr_view_1": torch.rand(2, 4, 3, 32, 48),
+             "input_ids": torch.ones(2, 5, dtype=torch.long)}
+    resized = callback.resize_batch(batch, 150)  # a run resumed at step 150 continues at 24
+    assert resized["pixel_values"].shape == (2, 3, 24, 24) and resized["simclr_view_1"].shape == (2, 4, 3, 24, 24)
+    assert resized["input_ids"] is batch["input_ids"]
+    assert callback.resize_batch(batch, 250)["pixel_values"] is batch["pixel_values"]  # already the step's size
     with pytest.raises(ValueError, match="divisible"):
         ProgressiveResolutionCallback(resolution, [[0, 20]], patch_size=8)
 

@@ -258,3 +258,67 @@ def test_a_save_killed_before_the_trainer_state_is_skipped_by_resume_last(tmp_pa
     resumed = run(tmp_path / "run", ShortEpochLoader(), max_steps=6, resume=True)
     assert resumed.losses == full.losses[3:]
     assert_same_weights(resumed, full)
+
+
+# ------------------------------------------------------------------------------ a stage resumed at its end
+STAGE = {
+    "stage": "mae", "seed": 0,
+    "model": {"preset": "tiny", "config": {
+        "image_size": 16, "patch_size": 4, "num_frames": 4, "hidden_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 64, "decoder_hidden_size": 32, "decoder_num_hidden_layers": 1,
+        "decoder_num_attention_heads": 2, "decoder_intermediate_size": 64}},
+    "data": {"resolution": 16, "image": {"name": "mnist", "batch_size": 4, "max_samples": 16},
+             "augment": {"flip_p": 0.0, "blur_p": 0.0}},
+    # a constant rate (an extra step would move the weights) and logs every 3 steps, saves every 2: the steps
+    # 1-2 and 4 are not on a logging step
+    "training": {"max_steps": 4, "save_steps": 2, "logging_steps": 3, "learning_rate": 1e-3, "warmup_steps": 0,
+                 "lr_scheduler_type": "constant", "optimizer": "adamw", "report_to": [], "disable_tqdm": True},
+}
+
+
+def stage_config(output_dir) -> dict:
+    return {**STAGE, "training": {**STAGE["training"], "output_dir": str(output_dir)}}
+
+
+def test_resuming_a_finished_stage_trains_nothing_and_reports_the_whole_stage(tmp_path, monkeypatch):
+    """`--resume last` on a finished run (or a pipeline rerun after an interruption in its evaluation) resumes
+    from the checkpoint saved at max_steps: nothing trains, the checkpoint's weights are saved, and the stage's
+    training loss is its own over all of its steps, also after a resume half-way."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from xray_hf.trainers.run import run_stage
+
+    steps: list[float] = []
+    compute_loss = MAETrainer.compute_loss
+
+    def counting(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            steps.append(float((out[0] if return_outputs else out).detach()))
+        return out
+
+    monkeypatch.setattr(MAETrainer, "compute_loss", counting)
+    full = run_stage("mae", stage_config(tmp_path / "full"))
+    full_steps = list(steps)
+    assert full["global_step"] == 4 and len(full_steps) == 4
+    assert full["train_loss"] == pytest.approx(sum(full_steps) / 4, rel=1e-6)
+
+    steps.clear()
+    finished = run_stage("mae", stage_config(tmp_path / "full"), resume_from_checkpoint=True)  # checkpoint-4
+    assert steps == [], f"resuming the finished stage trained {len(steps)} more step(s)"
+    assert finished["global_step"] == 4
+    saved, checkpoint = (load_file(tmp_path / "full" / name / "model.safetensors") for name in (".", "checkpoint-4"))
+    for name, tensor in checkpoint.items():
+        assert torch.equal(saved[name], tensor), name
+    assert finished["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
+    assert [e["loss"] for e in finished["log_history"] if "loss" in e] == \
+        [e["loss"] for e in full["log_history"] if "loss" in e]
+
+    # resumed half-way (a kill after checkpoint-2): the reported loss is still over steps 1-4, not 3-4
+    shutil.copytree(tmp_path / "full" / "checkpoint-2", tmp_path / "half" / "checkpoint-2")
+    steps.clear()
+    half = run_stage("mae", stage_config(tmp_path / "half"), resume_from_checkpoint=True)
+    assert steps == pytest.approx(full_steps[2:], rel=1e-6)
+    assert half["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)

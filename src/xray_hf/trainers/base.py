@@ -20,11 +20,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainingArguments
-from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINING_ARGS_NAME
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
+from transformers.trainer_callback import TrainerState
 from transformers.trainer_pt_utils import reissue_pt_warnings
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from .callbacks import LogEveryStepCoveredCallback
 from .fsdp import (
     FSDPSettings,
     fsdp_settings,
@@ -41,9 +43,11 @@ from .optim import OPTIMIZERS, build_optimizer, param_groups
 from .resume import (
     DATA_STATE_NAME,
     ResumableLoader,
+    checkpoint_step,
     last_complete_checkpoint,
     load_data_state,
     save_data_state,
+    stage_training_loss,
 )
 
 logger = logging.getLogger(__name__)
@@ -227,10 +231,50 @@ class FSDPTrainerMixin:
             reissue_pt_warnings(caught_warnings)
 
 
-class JSONTrainingArgumentsMixin(FSDPTrainerMixin):
+class WholeRunMixin:
+    """For `Trainer` subclasses: a run resumed any number of times is still one run.
+
+    - Its logs cover every step (`LogEveryStepCoveredCallback`), so the stage's training loss over all its steps is
+      read from `state.log_history` (`stage_training_loss`), not only over the steps since the last resume.
+    - Resuming from a checkpoint saved at `max_steps` (a finished run: `--resume last`, or a pipeline rerun after an
+      interruption in evaluation or reporting) trains nothing and leaves the model with the checkpoint's weights and
+      the Trainer with its state. The Trainer itself would enter its epoch loop and take one more optimizer step
+      before checking whether to stop (always with the endless streams, which have no `len()`; with a map-style
+      dataset when `max_steps` ends mid-epoch).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.add_callback(LogEveryStepCoveredCallback())
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any):
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, (str, os.PathLike)) and self.args.max_steps > 0:
+            step = checkpoint_step(checkpoint)
+            if step is not None and step >= self.args.max_steps:
+                return self._finished_run(os.fspath(checkpoint))
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _finished_run(self, checkpoint: str) -> TrainOutput:
+        """Load a finished run's checkpoint (weights and Trainer state) instead of training."""
+        logger.warning("%s was saved at step %d of max_steps %d: nothing left to train, the run is its checkpoint",
+                       checkpoint, checkpoint_step(checkpoint), self.args.max_steps)
+        self._load_from_checkpoint(checkpoint)
+        unshard = getattr(self, "_unshard_model", None)
+        if unshard is not None:
+            unshard()  # FSDP2 loads into the sharded model: back to a plain one, as after training
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, TRAINER_STATE_NAME))
+        loss = stage_training_loss(self.state.log_history)
+        loss = float("nan") if loss is None else loss
+        return TrainOutput(self.state.global_step, loss, {"train_loss": loss})
+
+
+class JSONTrainingArgumentsMixin(WholeRunMixin, FSDPTrainerMixin):
     """For `Trainer` subclasses: save the training arguments as JSON (`training_args.json`) instead of the Trainer's
     pickled `training_args.bin`, so nothing this package writes needs pickle to read. Every trainer of the package
-    derives from it (the LLM2Vec ones too), so it also brings `FSDPTrainerMixin`."""
+    derives from it (the LLM2Vec ones too), so it also brings `WholeRunMixin` and `FSDPTrainerMixin`."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
@@ -397,6 +441,6 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
 
 
 __all__ = [
-    "DATA_STATE_NAME", "FSDPTrainerMixin", "JSONTrainingArgumentsMixin", "ResumableLoader", "XrayTrainer",
-    "XrayTrainingArguments", "write_training_args",
+    "DATA_STATE_NAME", "FSDPTrainerMixin", "JSONTrainingArgumentsMixin", "ResumableLoader", "WholeRunMixin",
+    "XrayTrainer", "XrayTrainingArguments", "write_training_args",
 ]

@@ -170,14 +170,21 @@ class CLIPTrainer(XrayTrainer):
         self.eval_caption_column = eval_caption_column
         self.add_callback(LogitScaleClampCallback())
         schedule = getattr(self.args, "resolution_schedule", None)
+        self.progressive: ProgressiveResolutionCallback | None = None
         if schedule:
             if resolution is None:
                 raise ValueError("resolution_schedule needs the training transforms' shared `resolution`")
             config = self.model.config
             patch = getattr(config, "vision_config", config).patch_size  # a CLIP model, or a backbone (distillation)
-            self.add_callback(ProgressiveResolutionCallback(resolution, schedule, patch_size=patch))
+            self.progressive = ProgressiveResolutionCallback(resolution, schedule, patch_size=patch)
+            self.add_callback(self.progressive)
         self._loss_fn: CLIPStageLoss | None = None
         self._warned_hashtags = False
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None):
+        if self.progressive is not None:  # the size of the step this batch is for, whenever it was prepared
+            inputs = self.progressive.resize_batch(inputs, self.state.global_step)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     # -------------------------------------------------------------------------------------------------- loss
     @property

@@ -171,6 +171,27 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     return None
 
 
+def stage_training_loss(log_history: list[dict[str, Any]]) -> float | None:
+    """The mean training loss over every step the logs cover, across resumes (a resumed run's history starts with
+    its checkpoint's): each logged `loss` is the mean over the steps since the log before it, so it counts that many
+    times. None when no loss was logged. With `LogEveryStepCoveredCallback` the logs cover every step."""
+    total, steps, last = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] > last:
+            total += entry["loss"] * (entry["step"] - last)
+            steps, last = steps + entry["step"] - last, entry["step"]
+    return total / steps if steps else None
+
+
+def checkpoint_step(checkpoint: str | os.PathLike) -> int | None:
+    """The global step a checkpoint was saved at (its `trainer_state.json`), or None if it has no readable one."""
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            return int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_data_state(checkpoint: str, rank: int) -> dict:
     """Read one rank's loader state from `checkpoint`. Pickled states are refused, never unpickled."""
     path = os.path.join(checkpoint, DATA_STATE_NAME.format(rank=rank))
@@ -197,6 +218,6 @@ def load_data_state(checkpoint: str, rank: int) -> dict:
 
 
 __all__ = [
-    "DATA_STATE_NAME", "ResumableLoader", "check_json_state", "last_complete_checkpoint", "load_data_state",
-    "save_data_state",
+    "DATA_STATE_NAME", "ResumableLoader", "check_json_state", "checkpoint_step", "last_complete_checkpoint",
+    "load_data_state", "save_data_state", "stage_training_loss",
 ]

@@ -24,6 +24,7 @@ from ..configuration.visual import XrayVisualConfig
 from ..processing.image_processing import XrayVisualImageProcessor
 from ..stages import Stage, get_stage
 from .data import DataSpec
+from .resume import stage_training_loss
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ def run_stage(
     trainer, output_dir = run.trainer, context.output_dir
     results: dict[str, Any] = {"stage": entry.name, **run.results}
     train_output = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    results["train_loss"] = train_output.training_loss
+    # the stage's own loss over all its steps (across resumes), not only over the steps of this call
+    whole = stage_training_loss(trainer.state.log_history)
+    results["train_loss"] = whole if whole is not None else train_output.training_loss
     results["global_step"] = train_output.global_step
     results["log_history"] = trainer.state.log_history
     if run.save_model is not None:
