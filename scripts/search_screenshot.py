@@ -23,6 +23,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--index", required=True)
+    parser.add_argument("--model", default=None, help="checkpoint (default: the one the index was built with)")
     parser.add_argument("--query", default="a red heart")
     parser.add_argument("--output", default="docs/search_demo.png")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
@@ -31,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    searcher = Searcher(args.index)
+    searcher = Searcher(args.index, args.model)
     demo = build_demo(searcher)
     demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, share=False)
     try:
