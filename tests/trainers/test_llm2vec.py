@@ -86,6 +86,33 @@ def test_mntp_collator_masks_predictable_tokens_only(tokenizer, side):
     assert (ids[masked] == collator.mask_token_id).float().mean() > 0.5  # mostly the mask token (80%)
 
 
+def test_mntp_masks_are_a_function_of_seed_epoch_and_example(tokenizer, monkeypatch):
+    """What is masked does not come from torch's global RNG (which DataLoader workers seed per worker and a resume
+    does not bring back as the uninterrupted run had it): each example draws from (seed, epoch, example), as the
+    SimCSE collator does, so workers and a resumed run mask what one uninterrupted process masks."""
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    features = [{"id": f"item{i}", "text": text} for i, text in enumerate(CAPTIONS)]
+    collator = MNTPCollator(tokenizer, mask_probability=0.3, seed=0)
+    first = collator(features)
+    torch.manual_seed(123)  # the global RNG plays no part
+    again = collator(features)
+    assert torch.equal(first["input_ids"], again["input_ids"]) and torch.equal(first["labels"], again["labels"])
+    alone = collator([features[2]])  # an example masks the same alone as in a batch (right padding)
+    width = alone["labels"].shape[1]
+    assert torch.equal(first["labels"][2, :width], alone["labels"][0])
+    assert torch.equal(first["input_ids"][2, :width], alone["input_ids"][0])
+    loader = torch.utils.data.DataLoader(features, batch_size=3, num_workers=2, collate_fn=collator)
+    in_workers = list(loader)
+    for batch, part in zip(in_workers, (features[:3], features[3:])):
+        assert torch.equal(batch["labels"], collator(part)["labels"])
+        assert torch.equal(batch["input_ids"], collator(part)["input_ids"])
+    collator.set_epoch(1)
+    assert not torch.equal(collator(features)["labels"], first["labels"])  # a new epoch masks anew
+    collator.set_epoch(0)
+    assert torch.equal(collator(features)["labels"], first["labels"])
+    assert not torch.equal(MNTPCollator(tokenizer, mask_probability=0.3, seed=1)(features)["labels"], first["labels"])
+
+
 def test_mntp_collator_bad_settings_raise(tokenizer):
     with pytest.raises(ValueError, match="mask_probability"):
         MNTPCollator(tokenizer, mask_probability=0.0)

@@ -136,82 +136,18 @@ def _tokenize(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: 
     )
 
 
-@dataclass
-class MNTPCollator:
-    """
-    Masked next-token prediction batches: tokenize `text_column`, mask `mask_probability` of the tokens (at least
-    one per caption, never the first: nothing precedes it), labels = original ids at masked positions, -100
-    elsewhere. BERT's 80/10/10: a masked token becomes `mask_token`, a random token, or stays.
+class ExampleDraws:
+    """For collators whose random draws must survive workers and resumes: an example's draw is a pure function of
+    (`seed`, epoch, example), the example identified by a SHA-256 of what identifies it (as the data layer keys
+    each sample's randomness). So DataLoader workers (each with a copy of the collator) draw independently, an
+    example draws the same wherever and whenever it is collated, and a resumed run draws what the uninterrupted one
+    would. The epoch (`set_epoch`, which the LLM2Vec trainers call at every epoch) is shared with the workers,
+    persistent ones too. Subclasses are dataclasses with `seed` and `_epoch` fields and call `_init_draws`."""
 
-    `mask_token` defaults to the tokenizer's mask token, else `"_"` (LLM2Vec's choice for LLaMA-family models).
-    """
+    seed: int
+    _epoch: torch.Tensor
 
-    tokenizer: PreTrainedTokenizerBase
-    max_length: int = 128
-    mask_probability: float = 0.2
-    mask_token: str | None = None
-    padding_side: str = "right"
-    text_column: str = "text"
-    mask_token_id: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.mask_probability < 1.0:
-            raise ValueError(f"mask_probability must be in (0, 1), got {self.mask_probability}")
-        token = self.mask_token or self.tokenizer.mask_token or "_"
-        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"mask token {token!r} is not a single token of this tokenizer (ids {ids})")
-        self.mask_token_id = ids[0]
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        texts = [f[self.text_column] for f in features]
-        batch = _tokenize(
-            self.tokenizer, texts, self.max_length, self.padding_side, return_special_tokens_mask=True
-        )
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        real = attention_mask.bool() & ~batch["special_tokens_mask"].bool()
-        # a token can be predicted only if some real token precedes it
-        eligible = real & (attention_mask.cumsum(dim=1) > 1)
-        masked = torch.bernoulli(torch.full(input_ids.shape, self.mask_probability)).bool() & eligible
-        for row in torch.nonzero(~masked.any(dim=1) & eligible.any(dim=1)).flatten().tolist():
-            choices = torch.nonzero(eligible[row]).flatten()
-            masked[row, choices[torch.randint(len(choices), (1,))]] = True
-        if not bool(masked.any()):
-            raise ValueError("no caption in the batch has a token that can be masked (captions of one token?)")
-        labels = torch.where(masked, input_ids, torch.full_like(input_ids, -100))
-        replaced = masked & torch.bernoulli(torch.full(input_ids.shape, 0.8)).bool()
-        randomized = masked & ~replaced & torch.bernoulli(torch.full(input_ids.shape, 0.5)).bool()
-        input_ids = input_ids.masked_fill(replaced, self.mask_token_id)
-        random_ids = torch.randint(len(self.tokenizer), input_ids.shape)
-        input_ids = torch.where(randomized, random_ids, input_ids)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-@dataclass
-class SimCSECollator:
-    """
-    Supervised SimCSE batches: each example holds several captions of one item (`captions_column`, >= 2); two
-    distinct ones are drawn as anchor and positive. Returns `input_ids`/`attention_mask` of shape `(2B, L)`
-    (anchors first, then positives) and `group_ids` `(B,)` from `id_column`, so two examples of the same item
-    in a batch are not treated as negatives of each other.
-
-    The draw is a pure function of (`seed`, epoch, example): the example is identified by its id and captions
-    (a SHA-256 of both), like the data layer keys each sample's randomness. So DataLoader workers (each with a
-    copy of the collator) draw independently, an example draws the same pair wherever and whenever it is
-    collated, and a resumed run draws what the uninterrupted one would. `set_epoch` (which `SimCSETrainer`
-    calls at every epoch) gives each epoch new pairs; the epoch is shared with workers, persistent ones too.
-    Two identical examples (same id, same captions) in one epoch draw the same pair.
-    """
-
-    tokenizer: PreTrainedTokenizerBase
-    max_length: int = 128
-    padding_side: str = "right"
-    captions_column: str = "captions"
-    id_column: str | None = "id"
-    seed: int = 0
-    _epoch: torch.Tensor = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
+    def _init_draws(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         self.seed = int(self.seed)
@@ -223,16 +159,111 @@ class SimCSECollator:
         return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw the pairs of `epoch` from now on (in this process and in its DataLoader workers)."""
+        """Draw the examples of `epoch` from now on (in this process and in its DataLoader workers)."""
         if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self._epoch.fill_(int(epoch))
 
-    def _draw(self, item: Any, captions: list[str], epoch: int) -> tuple[int, int]:
-        identity = json.dumps([item, list(captions)], ensure_ascii=False, default=str).encode()
+    def _rng(self, example: Any, epoch: int) -> np.random.Generator:
+        identity = json.dumps(example, ensure_ascii=False, default=str).encode()
         words = np.frombuffer(hashlib.sha256(identity).digest(), dtype=np.uint32).tolist()
-        rng = np.random.default_rng([self.seed, epoch, *words])
-        first, second = rng.choice(len(captions), size=2, replace=False).tolist()
+        return np.random.default_rng([self.seed, epoch, *words])
+
+
+@dataclass
+class MNTPCollator(ExampleDraws):
+    """
+    Masked next-token prediction batches: tokenize `text_column`, mask `mask_probability` of the tokens (at least
+    one per caption, never the first: nothing precedes it), labels = original ids at masked positions, -100
+    elsewhere. BERT's 80/10/10: a masked token becomes `mask_token`, a random token, or stays.
+
+    `mask_token` defaults to the tokenizer's mask token, else `"_"` (LLM2Vec's choice for LLaMA-family models).
+    Each example's masks are drawn from (`seed`, epoch, example: its `id_column` value and text; see
+    `ExampleDraws`), over its own tokens in order: the same alone or in any batch, padded either side.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 128
+    mask_probability: float = 0.2
+    mask_token: str | None = None
+    padding_side: str = "right"
+    text_column: str = "text"
+    id_column: str | None = "id"
+    seed: int = 0
+    mask_token_id: int = field(init=False)
+    _epoch: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_probability < 1.0:
+            raise ValueError(f"mask_probability must be in (0, 1), got {self.mask_probability}")
+        token = self.mask_token or self.tokenizer.mask_token or "_"
+        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"mask token {token!r} is not a single token of this tokenizer (ids {ids})")
+        self.mask_token_id = ids[0]
+        self._init_draws()
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [f[self.text_column] for f in features]
+        batch = _tokenize(
+            self.tokenizer, texts, self.max_length, self.padding_side, return_special_tokens_mask=True
+        )
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        real = attention_mask.bool() & ~batch["special_tokens_mask"].bool()
+        # a token can be predicted only if some real token precedes it
+        eligible = real & (attention_mask.cumsum(dim=1) > 1)
+        labels = torch.full_like(input_ids, -100)
+        masked_ids = input_ids.clone()
+        epoch = self.epoch
+        for row, feature in enumerate(features):
+            positions = torch.nonzero(eligible[row]).flatten()  # the example's own tokens, in order
+            if len(positions) == 0:
+                continue
+            item = feature.get(self.id_column) if self.id_column else None
+            rng = self._rng([item, texts[row]], epoch)
+            chosen = rng.random(len(positions)) < self.mask_probability
+            if not chosen.any():
+                chosen[rng.integers(len(positions))] = True
+            how = rng.random(len(positions))  # < 0.8: the mask token; < 0.9: a random token; else kept
+            random_ids = rng.integers(len(self.tokenizer), size=len(positions))
+            for index in np.flatnonzero(chosen).tolist():
+                position = int(positions[index])
+                labels[row, position] = input_ids[row, position]
+                if how[index] < 0.8:
+                    masked_ids[row, position] = self.mask_token_id
+                elif how[index] < 0.9:
+                    masked_ids[row, position] = int(random_ids[index])
+        if not bool((labels != -100).any()):
+            raise ValueError("no caption in the batch has a token that can be masked (captions of one token?)")
+        return {"input_ids": masked_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class SimCSECollator(ExampleDraws):
+    """
+    Supervised SimCSE batches: each example holds several captions of one item (`captions_column`, >= 2); two
+    distinct ones are drawn as anchor and positive. Returns `input_ids`/`attention_mask` of shape `(2B, L)`
+    (anchors first, then positives) and `group_ids` `(B,)` from `id_column`, so two examples of the same item
+    in a batch are not treated as negatives of each other.
+
+    The draw is a pure function of (`seed`, epoch, example), the example identified by its id and captions (see
+    `ExampleDraws`): workers and resumed runs draw what one uninterrupted process draws, and each epoch draws new
+    pairs. Two identical examples (same id, same captions) in one epoch draw the same pair.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int = 128
+    padding_side: str = "right"
+    captions_column: str = "captions"
+    id_column: str | None = "id"
+    seed: int = 0
+    _epoch: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._init_draws()
+
+    def _draw(self, item: Any, captions: list[str], epoch: int) -> tuple[int, int]:
+        first, second = self._rng([item, list(captions)], epoch).choice(len(captions), size=2, replace=False).tolist()
         return first, second
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -268,25 +299,6 @@ class LLM2VecTrainingArguments(TrainingArguments):
     )
 
 
-class MNTPTrainer(JSONTrainingArgumentsMixin, Trainer):
-    """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA)."""
-
-    def compute_loss(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        outputs = model(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            labels=inputs["labels"],
-            num_items_in_batch=num_items_in_batch,
-        )
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
-
-
 class _CollatorEpochCallback(TrainerCallback):
     """Tells the collator the Trainer's epoch before each epoch's batches are collated (`set_epoch`).
 
@@ -303,6 +315,31 @@ class _CollatorEpochCallback(TrainerCallback):
     def on_epoch_begin(self, args, state, control, **kwargs):
         self._epoch = math.floor(state.epoch or 0) if self._epoch is None else self._epoch + 1
         self.collator.set_epoch(self._epoch)
+
+
+class MNTPTrainer(JSONTrainingArgumentsMixin, Trainer):
+    """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA). A
+    collator with `set_epoch` (`MNTPCollator`) is told each epoch, so its masks follow the epoch."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if hasattr(self.data_collator, "set_epoch"):
+            self.add_callback(_CollatorEpochCallback(self.data_collator))
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=inputs["labels"],
+            num_items_in_batch=num_items_in_batch,
+        )
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
 class SimCSETrainer(JSONTrainingArgumentsMixin, Trainer):
@@ -338,6 +375,7 @@ __all__ = [
     "add_lora",
     "merge_lora",
     "load_lora",
+    "ExampleDraws",
     "MNTPCollator",
     "SimCSECollator",
     "LLM2VecTrainingArguments",

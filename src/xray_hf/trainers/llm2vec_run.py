@@ -161,7 +161,7 @@ def prepare_mntp(run: RunContext) -> StageRun:
     texts = [text for _, item in item_texts(data) for text in item]
     trainer = MNTPTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_dict({"text": texts}),
                           data_collator=MNTPCollator(tokenizer, max_length=data.max_length,
-                                                     mask_probability=data.mask_probability))
+                                                     mask_probability=data.mask_probability, seed=run.seed))
     # the MNTP model has the LLM and its head only: the adapter goes onto the base tower (with its adapter MLP)
     merged = save_merged(tokenizer, lambda trainer, lora_dir: load_lora(XrayLLM2CLIPTextModel.from_pretrained(base),
                                                                          lora_dir))
