@@ -476,14 +476,18 @@ def test_from_stages_accepts_loaded_models(stage_dirs):
     _llm_frozen(model)
 
 
-def test_from_stages_freezes_the_llm_unless_told_not_to(stage_dirs):
+def test_from_stages_follows_the_towers_freeze_llm_unless_told_otherwise(stage_dirs):
+    """`freeze_llm` lives in the tower's config (the LoRA stages keep it True); from_stages honours it, and an
+    explicit `freeze_llm=` overrides it either way."""
     _, tower, _ = stage_dirs
-    tower.freeze_llm(False)  # a tower saved while its LLM was being tuned (e.g. right after LoRA merging)
     backbone = XrayVisualModel(XrayVisualConfig.from_preset("tiny"))
-    _llm_frozen(XrayCLIPModel.from_stages(vision=backbone, text=tower))
+    _llm_frozen(XrayCLIPModel.from_stages(vision=backbone, text=tower))  # the saved tower says frozen
     trainable = XrayCLIPModel.from_stages(vision=backbone, text=tower, freeze_llm=False)
     assert all(p.requires_grad for p in trainable.text_model.llm.parameters())
     assert trainable.config.text_config.freeze_llm is False
+    tower.freeze_llm(False)  # a tower whose config says its LLM trains
+    assert XrayCLIPModel.from_stages(vision=backbone, text=tower).config.text_config.freeze_llm is False
+    _llm_frozen(XrayCLIPModel.from_stages(vision=backbone, text=tower, freeze_llm=True))
     tower.freeze_llm(True)  # the fixture is shared
 
 

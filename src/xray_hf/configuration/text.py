@@ -21,6 +21,7 @@ from typing import Any
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from ..tokenization import tokenize_texts
 from .visual import XrayConfigMixin
 
 LLM2CLIP_POOLING_TYPES = ("mean", "eos", "weighted_mean", "cls")
@@ -51,17 +52,6 @@ def embedder_kind(llm_config: PreTrainedConfig) -> str | None:
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(llm_config, "is_encoder_decoder", False):
         return "encoder"
     return None
-
-
-def tokenize_texts(tokenizer: Any, texts: Any, *, max_length: int, padding_side: str, return_tensors: str | None = "pt",
-                   **overrides: Any):
-    """Captions -> `input_ids`, `attention_mask`: padded to the longest, truncated at `max_length`, padded on
-    `padding_side` (no `token_type_ids`: one segment, which encoders default to). The one tokenization of the
-    package; text towers call it with their config's settings (`config.tokenize`)."""
-    kwargs = {"padding": True, "truncation": True, "max_length": max_length, "padding_side": padding_side,
-              "return_token_type_ids": False}
-    kwargs.update(overrides)
-    return tokenizer(list(texts) if not isinstance(texts, str) else texts, return_tensors=return_tensors, **kwargs)
 
 
 class XrayTextTowerConfigMixin:
@@ -420,7 +410,6 @@ __all__ = [
     "XrayLLM2CLIPTextConfig",
     "XrayTextTowerConfigMixin",
     "embedder_kind",
-    "tokenize_texts",
     "SENTENCE_TRANSFORMERS_POOLING",
     "XrayTextConfig",
     "TEXT_PRESETS",

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import BatchFeature, ProcessorMixin
 
-from ..configuration.text import tokenize_texts
+from ..tokenization import tokenize_texts
 from .hub_mixin import XrayProcessorHubMixin
 
 
