@@ -458,7 +458,7 @@ def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
     steps = {step.name: step.parents for step in build_steps(resolved)}
     assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
     assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]
-    assert resolved["stages"]["clip"]["model"]["text"]["config"]["pooling"] == "mean"  # kept from clip_tiny.yaml
+    assert resolved["stages"]["clip"]["model"]["text"]["config"]["adapter_depth"] == 4  # kept from clip_tiny.yaml
 
 
 def tiny_clip_checkpoint(path) -> None:
