@@ -66,9 +66,6 @@ def test_sentence_transformers_text_embeddings_are_the_models(saved):
     torch.testing.assert_close(encoded, expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="XrayCLIPProcessor.__call__ (processing/clip.py) passes sentence-transformers' "
-                   "transformers-5 nested kwargs (text_kwargs=, images_kwargs=, ...) to the image processor, which "
-                   "refuses them; remove this marker once the processor accepts them")
 def test_sentence_transformers_image_embeddings_are_the_models(saved):
     from sentence_transformers import SentenceTransformer
 

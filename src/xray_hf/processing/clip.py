@@ -53,16 +53,24 @@ class XrayCLIPProcessor(XrayProcessorHubMixin, ProcessorMixin):
             raise ValueError("pass text, images or videos")
         if images is not None and videos is not None:
             raise ValueError("pass images or videos, not both: a batch holds one modality")
+        # transformers 5's per-modality form (`text_kwargs=`, `images_kwargs=`, ...; sentence-transformers uses it)
+        nested = {key: dict(kwargs.pop(key, None) or {}) for key in
+                  ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs", "common_kwargs")}
+        return_tensors = nested["common_kwargs"].pop("return_tensors", return_tensors)
+        kwargs.update(nested["common_kwargs"])
         data: dict[str, Any] = {}
         if text is not None:
-            overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in ("padding", "truncation", "max_length",
-                                                                         "padding_side")}
+            given = {**kwargs, **nested["text_kwargs"]}
+            overrides = {k: given[k] for k in ("padding", "truncation", "max_length", "padding_side") if k in given}
+            kwargs = {k: v for k, v in kwargs.items() if k not in overrides}
             settings = {"max_length": self.max_text_length, "padding_side": self.padding_side, **overrides}
             data.update(tokenize_texts(self.tokenizer, text, return_tensors=return_tensors, **settings))
         if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors, **kwargs))
+            data.update(self.image_processor(images, return_tensors=return_tensors,
+                                             **{**kwargs, **nested["images_kwargs"]}))
         if videos is not None:
-            processed = self.video_processor(videos, return_tensors=return_tensors, **kwargs)
+            processed = self.video_processor(videos, return_tensors=return_tensors,
+                                             **{**kwargs, **nested["videos_kwargs"]})
             data["pixel_values"] = processed["pixel_values"]
         return BatchFeature(data=data, tensor_type=return_tensors)
 
