@@ -25,8 +25,10 @@ def test_shipped_configs_validate(stage, tmp_path):
     if extras is not None and hasattr(extras, "from_dict"):
         extras.from_dict({key: config[key] for key in config if key in extras.__dataclass_fields__})
     args = entry.arguments_class()(**{**config["training"], "output_dir": str(tmp_path)})
-    if hasattr(args, "lion_beta1"):  # the vision stages train with Lion (paper 4.5); the text stages with AdamW
-        assert args.optimizer == "lion" and (args.lion_beta1, args.lion_beta2) == (0.9, 0.99)
+    if hasattr(args, "lion_beta1"):  # the vision stages train with Lion (paper 4.5); the text stages with AdamW;
+        # clip_tiny with AdamW 1e-3: Lion at 3e-4 reached half its OpenMoji recall in 600 steps (Lion stays a setting)
+        assert args.optimizer == ("adamw" if stage == "clip" else "lion")
+        assert (args.lion_beta1, args.lion_beta2) == (0.9, 0.99)
 
 
 def test_bad_run_configs():
