@@ -36,6 +36,11 @@ PROCESSOR_REQUIREMENTS = REMOTE_CODE_REQUIREMENTS | {"torchvision"}  # transform
 # Auto classes written into config.json besides AutoConfig / AutoModel, when their class is the checkpoint's own.
 TASK_AUTO_CLASSES = ("AutoModelForPreTraining", "AutoModelForImageClassification",
                      "AutoModelForZeroShotImageClassification")
+AUTO_MAPPINGS = {  # Auto class -> transformers' public mapping of config classes to model classes it reads
+    "AutoModel": "MODEL_MAPPING", "AutoModelForPreTraining": "MODEL_FOR_PRETRAINING_MAPPING",
+    "AutoModelForImageClassification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING",
+    "AutoModelForZeroShotImageClassification": "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING",
+}
 
 
 # ---------------------------------------------------------------------------------------------- modules and names
@@ -264,7 +269,8 @@ def model_auto_map(config: dict[str, Any]) -> dict[str, type]:
     architectures = [_package_class(name) for name in config.get("architectures") or []]
     auto_map: dict[str, type] = {"AutoConfig": config_class}
     for auto_name in ("AutoModel", *TASK_AUTO_CLASSES):
-        model_class = getattr(transformers, auto_name)._model_mapping._extra_content.get(config_class)
+        mapping = getattr(transformers, AUTO_MAPPINGS[auto_name])  # the public mapping behind the Auto class
+        model_class = mapping[config_class] if config_class in mapping else None
         if model_class is not None and (auto_name == "AutoModel" or model_class in architectures):
             auto_map[auto_name] = model_class
     for cls in architectures:  # e.g. the hashtag model: no Auto class, but its code travels with it

@@ -23,9 +23,11 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME, TRAINING_ARGS_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_pt_utils import reissue_pt_warnings
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from ..seams.accelerate import mark_prepared
+from ..seams.transformers import TrainerSeams
 from .callbacks import LogEveryStepCoveredCallback
 from .fsdp import (
     FSDPSettings,
@@ -135,8 +137,7 @@ class FSDPTrainerMixin:
             raise ValueError("FSDP needs several processes: launch with torchrun or accelerate launch")
         self._fsdp_frame = meta_copy(self.model)
         shard_model(self.model, self.fsdp, device=self.args.device)
-        # accelerate's prepare_model returns a model it prepared before as it is: no DDP around the sharded model
-        self.model._is_accelerate_prepared = True
+        mark_prepared(self.model)  # accelerate's prepare_model then returns it as it is: no DDP around it
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         self.shard_for_fsdp()
@@ -169,21 +170,21 @@ class FSDPTrainerMixin:
         self.callback_handler.optimizer = self.callback_handler.lr_scheduler = None
         self.accelerator.free_memory()
 
-    def _load_best_model(self) -> None:
+    def load_best_model(self) -> None:
         self._unshard_model()  # then the Trainer loads the best checkpoint's full weights as usual
-        super()._load_best_model()
+        super().load_best_model()
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+    def save_weights(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is None and is_sharded(self.model):
             state_dict = full_model_state(self.model)  # every rank gathers a tensor at a time, rank 0 keeps it
-        super()._save(output_dir, state_dict)
+        super().save_weights(output_dir, state_dict)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+    def load_checkpoint_weights(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         """Under FSDP2, a checkpoint's `model.safetensors` (or its shards) is read by rank 0 alone, on the CPU, and
         broadcast one tensor at a time into the sharded model; other checkpoints (a LoRA adapter) load as usual."""
         files = self._full_weight_files(resume_from_checkpoint)
         if self.fsdp is None or model is not None or not files:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super().load_checkpoint_weights(resume_from_checkpoint, model)
         from safetensors.torch import load_file
 
         self.shard_for_fsdp()
@@ -204,11 +205,11 @@ class FSDPTrainerMixin:
                 return [os.path.join(folder, name) for name in sorted(set(json.load(f)["weight_map"].values()))]
         return []
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+    def load_optimizer_state(self, checkpoint: str | None) -> None:
         """Under FSDP2, rank 0 alone reads `optimizer.pt` (memory-mapped, on the CPU) and every rank receives its
         shards one tensor at a time: the Trainer would load the full state onto every device (`map_location`)."""
         if checkpoint is None or not is_sharded(self.model):
-            return super()._load_optimizer_and_scheduler(checkpoint)
+            return super().load_optimizer_state(checkpoint)
         optimizer_file, scheduler_file = (os.path.join(checkpoint, name) for name in (OPTIMIZER_NAME, SCHEDULER_NAME))
         if not (os.path.isfile(optimizer_file) and os.path.isfile(scheduler_file)):
             return  # as the Trainer: a checkpoint without them starts a fresh optimizer
@@ -220,9 +221,9 @@ class FSDPTrainerMixin:
             self.lr_scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
         reissue_pt_warnings(caught_warnings)
 
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+    def save_optimizer_state(self, output_dir: str) -> None:
         if not is_sharded(self.model):
-            return super()._save_optimizer_and_scheduler(output_dir)
+            return super().save_optimizer_state(output_dir)
         state = full_optimizer_state(self.model, self.optimizer)  # on rank 0 only: an unsharded run's layout
         if self.args.should_save:
             torch.save(state, os.path.join(output_dir, OPTIMIZER_NAME))
@@ -261,7 +262,7 @@ class WholeRunMixin:
         """Load a finished run's checkpoint (weights and Trainer state) instead of training."""
         logger.warning("%s was saved at step %d of max_steps %d: nothing left to train, the run is its checkpoint",
                        checkpoint, checkpoint_step(checkpoint), self.args.max_steps)
-        self._load_from_checkpoint(checkpoint)
+        self.load_checkpoint_weights(checkpoint)
         unshard = getattr(self, "_unshard_model", None)
         if unshard is not None:
             unshard()  # FSDP2 loads into the sharded model: back to a plain one, as after training
@@ -271,13 +272,15 @@ class WholeRunMixin:
         return TrainOutput(self.state.global_step, loss, {"train_loss": loss})
 
 
-class JSONTrainingArgumentsMixin(WholeRunMixin, FSDPTrainerMixin):
+class JSONTrainingArgumentsMixin(WholeRunMixin, FSDPTrainerMixin, TrainerSeams):
     """For `Trainer` subclasses: save the training arguments as JSON (`training_args.json`) instead of the Trainer's
     pickled `training_args.bin`, so nothing this package writes needs pickle to read. Every trainer of the package
-    derives from it (the LLM2Vec ones too), so it also brings `WholeRunMixin` and `FSDPTrainerMixin`."""
+    derives from it (the LLM2Vec ones too), so it also brings `WholeRunMixin`, `FSDPTrainerMixin` and the public
+    hooks over the Trainer's private methods (`xray_hf.seams.transformers.TrainerSeams`), which must come right
+    before `Trainer`: list it before `Trainer` among the bases."""
 
-    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict)
+    def save_weights(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super().save_weights(output_dir, state_dict)
         if self.args.should_save:
             write_training_args(self.args, output_dir if output_dir is not None else self.args.output_dir)
 
@@ -343,14 +346,13 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
             self.train_loader.load_state_dict(load_data_state(resume_from_checkpoint, self.args.process_index))
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def _save_checkpoint(self, model, trial) -> None:
+    def before_checkpoint_save(self, checkpoint: str) -> None:
         # every rank writes its own data position first; the Trainer writes trainer_state.json last, so a folder with
         # a readable Trainer state is complete (`last_complete_checkpoint`) even when a save is killed half-way
+        super().before_checkpoint_save(checkpoint)
         if self.train_loader is not None:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            save_data_state(self.train_loader.state_dict(), folder, self.args.process_index)
+            save_data_state(self.train_loader.state_dict(), checkpoint, self.args.process_index)
             self.accelerator.wait_for_everyone()
-        super()._save_checkpoint(model, trial)
 
     # ------------------------------------------------------------------- hub
     def push_to_hub(self, commit_message: str | None = "End of training", blocking: bool = True,
@@ -380,7 +382,7 @@ class XrayTrainer(JSONTrainingArgumentsMixin, Trainer):
             revision=revision or self.args.hub_revision, commit_message=commit_message, token=token,
         )
 
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+    def push_checkpoint(self, checkpoint_folder: str) -> None:
         """With `push_to_hub=True`, each saved checkpoint's model goes up as `xray-hf push` uploads it (remote code,
         card, no training state), instead of the Trainer's copy of `output_dir`, which also uploads a pickled
         `training_args.bin`, logs and caches. Resumable checkpoints on the Hub (`hub_strategy` "checkpoint" or

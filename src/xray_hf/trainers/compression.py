@@ -193,10 +193,10 @@ class CompressionTrainer(XrayTrainer):
         if self.args.push_to_hub and not _internal_call:
             self.push_to_hub(commit_message="Model save", revision=self.args.hub_revision)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+    def load_checkpoint_weights(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Resume the module from a checkpoint of its owner (`embedding_compression.*` of its weights)."""
         if self.owner is None or model is not None:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return super().load_checkpoint_weights(resume_from_checkpoint, model)
         from safetensors import safe_open
 
         keys = {}
