@@ -2,6 +2,7 @@
 tests named as its guards exist."""
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -15,11 +16,15 @@ PACKAGE = Path(xray_hf.__file__).parent
 ROOT = PACKAGE.parents[1]
 
 
+@functools.cache
+def _trees() -> tuple[tuple[Path, ast.Module], ...]:
+    return tuple((path, ast.parse(path.read_text())) for path in sorted(PACKAGE.rglob("*.py")))
+
+
 def _uses(name: str) -> dict[str, int]:
     """Package modules (dotted) that name `name` in code (not in strings or comments), with a count."""
     found = {}
-    for path in PACKAGE.rglob("*.py"):
-        tree = ast.parse(path.read_text())
+    for path, tree in _trees():
         members = [item for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef) for item in cls.body]
         count = sum(1 for node in ast.walk(tree)
                     if (isinstance(node, ast.Attribute) and node.attr == name)
