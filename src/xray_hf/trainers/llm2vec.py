@@ -317,14 +317,18 @@ class _CollatorEpochCallback(TrainerCallback):
         self.collator.set_epoch(self._epoch)
 
 
-class MNTPTrainer(JSONTrainingArgumentsMixin, Trainer):
-    """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA). A
-    collator with `set_epoch` (`MNTPCollator`) is told each epoch, so its masks follow the epoch."""
+class _CollatorEpochMixin:
+    """A collator with `set_epoch` (`MNTPCollator`, `SimCSECollator`) is told each epoch, so its draws follow it."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if hasattr(self.data_collator, "set_epoch"):
             self.add_callback(_CollatorEpochCallback(self.data_collator))
+
+
+class MNTPTrainer(_CollatorEpochMixin, JSONTrainingArgumentsMixin, Trainer):
+    """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA); its
+    collator's masks follow the epoch."""
 
     def compute_loss(
         self,
@@ -342,7 +346,7 @@ class MNTPTrainer(JSONTrainingArgumentsMixin, Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
-class SimCSETrainer(JSONTrainingArgumentsMixin, Trainer):
+class SimCSETrainer(_CollatorEpochMixin, JSONTrainingArgumentsMixin, Trainer):
     """
     Supervised SimCSE (LLM2Vec stage 2) on an `XrayLLM2CLIPTextModel` (usually with LoRA): InfoNCE on the
     pooled LLM outputs of two captions of each item, in-batch negatives, `args.simcse_temperature`.
@@ -353,8 +357,6 @@ class SimCSETrainer(JSONTrainingArgumentsMixin, Trainer):
         super().__init__(*args, **kwargs)
         # the loss is a batch mean, not a per-token sum: let Trainer divide it over gradient accumulation
         self.model_accepts_loss_kwargs = False
-        if hasattr(self.data_collator, "set_epoch"):
-            self.add_callback(_CollatorEpochCallback(self.data_collator))
 
     def compute_loss(
         self,
