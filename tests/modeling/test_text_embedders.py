@@ -141,6 +141,22 @@ def test_from_stages_honours_the_towers_own_freeze_setting(minilm_tokenizer):
     assert not any(p.requires_grad for p in frozen.text_model.llm.parameters())
 
 
+@pytest.mark.parametrize("model_type, block", [("bert", "BertLayer"), ("roberta", "RobertaLayer"),
+                                               ("xlm-roberta", "XLMRobertaLayer"), ("mpnet", "MPNetLayer")])
+def test_every_encoder_family_builds_runs_and_lists_its_blocks(model_type, block):
+    """MPNet has no SDPA and no `_no_split_modules`: it still builds (transformers picks its attention) and its
+    layers are found for FSDP wrapping."""
+    llm = dict(model_type=model_type, vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+               intermediate_size=64, pad_token_id=1)
+    torch.manual_seed(0)
+    tower = XrayLLM2CLIPTextModel(XrayLLM2CLIPTextConfig(llm_config=llm, projection_dim=8)).eval()
+    assert block in tower._no_split_modules
+    assert sum(type(b).__name__ == block for b in transformer_blocks(tower)) == 2
+    ids = torch.randint(3, 64, (2, 5))
+    with torch.no_grad():
+        assert tower.get_text_features(input_ids=ids, attention_mask=torch.ones_like(ids)).pooler_output.shape == (2, 8)
+
+
 def test_cls_pooling_takes_the_first_real_token_on_either_side():
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])

@@ -116,9 +116,11 @@ class XrayLLM2CLIPTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpoint
         """Create `self.llm` from the nested config (random weights; `from_pretrained`/`from_llm` load them)."""
         _refuse_remote_code_llm(config.llm_config, "llm_config")
         llm_config = config.llm_config
-        if llm_config._attn_implementation is None:
-            llm_config._attn_implementation = config._attn_implementation or "sdpa"
         decoder = config.kind == "decoder"
+        if llm_config._attn_implementation is None and decoder:
+            # decoders need SDPA or eager for `is_causal=False`; an encoder left unset gets transformers' own choice
+            # (SDPA where it has one: MPNet has none; set llm_config._attn_implementation to choose)
+            llm_config._attn_implementation = config._attn_implementation or "sdpa"
         if decoder and config.bidirectional and llm_config._attn_implementation not in BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"attention implementation {llm_config._attn_implementation!r} is not supported for bidirectional "
