@@ -244,18 +244,19 @@ def tome_bf16_section(rounds: int, quick: bool, matmul_ratio: float) -> None:
 
 # ----------------------------------------------------------------------------------------------------- retention
 def retention_section(checkpoint: str, max_samples: int) -> None:
-    from xray_hf.eval.run import load_checkpoint, run_eval
+    from xray_hf.checkpoint import load_checkpoint
+    from xray_hf.eval.run import run_eval
     from xray_hf.export.runtime import XrayOnnxModel
 
     pieces = load_checkpoint(checkpoint, video=True)
-    common = {"tokenizer": pieces["tokenizer"], "image_processor": pieces["image_processor"],
-              "video_processor": pieces["video_processor"], "plots": False, "max_samples": max_samples}
+    common = {"tokenizer": pieces.tokenizer, "image_processor": pieces.image_processor,
+              "video_processor": pieces.video_processor, "plots": False, "max_samples": max_samples}
     tasks = [("retrieval", "openmoji", ("image_retrieval_recall@5", "image_retrieval_recall@10",
                                         "text_retrieval_recall@5", "text_retrieval_recall@10")),
              ("zero-shot", "moving-shapes", ("acc1", "acc5")), ("zero-shot", "fashion-mnist", ("acc1", "acc5"))]
     with tempfile.TemporaryDirectory() as folder:
         export_onnx(checkpoint, folder, int8=True)
-        models = {"torch": pieces["model"].eval(), "onnx fp32": XrayOnnxModel(folder),
+        models = {"torch": pieces.model.eval(), "onnx fp32": XrayOnnxModel(folder),
                   "onnx int8": XrayOnnxModel(folder, int8=True)}
         print(f"\n== int8 retention: {checkpoint} (test splits, at most {max_samples} samples)")
         for task, dataset, keys in tasks:

@@ -49,13 +49,13 @@ def throughput(model: str, output: str, items: int, batch_size: int) -> dict[str
     same images."""
     from xray_hf.eval.data import ProcessorTransform, decoded, load_eval_set
     from xray_hf.eval.features import embed_images
-    from xray_hf.eval.run import load_checkpoint
+    from xray_hf.checkpoint import load_checkpoint
 
     pieces = load_checkpoint(model, need_text=False)
     data = decoded(load_eval_set("fashion-mnist", "test", max_samples=items),
-                   ProcessorTransform(pieces["image_processor"]))
+                   ProcessorTransform(pieces.image_processor))
     start = time.perf_counter()
-    embeddings, _ = embed_images(pieces["model"], data, batch_size=batch_size)
+    embeddings, _ = embed_images(pieces.model, data, batch_size=batch_size)
     embed = len(embeddings) / (time.perf_counter() - start)
     target = os.path.join(output, "throughput_index")
     if os.path.isdir(target):

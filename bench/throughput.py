@@ -42,6 +42,7 @@ from timing import machine_header, timed_rounds  # bench/timing.py, on sys.path
 
 import xray_hf  # noqa: F401  (registers the Auto classes)
 from xray_hf import XrayVisualConfig, XrayVisualModel
+from xray_hf.checkpoint import Checkpoint
 from xray_hf.configuration.visual import uniform_evit_layers
 from xray_hf.modeling.token_reduction import evit_token_count, tome_num_merged
 
@@ -164,12 +165,12 @@ def train_tiny_clip(work_dir: str, steps: int, image_dataset: str, video_dataset
     return work_dir
 
 
-def _token_count(model: torch.nn.Module, pieces: dict[str, Any], dataset: str, num_frames: int) -> int:
+def _token_count(model: torch.nn.Module, pieces: Checkpoint, dataset: str, num_frames: int) -> int:
     """Patch tokens the checkpoint's vision tower makes of one preprocessed test sample of `dataset`."""
     from xray_hf.eval.data import ProcessorTransform, decoded, load_eval_set
 
     sample = decoded(load_eval_set(dataset, "test", max_samples=1),
-                     ProcessorTransform(pieces["image_processor"], pieces["video_processor"]), num_frames=num_frames)[0]
+                     ProcessorTransform(pieces.image_processor, pieces.video_processor), num_frames=num_frames)[0]
     _, grid = model.xray_visual.embeddings.patch_embeddings(sample["pixel_values"][None].float())
     return grid[0] * grid[1] * grid[2]
 
@@ -177,21 +178,22 @@ def _token_count(model: torch.nn.Module, pieces: dict[str, Any], dataset: str, n
 def clip_accuracy(checkpoint: str, shares: list[float], video_dataset: str, image_dataset: str, image_task: str,
                   max_samples: int | None, templates: list[str] | None = None) -> dict[str, Any]:
     """Video zero-shot and image retrieval (or zero-shot) of a CLIP checkpoint with ToMe at each merged share."""
-    from xray_hf.eval.run import DEFAULT_NUM_FRAMES, load_checkpoint, run_eval
+    from xray_hf.checkpoint import load_checkpoint
+    from xray_hf.eval.run import DEFAULT_NUM_FRAMES, run_eval
 
     pieces = load_checkpoint(checkpoint, video=True)
-    model = pieces["model"].eval()
+    model = pieces.model.eval()
     tower = getattr(model, "xray_visual", None)
     if tower is None:
         raise ValueError(f"{checkpoint!r} is not an XrayCLIPModel (no xray_visual tower with a tome_r setting)")
     if tower.config.evit_layers:
         print(f"  note: EViT layers {tower.config.evit_layers} do not merge; r is matched as if every layer did")
-    num_frames = int(getattr(pieces["video_processor"], "num_frames", None) or DEFAULT_NUM_FRAMES)
+    num_frames = int(getattr(pieces.video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
     layers = tower.config.num_hidden_layers
     tokens = {"video": _token_count(model, pieces, video_dataset, num_frames),
               "image": _token_count(model, pieces, image_dataset, num_frames)}
-    common = {"tokenizer": pieces["tokenizer"], "image_processor": pieces["image_processor"],
-              "video_processor": pieces["video_processor"], "plots": False, "max_samples": max_samples,
+    common = {"tokenizer": pieces.tokenizer, "image_processor": pieces.image_processor,
+              "video_processor": pieces.video_processor, "plots": False, "max_samples": max_samples,
               "templates": templates}
     rows = []
     for share in shares:

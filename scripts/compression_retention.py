@@ -29,14 +29,14 @@ import torch
 from xray_hf.eval.compression import CompressionSetting, compression_retention
 from learn_clip import PLAIN_TEXT, TRAIN_TEMPLATES, VISION_TINY  # scripts/ (the script's folder is on sys.path)
 
-from xray_hf.eval.run import load_checkpoint
+from xray_hf.checkpoint import load_checkpoint
 from xray_hf.trainers.compression import (
     TextSpec,
     embed_source,
     fit_embedding_compression,
     retention_inputs,
 )
-from xray_hf.trainers.data import SourceSpec
+from xray_hf.data.inputs import SourceSpec
 from xray_hf.trainers.run import run_stage
 
 QUIET = {"disable_tqdm": True, "report_to": [], "save_strategy": "no", "eval_strategy": "no"}
@@ -78,7 +78,7 @@ def measure(task: str, model_dir: str, dims: list[int], steps: int, train_sample
     """Train the compression on the training split's embeddings, score every setting on the test split."""
     spec = TASKS[task]
     pieces = load_checkpoint(model_dir)
-    model = pieces["model"].eval()
+    model = pieces.model.eval()
     texts = TextSpec(**spec["texts"])
     start = time.time()
     train = embed_source(pieces, SourceSpec(name=spec["dataset"], split="train", max_samples=train_samples,

@@ -26,7 +26,7 @@ import torch
 from xray_hf import HashtagVocabulary, XrayVisualForHashtagClassification, XrayVisualForPreTraining
 from xray_hf.modeling.mae_visualization import save_reconstruction_grid
 from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
-from xray_hf.trainers.data import DataSpec, SourceSpec, _map_dataset, build_eval_dataset
+from xray_hf.data.inputs import DataSpec, SourceSpec, source_table, build_eval_dataset
 from xray_hf.trainers.mae import mae_eval
 from xray_hf.trainers.run import build_visual_model, load_run_config, run_stage
 
@@ -56,7 +56,7 @@ def linear_probe(backbone, data: DataSpec, train_split="train", test_split="test
     from sklearn.preprocessing import StandardScaler
 
     sets = {s: build_eval_dataset(data, SourceSpec(name="mnist", split=s)) for s in (train_split, test_split)}
-    labels = {s: np.array(_map_dataset(SourceSpec(name="mnist", split=s))["label"]) for s in sets}
+    labels = {s: np.array(source_table(SourceSpec(name="mnist", split=s))["label"]) for s in sets}
     feats = {s: features(backbone, d) for s, d in sets.items()}
     result = {}
     for i, name in enumerate(("cls", "mean_patch")):
@@ -142,7 +142,7 @@ def stage2(output: str, mae_steps: int, steps: int, seeds: list[int]) -> dict:
         "videos": held_out(data, SourceSpec(name="moving-shapes", num_frames=4, stride=2,
                                             hashtags_from=["shape", "direction"])),
     }
-    tags = [t for spec in (data.image, data.video) for t in _map_dataset(spec)["hashtags"]]
+    tags = [t for spec in (data.image, data.video) for t in source_table(spec)["hashtags"]]
     vocab = HashtagVocabulary.from_tag_lists(tags, **{k: v for k, v in h_config["vocabulary"].items() if k != "column"})
     res["vocabulary_size"] = len(vocab)
     res["eval_items"] = {name: len(ds) for name, ds in eval_sets.items()}

@@ -48,5 +48,9 @@ from .configuration.compression import XrayCompressionConfig
 from .losses.compression import SimilarityDistillationLoss
 from .modeling.compression import XrayEmbeddingCompression
 
-# -- registrations (one block per module) --
-from . import registration as _registration  # noqa: E402,F401
+# -- registrations: the Auto classes (one table), and what a push_to_hub upload carries --
+from .hub import install_upload_hooks as _install_upload_hooks  # noqa: E402
+from .registration import register as _register  # noqa: E402
+
+_register()
+_install_upload_hooks()

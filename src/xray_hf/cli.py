@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_semantic_ids)
 
     def _curate(args: argparse.Namespace) -> int:
-        from .data.curate import CurateConfig, curate
+        from .curation.run import CurateConfig, curate
 
         report = curate(CurateConfig.from_file(args.config))
         steps = ", ".join(f"{s['step']} {s.get('rows_in', s['rows_out'])}->{s['rows_out']}" for s in report["steps"][1:])
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
         return 0
 
     p = sub.add_parser("curate", help="run the curation steps of a YAML config over a source, write shards + report")
-    p.add_argument("--config", required=True, help="curate config (see xray_hf/data/curate.py)")
+    p.add_argument("--config", required=True, help="curate config (see xray_hf/curation/run.py)")
     p.set_defaults(func=_curate)
 
     # -- pipeline: the whole recipe from one YAML, resumable, with report.json / report.md --

@@ -19,6 +19,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .hub_mixin import XrayHubMixin
+from .processing.hub_mixin import XrayProcessorHubMixin
+
 logger = logging.getLogger(__name__)
 
 # Never uploaded: training state and logs (paths relative to the checkpoint directory, fnmatch patterns).
@@ -193,6 +196,13 @@ def prepare_processor_for_upload(directory: str | os.PathLike, repo_id: str | No
     export_remote_code(directory, processors_only=True)
 
 
+def install_upload_hooks() -> None:
+    """Make the models' and processors' `push_to_hub` carry remote code and a model card (run by `import xray_hf`):
+    set the `prepare_upload` hook of `XrayHubMixin` and `XrayProcessorHubMixin`."""
+    XrayHubMixin.prepare_upload = staticmethod(prepare_for_upload)
+    XrayProcessorHubMixin.prepare_upload = staticmethod(prepare_processor_for_upload)
+
+
 def _stage(directory: Path, files: list[str], staging: Path) -> None:
     """Mirror `files` into `staging`: JSON and Markdown copied (they may be rewritten), the rest hard-linked."""
     for relative in files:
@@ -355,5 +365,5 @@ def push_space(
     return url if revision in (None, "main") else f"{url}/tree/{revision}"
 
 
-__all__ = ["HubPushError", "build_card", "files_to_upload", "is_space_folder", "prepare_for_upload",
+__all__ = ["HubPushError", "build_card", "files_to_upload", "install_upload_hooks", "is_space_folder", "prepare_for_upload",
            "prepare_processor_for_upload", "push_checkpoint", "push_space", "space_sdk", "stale_generated_files"]

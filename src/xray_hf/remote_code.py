@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .registration import auto_classes, config_class, package_class
+
 PACKAGE = "xray_hf"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # What a user who loads a checkpoint with `trust_remote_code=True` must have (besides the standard library).
@@ -36,11 +38,6 @@ PROCESSOR_REQUIREMENTS = REMOTE_CODE_REQUIREMENTS | {"torchvision"}  # transform
 # Auto classes written into config.json besides AutoConfig / AutoModel, when their class is the checkpoint's own.
 TASK_AUTO_CLASSES = ("AutoModelForPreTraining", "AutoModelForImageClassification",
                      "AutoModelForZeroShotImageClassification")
-AUTO_MAPPINGS = {  # Auto class -> transformers' public mapping of config classes to model classes it reads
-    "AutoModel": "MODEL_MAPPING", "AutoModelForPreTraining": "MODEL_FOR_PRETRAINING_MAPPING",
-    "AutoModelForImageClassification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING",
-    "AutoModelForZeroShotImageClassification": "MODEL_FOR_ZERO_SHOT_IMAGE_CLASSIFICATION_MAPPING",
-}
 
 
 # ---------------------------------------------------------------------------------------------- modules and names
@@ -246,32 +243,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _package_class(name: str) -> type:
-    import xray_hf
-
-    cls = getattr(xray_hf, name, None)
-    if not isinstance(cls, type) or not cls.__module__.startswith(PACKAGE + "."):
+    cls = package_class(name)
+    if cls is None:
         raise ValueError(f"{name!r} is not a class of {PACKAGE}; only {PACKAGE} checkpoints get remote code")
     return cls
 
 
 def model_auto_map(config: dict[str, Any]) -> dict[str, type]:
-    """The Auto classes of a checkpoint's `config.json`: AutoConfig, AutoModel, and the task classes whose registered
-    model is one of the checkpoint's `architectures`."""
-    import transformers
-    from transformers import CONFIG_MAPPING
-
-    import xray_hf  # noqa: F401  (registers the classes)
-
+    """The Auto classes of a checkpoint's `config.json` (from `xray_hf.registration`'s table): AutoConfig, AutoModel,
+    and the task classes whose class is one of the checkpoint's `architectures`."""
     model_type = config.get("model_type")
-    if model_type not in CONFIG_MAPPING or not CONFIG_MAPPING[model_type].__module__.startswith(PACKAGE + "."):
+    config_class_ = config_class(model_type)
+    if config_class_ is None:
         raise ValueError(f"config.json has model_type {model_type!r}, not one of {PACKAGE}'s")
-    config_class = CONFIG_MAPPING[model_type]
     architectures = [_package_class(name) for name in config.get("architectures") or []]
-    auto_map: dict[str, type] = {"AutoConfig": config_class}
-    for auto_name in ("AutoModel", *TASK_AUTO_CLASSES):
-        mapping = getattr(transformers, AUTO_MAPPINGS[auto_name])  # the public mapping behind the Auto class
-        model_class = mapping[config_class] if config_class in mapping else None
-        if model_class is not None and (auto_name == "AutoModel" or model_class in architectures):
+    auto_map: dict[str, type] = {"AutoConfig": config_class_}
+    for auto_name, model_class in auto_classes(config_class_).items():
+        if auto_name == "AutoModel" or (auto_name in TASK_AUTO_CLASSES and model_class in architectures):
             auto_map[auto_name] = model_class
     for cls in architectures:  # e.g. the hashtag model: no Auto class, but its code travels with it
         auto_map.setdefault(f"_architecture_{cls.__name__}", cls)

@@ -164,17 +164,18 @@ def embed_dataset(
     error raised before anything is embedded."""
     from .eval.data import ProcessorTransform, decoded, load_eval_set
     from .eval.features import embed_images
-    from .eval.run import DEFAULT_NUM_FRAMES, load_checkpoint
+    from .checkpoint import load_checkpoint
+    from .eval.run import DEFAULT_NUM_FRAMES
 
     eval_set = load_eval_set(dataset, split, max_samples=max_samples, media_column=media_column)
     if len(eval_set.dataset) < min_items:
         raise ValueError(f"{dataset}/{split} has {len(eval_set.dataset)} items, fewer than the {min_items} needed "
                          "(the codebook size)")
     pieces = load_checkpoint(model_dir, need_text=False, video=eval_set.modality == "video")
-    model = pieces["model"] if device is None else pieces["model"].to(device)
-    transform = ProcessorTransform(pieces["image_processor"], pieces["video_processor"])
+    model = pieces.model if device is None else pieces.model.to(device)
+    transform = ProcessorTransform(pieces.image_processor, pieces.video_processor)
     if num_frames is None:
-        num_frames = int(getattr(pieces["video_processor"], "num_frames", None) or DEFAULT_NUM_FRAMES)
+        num_frames = int(getattr(pieces.video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
     data = decoded(eval_set, transform, num_frames=num_frames, stride=stride, seed=seed)
     has_ids = "id" in eval_set.dataset.column_names
     embeddings, gathered = embed_images(

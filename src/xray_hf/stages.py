@@ -29,7 +29,7 @@ class Stage:
     extras: str | None = None
     previous: str | None = None
     artifacts: tuple[str, ...] = ()
-    data: str = "xray_hf.trainers.data:DataSpec"
+    data: str = "xray_hf.data.inputs:DataSpec"
 
     @staticmethod
     def resolve(path: str) -> Any:

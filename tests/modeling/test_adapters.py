@@ -25,7 +25,8 @@ from xray_hf.cli import main
 from xray_hf.eval.adapters import adapter_from_fit, adapter_logits, fit_adapter
 from xray_hf.eval.data import ProcessorTransform, decoded, load_eval_set
 from xray_hf.eval.linear_probe import fit_linear_probe
-from xray_hf.eval.run import load_checkpoint, run_eval
+from xray_hf.checkpoint import load_checkpoint
+from xray_hf.eval.run import run_eval
 from xray_hf.modeling.adapters import adapter_path
 
 TEMPLATES = ["a photo of a {}"]
@@ -73,7 +74,7 @@ def clip_dir(tmp_path_factory):
 def fashion(pieces: dict, split: str, count: int):
     """`count` Fashion-MNIST samples of `split` through the checkpoint's image processor, and the set."""
     eval_set = load_eval_set("fashion-mnist", split, max_samples=count, need=("labels",))
-    return decoded(eval_set, ProcessorTransform(pieces["image_processor"], None)), eval_set
+    return decoded(eval_set, ProcessorTransform(pieces.image_processor, None)), eval_set
 
 
 # ------------------------------------------------------------------------------------------------ exactness
@@ -129,7 +130,7 @@ def test_fashion_mnist_adapter_on_clip_embeddings_beats_chance_and_zero_shot(cli
     images, C chosen on 500 validation images) against zero-shot of the same model on the same 500 test images.
     Chance is 10%."""
     pieces = load_checkpoint(clip_dir)
-    model = pieces["model"]
+    model = pieces.model
     train, eval_set = fashion(pieces, "train", 1000)
     val, _ = fashion(pieces, "validation", 500)
     test, test_set = fashion(pieces, "test", 500)
@@ -161,7 +162,7 @@ def test_cli_saves_the_probe_beside_the_checkpoint_and_it_reproduces_the_probe_a
     adapter = load_adapter(clip_dir, "fashion")
     assert adapter.config.fit_info["num_fit"] == 800  # train + validation, 400 each
     test, test_set = fashion(pieces, "test", 300)
-    accuracy = (adapter_logits(pieces["model"], adapter, test).argmax(1) == test_set.labels()).float().mean()
+    accuracy = (adapter_logits(pieces.model, adapter, test).argmax(1) == test_set.labels()).float().mean()
     assert abs(accuracy.item() - result["metrics"]["lp_acc1"]) < 1e-6
 
 

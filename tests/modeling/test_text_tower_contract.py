@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 from xray_hf import (XrayCLIPConfig, XrayCLIPModel, XrayCLIPProcessor, XrayLLM2CLIPTextConfig, XrayTextConfig,
                      XrayVisualConfig, XrayVisualImageProcessor, XrayVisualVideoProcessor)
 from xray_hf.convert import minilm_folder
-from xray_hf.data.similarity_filter import SimilarityScorer
+from xray_hf.curation.similarity_filter import SimilarityScorer
 from xray_hf.eval.features import encode_texts
 from xray_hf.modeling.text_cache import TextEmbeddingCache, text_sha256
 from xray_hf.trainers.clip import CachedTexts, CLIPCollator, TokenizedTexts

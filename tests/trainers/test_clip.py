@@ -132,7 +132,7 @@ class StopAt(TrainerCallback):
 def _run(config, stop_at=None, resume=None):
     from xray_hf.stages import get_stage
     from xray_hf.trainers.clip_run import CLIPRunExtras
-    from xray_hf.trainers.data import DataSpec
+    from xray_hf.data.inputs import DataSpec
     from xray_hf.trainers.run import RunContext
 
     extras = CLIPRunExtras.from_dict({k: config[k] for k in ("captions", "slip") if k in config})

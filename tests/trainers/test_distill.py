@@ -11,7 +11,7 @@ from .test_clip import AUGMENT, VISION, _astronaut, clip_config
 from transformers import AutoModel, pipeline
 
 from xray_hf import XrayCLIPModel, XrayVisualConfig, XrayVisualForDistillation, XrayVisualModel
-from xray_hf.trainers.data import DataSpec, modality_counts
+from xray_hf.data.inputs import DataSpec, modality_counts
 from xray_hf.trainers.run import run_stage
 
 STUDENT = {"preset": "tiny", "config": {**VISION["config"], "hidden_size": 16, "num_hidden_layers": 1,
@@ -153,7 +153,7 @@ def test_bad_distill_configs_are_refused(clip_teacher, tmp_path):
 
 
 def test_teacher_cache_is_keyed_by_sample_and_teacher_and_refuses_stale_use(clip_teacher, tmp_path):
-    from xray_hf.trainers.data import build_eval_dataset
+    from xray_hf.data.inputs import build_eval_dataset
     from xray_hf.trainers.run import normalization
     from xray_hf.trainers.teacher_cache import StaleTeacherCacheError, TeacherEmbeddingCache
 

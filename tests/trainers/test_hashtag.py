@@ -8,7 +8,7 @@ from transformers import EvalPrediction
 from xray_hf import HashtagVocabulary, XrayVisualConfig, XrayVisualForHashtagClassification
 from xray_hf.data import SampleCollator
 from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
-from xray_hf.trainers.data import DataSpec, _map_dataset, build_eval_dataset, build_train_loader
+from xray_hf.data.inputs import DataSpec, source_table, build_eval_dataset, build_train_loader
 
 
 def test_collator_builds_multi_hot_labels():
@@ -64,7 +64,7 @@ def test_hashtag_trainer_learns_on_images_and_videos(tmp_path):
                  "hashtags_from": ["shape", "direction"]},
         "augment": {"flip_p": 0.0, "blur_p": 0.0, "brightness": 0.0, "saturation": 0.0},
     })
-    tags = [t for spec in (data.image, data.video) for t in _map_dataset(spec)["hashtags"]]
+    tags = [t for spec in (data.image, data.video) for t in source_table(spec)["hashtags"]]
     vocab = HashtagVocabulary.from_tag_lists(tags, min_count=3)
     assert {"circle", "square", "triangle", "left", "right", "up", "down"} <= set(vocab.labels)
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import yaml
 from xray_hf import HashtagVocabulary, XrayVisualForHashtagClassification
 from xray_hf.cli import main
 from xray_hf.stages import STAGES
-from xray_hf.trainers.data import DataSpec
+from xray_hf.data.inputs import DataSpec
 from xray_hf.trainers.run import check_run_config, load_run_config, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

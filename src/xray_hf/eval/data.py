@@ -7,8 +7,8 @@ Sources (`load_eval_set`):
 - a local folder with a metadata file, or Parquet / WebDataset shards (`xray_hf.data.load_source`); a
   WebDataset `json` member's fields become columns. Local sources are one split, read in file order.
 
-`max_samples` keeps evenly spaced rows of an embedded split (they are ordered by class) and the first rows of
-a local source (a stream).
+Rows are opened by `xray_hf.data.tables.open_table`, as the stages' evaluation sets are: `max_samples` keeps
+evenly spaced rows of an embedded split (they are ordered by class) and the first rows of a local source.
 
 Columns: the media column is the dataset's image/video feature; labels come from `label` (or `cls`), class
 names from its `ClassLabel` feature, from string labels (sorted; with `classnames=`, each label is the class of
@@ -18,7 +18,6 @@ strings per item.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +27,9 @@ import datasets
 import numpy as np
 import torch
 
-from ..data import ImageDecoder, VideoDecoder, decode_image, decode_video_clip, load_embedded, load_source
-from ..data.embedded import NAMES
+from ..data.decoding import ImageDecoder, VideoDecoder, decode_image, decode_video_clip
 from ..data.sources import media_columns
+from ..data.tables import DecodedDataset, open_table
 
 LABEL_COLUMNS = ("label", "cls")
 CAPTION_COLUMNS = ("caption", "captions", "txt", "text")
@@ -62,28 +61,6 @@ class EvalSet:
             return decode_image(record).permute(1, 2, 0).numpy()
         clip = decode_video_clip(record, 1, 1, "center", np.random.default_rng(0))
         return clip.frames[0].permute(1, 2, 0).numpy()
-
-
-def _flatten_json(rows: list[dict], features: datasets.Features | None) -> tuple[list[dict], datasets.Features | None]:
-    """Promote the fields of a WebDataset `json` member to columns (existing columns win)."""
-    if not rows or not isinstance(rows[0].get("json"), dict):
-        return rows, features
-    flat = [{**{k: v for k, v in row["json"].items() if k not in row}, **{k: v for k, v in row.items() if k != "json"}}
-            for row in rows]
-    if features is not None and isinstance(features.get("json"), dict):
-        merged = {k: v for k, v in features["json"].items() if k not in features}
-        merged.update({k: v for k, v in features.items() if k != "json"})
-        features = datasets.Features(merged)
-    return flat, features
-
-
-def _read_source(path: str, split: str, max_samples: int | None) -> datasets.Dataset:
-    source = load_source(path, split=split)
-    rows = list(itertools.islice(iter(source), max_samples))
-    if not rows:
-        raise ValueError(f"source {path!r} has no rows")
-    rows, features = _flatten_json(rows, source.features)
-    return datasets.Dataset.from_list(rows, features=features)
 
 
 def _pick(
@@ -127,17 +104,7 @@ def load_eval_set(
 ) -> EvalSet:
     """Open `dataset` (an embedded name or a local path) for evaluation. `need` lists what the task requires
     (`"labels"`, `"classnames"`, `"captions"`); a missing one raises a `ValueError` naming it."""
-    if max_samples is not None and max_samples < 1:
-        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    if dataset in NAMES:
-        table = load_embedded(dataset, split)
-        if max_samples is not None and max_samples < len(table):
-            # evenly spaced rows: embedded splits are ordered by class, so a prefix would hold one class
-            table = table.select(np.linspace(0, len(table) - 1, max_samples).round().astype(int).tolist())
-    elif os.path.exists(dataset) or any(ch in dataset for ch in "*?["):
-        table = _read_source(dataset, split, max_samples)
-    else:
-        raise ValueError(f"dataset {dataset!r} is neither an embedded set {NAMES} nor an existing path")
+    table = open_table(dataset, split, max_samples=max_samples)
     media = media_columns(table.features)
     if media_column is None:
         if len(media) != 1:
@@ -217,8 +184,6 @@ def decoded(
 ) -> torch.utils.data.Dataset:
     """The set decoded deterministically for `embed_images`: samples hold `pixel_values` and every other column.
     Videos give a centre clip of `num_frames` frames `stride` apart."""
-    from ..trainers.data import DecodedDataset  # imported here: trainers import eval at module level
-
     if eval_set.modality == "video":
         decoder: Any = VideoDecoder(column=eval_set.media_column, num_frames=num_frames, stride=stride,
                                     sampling="center", transform=transform)

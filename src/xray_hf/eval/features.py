@@ -6,7 +6,7 @@ input_ids, attention_mask)` return a `ModelOutput` whose `pooler_output` is the 
 backbone alone (`XrayVisualModel`, `CLIPVisionModel`) gives its pooled output through `feature="pooled"`.
 
 Inputs are a tensor of pixel values, or a map-style dataset / iterable of dicts holding `pixel_values` (e.g.
-`trainers.data.DecodedDataset`); other columns (labels, captions) are gathered in the same pass, so every
+`data.tables.DecodedDataset`); other columns (labels, captions) are gathered in the same pass, so every
 sample is decoded once.
 """
 

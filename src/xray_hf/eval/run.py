@@ -1,9 +1,8 @@
 """`run_eval`: one evaluation task on one dataset, for a checkpoint directory or a loaded model; what
 `xray-hf eval` runs. Writes CLIP_benchmark-shaped JSON and, next to it, the task's plots.
 
-A checkpoint directory is loaded with `AutoModel`, `AutoTokenizer`, `AutoImageProcessor` and (for videos)
-`AutoVideoProcessor`, so any CLIP-shaped checkpoint with its processor files works: `XrayCLIPModel` runs, or
-transformers' `CLIPModel`. Samples are preprocessed by the checkpoint's own processors.
+A checkpoint directory is loaded with `xray_hf.checkpoint.load_checkpoint` (any CLIP-shaped checkpoint with its
+processor files); samples are preprocessed by the checkpoint's own processors.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checkpoint import load_checkpoint
 from ..modeling.adapters import adapter_path
 from ..modeling.adapters import save_adapter as save_adapter_to
 from .adapters import adapter_from_fit
@@ -30,37 +30,6 @@ from .zero_shot import resolve_templates, zero_shot_eval
 
 DEFAULT_NUM_FRAMES = 8
 GRID_TOP_K = 5
-
-
-def load_checkpoint(model_dir: str | os.PathLike, need_text: bool = True, video: bool = False) -> dict[str, Any]:
-    """Model and processor pieces of a checkpoint directory: `model`, `tokenizer`, `image_processor`,
-    `video_processor` (None where the directory has none; a missing tokenizer is an error when `need_text`)."""
-    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
-
-    path = os.fspath(model_dir)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory {path!r} does not exist")
-    pieces: dict[str, Any] = {"model": AutoModel.from_pretrained(path), "tokenizer": None,
-                              "image_processor": None, "video_processor": None}
-    if need_text:
-        try:
-            pieces["tokenizer"] = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{path!r} has no loadable tokenizer, which text-side tasks need ({error})") from error
-    try:
-        pieces["image_processor"] = AutoImageProcessor.from_pretrained(path)
-    except (OSError, ValueError):
-        pieces["image_processor"] = None
-    if video:
-        try:
-            from transformers import AutoVideoProcessor
-
-            pieces["video_processor"] = AutoVideoProcessor.from_pretrained(path)
-        except (OSError, ValueError, ImportError):
-            pieces["video_processor"] = None
-    if pieces["image_processor"] is None and pieces["video_processor"] is None:
-        raise ValueError(f"{path!r} has no image or video processor; save one beside the model")
-    return pieces
 
 
 def _stem(output: str | None) -> str | None:
@@ -147,11 +116,12 @@ def run_eval(
     if isinstance(model, (str, os.PathLike)):
         name = model_name or os.fspath(model)
         probe = load_eval_set(dataset, split, max_samples=1, media_column=media_column)
-        pieces = load_checkpoint(model, need_text=needs_text and tokenizer is None, video=probe.modality == "video")
-        model = pieces["model"]
-        tokenizer = tokenizer or pieces["tokenizer"]
-        image_processor = image_processor or pieces["image_processor"]
-        video_processor = video_processor or pieces["video_processor"]
+        checkpoint = load_checkpoint(model, need_text=needs_text and tokenizer is None,
+                                     video=probe.modality == "video")
+        model = checkpoint.model
+        tokenizer = tokenizer or checkpoint.tokenizer
+        image_processor = image_processor or checkpoint.image_processor
+        video_processor = video_processor or checkpoint.video_processor
     else:
         name = model_name or getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     if needs_text and tokenizer is None:

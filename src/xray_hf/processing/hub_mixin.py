@@ -3,8 +3,8 @@ their `auto_map`, so `AutoProcessor` / `AutoImageProcessor` / `AutoVideoProcesso
 trust_remote_code=True)` work without `xray_hf` (as `xray_hf.hub_mixin` does for the models).
 
 transformers' `PushToHubMixin.push_to_hub` saves into a working folder, writes a README and hands the folder to
-`_upload_modified_files`; the shared hook (`XrayHubMixin`) exports the processor's remote code there first, and steps
-aside when it runs as Hub remote code itself.
+`_upload_modified_files`; the shared hook (`XrayHubMixin`) runs this class's `prepare_upload` there first
+(`xray_hf.hub.prepare_processor_for_upload`, set by `import xray_hf`), and steps aside as Hub remote code.
 """
 
 from __future__ import annotations
@@ -14,5 +14,3 @@ from ..hub_mixin import XrayHubMixin
 
 class XrayProcessorHubMixin(XrayHubMixin):
     """Mixed into the package's processor classes, before transformers' processor base."""
-
-    _hub_prepare = "prepare_processor_for_upload"

@@ -1,6 +1,6 @@
 """The model side of search: one checkpoint embeds gallery items and queries into the index's space.
 
-`SearchEmbedder` loads an `XrayCLIPModel` checkpoint with its processors (`eval.run.load_checkpoint`) and embeds
+`SearchEmbedder` loads an `XrayCLIPModel` checkpoint with its processors (`xray_hf.checkpoint.load_checkpoint`) and embeds
 decoded images (C, H, W), video clips (T, C, H, W) and texts exactly as `xray-hf eval` does
 (`eval.features.image_features` / `encode_texts`: videos through `get_video_features`). Embeddings are then brought
 into the index's space: L2-normalised, or the model's learned low-dimensional projection
@@ -43,7 +43,7 @@ class SearchEmbedder:
     def __init__(self, model_dir: str | os.PathLike, compression: str | None = None,
                  compressed_dim: int | None = None, device: str | None = None, num_frames: int | None = None,
                  stride: int = 2, compile: bool = False):
-        from ..eval.run import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         if compression not in (None, "projection"):
             raise ValueError(f"compression must be None or 'projection' (int8 and binary are index kinds), "
@@ -52,7 +52,7 @@ class SearchEmbedder:
         if not os.path.isdir(self.model_dir):
             raise FileNotFoundError(f"model directory {self.model_dir!r} does not exist")
         pieces = load_checkpoint(self.model_dir, need_text=True, video=True)
-        self.model = pieces["model"] if device is None else pieces["model"].to(device)
+        self.model = pieces.model if device is None else pieces.model.to(device)
         if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
             raise ValueError(f"{self.model_dir} holds a {type(self.model).__name__}, not a CLIP model: search needs "
                              "get_image_features and get_text_features")
@@ -60,9 +60,9 @@ class SearchEmbedder:
             from ..export.compile import compile_for_inference
 
             compile_for_inference(self.model)
-        self.tokenizer = pieces["tokenizer"]
-        self.transform = ProcessorTransform(pieces["image_processor"], pieces["video_processor"])
-        video_processor = pieces["video_processor"]
+        self.tokenizer = pieces.tokenizer
+        self.transform = ProcessorTransform(pieces.image_processor, pieces.video_processor)
+        video_processor = pieces.video_processor
         self.num_frames = int(num_frames or getattr(video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
         self.stride = stride
         self.compression, self.compressed_dim = compression, compressed_dim

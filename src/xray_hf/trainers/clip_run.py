@@ -44,7 +44,7 @@ from ..modeling.visual import XrayVisualModel
 from ..processing.clip import XrayCLIPProcessor
 from ..processing.video_processing import XrayVisualVideoProcessor
 from .clip import CachedTexts, CLIPCollator, CLIPTrainer, TokenizedTexts
-from .data import _map_dataset, build_eval_datasets, build_train_loader, check_keys, open_stream_source
+from ..data.inputs import build_eval_datasets, build_train_loader, check_keys, open_stream_source, source_table
 from .run import RunContext, StageRun, check_model_keys, image_processor_for, normalization
 
 logger = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def caption_records(run: RunContext, captions: CaptionSpec) -> list[tuple[Any, l
         if spec is None:
             continue
         if spec.name is not None:
-            table = _map_dataset(spec)
+            table = source_table(spec)
         else:
             table, _ = open_stream_source(spec)
         missing = [c for c in columns if c not in (table.column_names or [])]
@@ -197,7 +197,7 @@ def caption_sampler(captions: CaptionSpec):
     def wrap(decoder, spec):
         classnames = None
         if captions.templates is not None:
-            features = (_map_dataset(spec) if spec.name else open_stream_source(spec)[0]).features or {}
+            features = (source_table(spec) if spec.name else open_stream_source(spec)[0]).features or {}
             label = features.get(captions.label_column)
             if not isinstance(label, datasets.ClassLabel):
                 raise ValueError(f"captions.templates need a ClassLabel column {captions.label_column!r} in {spec}")

@@ -31,12 +31,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..checkpoint import Checkpoint, load_checkpoint
 from ..eval.compression import compression_retention
 from ..losses.compression import SimilarityDistillationLoss
 from ..modeling.compression import XrayEmbeddingCompression
 from .base import XrayTrainer, XrayTrainingArguments, write_training_args
 from .fsdp import full_model_state, is_sharded, load_full_model_state
-from .data import SourceSpec, check_keys
+from ..data.inputs import SourceSpec, check_keys
 from .run import RunContext, StageRun, check_model_keys
 
 logger = logging.getLogger(__name__)
@@ -271,7 +272,7 @@ class TextSpec:
     label_column: str | None = None
 
 
-def embed_source(pieces: dict[str, Any], spec: SourceSpec, texts: TextSpec, need_text: bool) -> dict[str, Any]:
+def embed_source(pieces: Checkpoint, spec: SourceSpec, texts: TextSpec, need_text: bool) -> dict[str, Any]:
     """Embed one source with the checkpoint's processor: `image_embeds`, and when the source has them
     `text_embeds` + `text_to_image` (captions), `labels` + `classnames`, and with `texts.templates` the
     `classifier` and the class prompts' `prompt_embeds`."""
@@ -280,12 +281,12 @@ def embed_source(pieces: dict[str, Any], spec: SourceSpec, texts: TextSpec, need
     from ..eval.retrieval import caption_targets
     from ..eval.zero_shot import build_zero_shot_classifier, fill_template, resolve_templates
 
-    model, tokenizer = pieces["model"], pieces["tokenizer"]
+    model, tokenizer = pieces.model, pieces.tokenizer
     templated = texts.templates is not None
     eval_set = load_eval_set(spec.name or spec.path, spec.split, max_samples=spec.max_samples,
                              caption_column=None if templated else texts.column, label_column=texts.label_column,
                              need=(("classnames",) if templated else ("captions",)) if need_text else ())
-    transform = ProcessorTransform(pieces["image_processor"], pieces["video_processor"])
+    transform = ProcessorTransform(pieces.image_processor, pieces.video_processor)
     data = decoded(eval_set, transform, num_frames=spec.num_frames, stride=spec.stride)
     columns = [c for c in (eval_set.caption_column, eval_set.label_column) if c]
     image_embeds, gathered = embed_images(model, data, columns=columns, batch_size=spec.batch_size)
@@ -322,8 +323,7 @@ def retention_inputs(embedded: dict[str, Any]) -> dict[str, Any]:
 
 def prepare_compress(run: RunContext) -> StageRun:
     """The `compress` stage of the run-config table (`xray_hf.stages`)."""
-    from ..eval.run import load_checkpoint
-    from ..trainers.data import eval_set_name
+    from ..data.inputs import eval_set_name
 
     spec = run.config["model"]
     check_model_keys(spec, ("from_pretrained", "compression"))
@@ -335,7 +335,7 @@ def prepare_compress(run: RunContext) -> StageRun:
         texts.column = "caption"
     video = run.data.video is not None or any(s.modality == "video" for s in run.data.eval_sets)
     pieces = load_checkpoint(path, need_text=True, video=video)
-    model = pieces["model"]
+    model = pieces.model
     if not hasattr(model, "add_embedding_compression"):
         raise ValueError(f"{path} holds a {type(model).__name__}; the compress stage needs an XrayCLIPModel")
     if spec.get("compression") is not None or model.embedding_compression is None:

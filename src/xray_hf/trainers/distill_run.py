@@ -47,7 +47,7 @@ from .clip_run import (
     save_clip_processor,
     text_inputs_for,
 )
-from .data import build_eval_dataset, build_eval_datasets, build_train_loader, check_keys
+from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader, check_keys
 from .distill import DistillationTrainer, teacher_kind
 from .run import RunContext, StageRun, build_visual_model, check_model_keys, image_processor_for, normalization
 from .teacher_cache import StaleTeacherCacheError, TeacherEmbeddingCache, teacher_cache_key

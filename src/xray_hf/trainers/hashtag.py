@@ -19,7 +19,7 @@ from transformers import EvalPrediction
 from ..losses import hashtag_loss
 from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
 from .base import XrayTrainer, XrayTrainingArguments
-from .data import SourceSpec, _map_dataset, build_eval_dataset, build_train_loader
+from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
 from .run import RunContext, StageRun, build_visual_model, image_processor_for
 
 
@@ -154,7 +154,7 @@ def prepare_hashtag(run: RunContext) -> StageRun:
     data = run.data
     vocab_sources = [SourceSpec.from_dict(source)] if source else [s for s in (data.image, data.video) if s]
     column = vocab_spec.pop("column", "hashtags")
-    tag_lists = [tags for spec in vocab_sources for tags in _map_dataset(spec)[column]]
+    tag_lists = [tags for spec in vocab_sources for tags in source_table(spec)[column]]
     vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
     model = build_visual_model(XrayVisualForHashtagClassification, run.config["model"], **vocabulary.config_kwargs())
     args = run.training_args()

@@ -36,7 +36,8 @@ from ..data import load_embedded
 from ..data.captions import hashtag_text
 from ..modeling.llm2clip import XrayLLM2CLIPTextForMNTP, XrayLLM2CLIPTextModel
 from .clip_run import build_text_tower
-from .data import check_keys
+from ..data.inputs import check_keys
+from ..data.tables import take_samples
 from .llm2vec import MNTPCollator, MNTPTrainer, SimCSECollator, SimCSETrainer, add_lora, load_lora, merge_lora
 from .run import RunContext, StageRun, check_model_keys
 
@@ -100,8 +101,7 @@ def item_texts(data: TextDataSpec) -> list[tuple[str, list[str]]]:
         missing = [c for c in source.columns if c not in table.column_names]
         if missing:
             raise ValueError(f"{source.name}/{source.split} has no column {missing} (columns: {table.column_names})")
-        if source.max_samples is not None:
-            table = table.select(range(min(source.max_samples, len(table))))
+        table = take_samples(table, source.max_samples)
         ids = table["id"] if "id" in table.column_names else range(len(table))
         rows = table.select_columns(source.columns).to_dict()
         for row, item in enumerate(ids):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .base import XrayTrainer, XrayTrainingArguments
-from .data import build_eval_dataset, build_train_loader
+from ..data.inputs import build_eval_dataset, build_train_loader
 from .run import RunContext, StageRun, build_visual_model, image_processor_for, normalization
 
 

@@ -1,7 +1,7 @@
 """Run one stage from a YAML run config: `xray-hf train <stage> --config configs/<stage>_tiny.yaml`.
 
 A run config has the stage, a seed, the model (a preset or a previous stage's checkpoint, plus config overrides),
-the data (see `trainers/data.py`), the `training:` arguments of the stage's `TrainingArguments` subclass, and the
+the data (see `data/inputs.py`), the `training:` arguments of the stage's `TrainingArguments` subclass, and the
 stage's own keys (its entry's `extras` dataclass, e.g. `vocabulary:` for hashtags). Stages come from the table in
 `xray_hf.stages`: this module has no per-stage branch. The run saves the model, its processor and a
 `results.json` into `training.output_dir`, plus the stage's artifacts.
@@ -23,7 +23,7 @@ from transformers import set_seed
 from ..configuration.visual import XrayVisualConfig
 from ..processing.image_processing import XrayVisualImageProcessor
 from ..stages import Stage, get_stage
-from .data import DataSpec
+from ..data.inputs import DataSpec
 from .resume import stage_training_loss
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ for length and repeated phrases; rejected rows keep their caption."""
 import datasets
 import pytest
 
-from xray_hf.data.rewrite import CaptionRewriter, accept_rewrite, has_repeated_phrase, rewrite_captions
+from xray_hf.curation.rewrite import CaptionRewriter, accept_rewrite, has_repeated_phrase, rewrite_captions
 
 
 @pytest.mark.parametrize("text,want", [

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from xray_hf.data import load_embedded
-from xray_hf.data.similarity_filter import SimilarityScorer, calibrate_threshold, filter_by_similarity, score_pairs
+from xray_hf.data.tables import take_samples
+from xray_hf.curation.similarity_filter import SimilarityScorer, calibrate_threshold, filter_by_similarity, score_pairs
 from xray_hf.trainers.run import run_stage
 
 
@@ -36,7 +37,8 @@ def clip_dir(tmp_path_factory):
 
 
 def test_true_pairs_outscore_shuffled_pairs_and_the_score_is_the_models_cosine(clip_dir):
-    rows = load_embedded("openmoji", "train").select(range(64)).select_columns(["id", "image", "caption"])
+    trained = take_samples(load_embedded("openmoji", "train"), 128)  # the rows the fixture trained on
+    rows = trained.select(range(64)).select_columns(["id", "image", "caption"])
     scorer = SimilarityScorer(clip_dir)
     scored = score_pairs(rows, scorer, batch_size=16)
     true = torch.tensor(scored["clip_score"])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..eval.features import frozen, image_features, text_encoder
-from ..eval.run import load_checkpoint
+from ..checkpoint import load_checkpoint
 
 
 class SimilarityScorer:
@@ -27,11 +27,11 @@ class SimilarityScorer:
 
     def __init__(self, model_dir: str | os.PathLike, device: str | None = None):
         pieces = load_checkpoint(model_dir)
-        self.model = pieces["model"].to(device or "cpu").eval()
+        self.model = pieces.model.to(device or "cpu").eval()
         if not hasattr(self.model, "get_text_features"):
             raise ValueError(f"{model_dir} is not a CLIP checkpoint (no text tower): similarity needs one")
-        self.image_processor = pieces["image_processor"]
-        self.encode_text = text_encoder(self.model, pieces["tokenizer"])
+        self.image_processor = pieces.image_processor
+        self.encode_text = text_encoder(self.model, pieces.tokenizer)
 
     def __call__(self, images: Sequence[Any], texts: Sequence[str]) -> torch.Tensor:
         if len(images) != len(texts):

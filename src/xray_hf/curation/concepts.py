@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .curation import WORD, UnigramCounts, english_stop_words
+from .cleaning import WORD, UnigramCounts, english_stop_words
 
 # ------------------------------------------------------------------------------------------------------- WordNet
 WORDNET_DIR = "/usr/share/wordnet"  # Debian's wordnet-base

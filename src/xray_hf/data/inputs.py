@@ -1,9 +1,9 @@
-"""Input pipelines of the stage trainers, built from the `data:` block of a run config.
+"""Input pipelines of the stages, built from the `data:` block of a run config.
 
 A source is an embedded dataset (`name:` of `xray_hf.data.load_embedded`) or a local/Hub source (`path:` for
 `xray_hf.data.load_source`). Training reads it as a stream (`DecodedStream` -> `StreamingDataLoader`); with an
 image and a video source, a `MultimodalLoader` interleaves their batches (paper 4.1). Evaluation reads a
-map-style, deterministically decoded copy.
+map-style, deterministically decoded copy (`xray_hf.data.tables`, where `max_samples` is defined).
 
 ```yaml
 data:
@@ -24,24 +24,14 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import datasets
-import numpy as np
-import torch
 
-from ..data import (
-    DecodedStream,
-    EvalTransform,
-    ImageDecoder,
-    ModalitySchedule,
-    MultimodalLoader,
-    Resolution,
-    SampleCollator,
-    StreamingDataLoader,
-    TrainTransform,
-    VideoDecoder,
-    load_embedded,
-    load_source,
-)
-from ..data.sources import undecoded
+from .decoding import ImageDecoder, VideoDecoder
+from .embedded import load_embedded
+from .loader import SampleCollator, StreamingDataLoader
+from .sampling import ModalitySchedule, MultimodalLoader
+from .sources import DecodedStream, load_source, undecoded
+from .tables import DecodedDataset, take_samples
+from .transforms import EvalTransform, Resolution, TrainTransform
 
 
 def check_keys(spec_class: type, spec: dict[str, Any], what: str) -> None:
@@ -66,7 +56,7 @@ class SourceSpec:
     num_frames: int = 4
     stride: int = 2
     num_shards: int = 8
-    max_samples: int | None = None  # use only the first samples (embedded sources), e.g. MNIST-5k subsets
+    max_samples: int | None = None  # evenly spaced samples of an embedded source (`data.tables.take_samples`)
     hashtags_from: list[str] | None = None  # build a "hashtags" column from these ClassLabel columns' names
 
     @classmethod
@@ -120,12 +110,11 @@ class DataSpec:
         return [] if self.eval is None else list(self.eval) if isinstance(self.eval, list) else [self.eval]
 
 
-def _map_dataset(spec: SourceSpec) -> datasets.Dataset:
+def source_table(spec: SourceSpec) -> datasets.Dataset:
+    """The map-style table of an embedded source (evaluation, vocabularies, embedded training streams)."""
     if spec.name is None:
         raise ValueError("map-style access (evaluation, vocabularies) needs an embedded dataset 'name'")
-    dataset = load_embedded(spec.name, spec.split)
-    if spec.max_samples is not None:
-        dataset = dataset.select(range(min(spec.max_samples, len(dataset))))
+    dataset = take_samples(load_embedded(spec.name, spec.split), spec.max_samples)
     if spec.hashtags_from:
         dataset = with_label_hashtags(dataset, spec.hashtags_from)
     return dataset
@@ -160,7 +149,7 @@ def media_column(spec: SourceSpec, column_names: list[str] | None) -> tuple[str,
 def open_stream_source(spec: SourceSpec) -> tuple[datasets.IterableDataset, int]:
     """Undecoded streaming source and its number of samples."""
     if spec.name is not None:
-        full = _map_dataset(spec)
+        full = source_table(spec)
         return undecoded(full.to_iterable_dataset(num_shards=min(spec.num_shards, len(full)))), len(full)
     if spec.num_samples is None:
         raise ValueError(f"source {spec.path!r} needs 'num_samples' (the epoch length) in the run config")
@@ -231,26 +220,6 @@ def modality_counts(image_batches: int, video_batches: int, video_fraction: floa
     return {"image": max(1, round(video_batches * (1.0 - video_fraction) / video_fraction)), "video": video_batches}
 
 
-class DecodedDataset(torch.utils.data.Dataset):
-    """Map-style, deterministic decoding of a `datasets.Dataset` for evaluation (no augmentation)."""
-
-    def __init__(self, dataset: datasets.Dataset, decoder: Callable, seed: int = 0):
-        column = getattr(decoder, "column", None)
-        if column is not None and column in dataset.column_names:
-            feature = dataset.features[column]
-            if isinstance(feature, datasets.Image):
-                dataset = dataset.cast_column(column, datasets.Image(decode=False))
-            elif isinstance(feature, datasets.Video):
-                dataset = dataset.cast_column(column, datasets.Video(decode=False))
-        self.dataset, self.decoder, self.seed = dataset, decoder, seed
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.decoder(self.dataset[index], np.random.default_rng([self.seed, index]))
-
-
 def build_eval_dataset(data: DataSpec, spec: SourceSpec | None = None) -> DecodedDataset | None:
     """The evaluation set (`data.eval`, or `spec`), decoded with the evaluation transform."""
     if spec is None:
@@ -259,7 +228,7 @@ def build_eval_dataset(data: DataSpec, spec: SourceSpec | None = None) -> Decode
         spec = data.eval_sets[0] if data.eval_sets else None
     if spec is None:
         return None
-    dataset = _map_dataset(spec)
+    dataset = source_table(spec)
     column, modality = media_column(spec, dataset.column_names)
     transform = EvalTransform(data.resolution, **{k: v for k, v in data.augment.items()
                                                  if k in ("image_mean", "image_std")})
@@ -282,6 +251,6 @@ def build_eval_datasets(data: DataSpec) -> dict[str, DecodedDataset]:
 
 
 __all__ = [
-    "DataSpec", "DecodedDataset", "SourceSpec", "modality_counts", "build_eval_dataset", "build_eval_datasets", "eval_set_name", "build_train_loader", "media_column",
-    "open_stream_source",
+    "DataSpec", "SourceSpec", "build_eval_dataset", "build_eval_datasets", "build_train_loader", "check_keys",
+    "eval_set_name", "media_column", "modality_counts", "open_stream_source", "source_table", "with_label_hashtags",
 ]

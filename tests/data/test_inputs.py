@@ -2,7 +2,7 @@ import datasets
 import pytest
 import torch
 
-from xray_hf.trainers.data import (
+from xray_hf.data.inputs import (
     DataSpec,
     SourceSpec,
     build_eval_dataset,

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from xray_hf.cli import main
-from xray_hf.data.curate import CurateConfig, curate
+from xray_hf.curation.run import CurateConfig, curate
 
 STEPS = [{"clean": {}}, {"language": {"languages": ["en"], "min_probability": 0.0}}, {"sentences": {}},
          {"balance": {"t": 5}}, {"hashtags": {"column": "hashtags"}}]

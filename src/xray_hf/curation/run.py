@@ -49,7 +49,7 @@ from .concepts import (
     canonicalize_hashtags,
     plot_concept_histogram,
 )
-from .curation import clean_captions, filter_language, split_into_sentences
+from .cleaning import clean_captions, filter_language, split_into_sentences
 
 logger = logging.getLogger(__name__)
 
@@ -190,14 +190,12 @@ STEPS: dict[str, Callable[[Any, dict, Context, dict], Any]] = {
 # ------------------------------------------------------------------------------------------------------ the run
 def _open_source(source: dict[str, Any]) -> datasets.IterableDataset:
     if "name" in source:
-        from .embedded import load_embedded
+        from ..data.tables import open_table
 
-        table = load_embedded(source["name"], source.get("split", "train"))
-        if source.get("max_samples"):
-            table = table.select(range(min(int(source["max_samples"]), len(table))))
+        table = open_table(source["name"], source.get("split", "train"), max_samples=source.get("max_samples"))
         return table.to_iterable_dataset(num_shards=int(source.get("num_shards", 1)))
     if "path" in source:
-        from .sources import load_source
+        from ..data.sources import load_source
 
         return load_source(source["path"], **{k: v for k, v in source.items() if k != "path"})
     raise ValueError(f"source needs name: (an embedded dataset) or path:, got {source}")
