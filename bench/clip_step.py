@@ -51,7 +51,7 @@ from xray_hf import XrayCLIPConfig, XrayCLIPModel, XrayLLM2CLIPTextModel, XrayTe
 from xray_hf.configuration.visual import uniform_evit_layers
 from xray_hf.convert import smollm2_checkpoint
 from xray_hf.losses import ContrastiveLoss
-from xray_hf.modeling.text_cache import TextEmbeddingCache
+from xray_hf.caches.text import TextEmbeddingCache
 from xray_hf.modeling.token_reduction import evit_token_count
 
 SOT, EOT = 49406, 49407  # CLIP BPE's start / end of text

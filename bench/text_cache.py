@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 import xray_hf  # noqa: F401  (registers the Auto classes)
 from xray_hf import XrayLLM2CLIPTextModel, XrayVisualConfig, XrayVisualModel
 from xray_hf.convert import smollm2_checkpoint
-from xray_hf.modeling.text_cache import TextEmbeddingCache
+from xray_hf.caches.text import TextEmbeddingCache
 
 NOUNS = ["T-shirt", "pair of trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
          "ankle boot", "cat", "dog", "bicycle", "red car", "bowl of soup", "city skyline"]

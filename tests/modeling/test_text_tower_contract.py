@@ -15,7 +15,8 @@ from xray_hf import (XrayCLIPConfig, XrayCLIPModel, XrayCLIPProcessor, XrayLLM2C
 from xray_hf.convert import minilm_folder
 from xray_hf.curation.similarity_filter import SimilarityScorer
 from xray_hf.eval.features import encode_texts
-from xray_hf.modeling.text_cache import TextEmbeddingCache, text_sha256
+from xray_hf.caches.common import text_sha256
+from xray_hf.caches.text import TextEmbeddingCache
 from xray_hf.trainers.clip import CachedTexts, CLIPCollator, TokenizedTexts
 
 LONG = "a smiling yellow face with big round eyes and rosy cheeks waving hello to a friend " * 8  # > 100 tokens

@@ -21,9 +21,10 @@ import datasets
 import torch
 from torch import nn
 
+from ..caches.common import text_sha256
+from ..caches.text import TextEmbeddingCache
 from ..eval.training import clip_eval_metrics
 from ..losses import CLIPStageLoss
-from ..modeling.text_cache import TextEmbeddingCache, text_sha256
 from .base import XrayTrainer, XrayTrainingArguments
 from .callbacks import LogitScaleClampCallback, ProgressiveResolutionCallback, parse_schedule
 from .grad_cache import cached_encode, split_batch

@@ -22,7 +22,6 @@ normalisation and max length come with it) or `smollm2` (SmolLM2-135M-Instruct, 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,24 +29,24 @@ from typing import Any
 import datasets
 from transformers import AutoModel, AutoTokenizer
 
+from ..caches.common import load_or_build, text_sha256
+from ..caches.text import TextEmbeddingCache
 from ..configuration.text import XrayTextConfig
-from ..convert import resolve_text_model
 from ..configuration.visual import XrayVisualConfig
+from ..convert import resolve_text_model
 from ..data import SampleCollator, SimCLRViews, TrainTransform, WithSimCLRViews
 from ..data.captions import CaptionSampler
+from ..data.inputs import build_eval_datasets, build_train_loader, check_keys, open_stream_source, source_table
 from ..data.transforms import Resolution
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.llm2clip import XrayLLM2CLIPTextModel
 from ..modeling.text import XrayTextModel
-from ..modeling.text_cache import StaleTextCacheError, TextEmbeddingCache, text_sha256
 from ..modeling.visual import XrayVisualModel
 from ..processing.clip import XrayCLIPProcessor
 from ..processing.video_processing import XrayVisualVideoProcessor
 from .clip import CachedTexts, CLIPCollator, CLIPTrainer, TokenizedTexts
-from ..data.inputs import build_eval_datasets, build_train_loader, check_keys, open_stream_source, source_table
 from .run import RunContext, StageRun, check_model_keys, image_processor_for, normalization
 
-logger = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2"
 
@@ -183,11 +182,11 @@ def prepare_text_cache(run: RunContext, model: XrayCLIPModel, tokenizer: Any, te
     captions = datasets.Dataset.from_dict({"caption_id": [text_sha256(t) for t in texts], "caption": texts})
     tower = model.text_model
     with main_process_first(desc="text cache"):
-        try:
-            return TextEmbeddingCache.load(path, tower, tokenizer, captions=captions)
-        except (FileNotFoundError, StaleTextCacheError) as reason:
-            logger.info("building the text cache at %s (%s)", path, reason)
-            return TextEmbeddingCache.build(tower, tokenizer, captions, path, batch_size=spec.batch_size)
+        return load_or_build(
+            lambda: TextEmbeddingCache.load(path, tower, tokenizer, captions=captions),
+            lambda: TextEmbeddingCache.build(tower, tokenizer, captions, path, batch_size=spec.batch_size),
+            path, "text cache",
+        )
 
 
 def caption_sampler(captions: CaptionSpec):

@@ -32,12 +32,12 @@ import torch.distributed as dist
 from torch import nn
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..data.inputs import SourceSpec, check_keys
 from ..eval.compression import compression_retention
 from ..losses.compression import SimilarityDistillationLoss
 from ..modeling.compression import XrayEmbeddingCompression
 from .base import XrayTrainer, XrayTrainingArguments, write_training_args
 from .fsdp import full_model_state, is_sharded, load_full_model_state
-from ..data.inputs import SourceSpec, check_keys
 from .run import RunContext, StageRun, check_model_keys
 
 logger = logging.getLogger(__name__)

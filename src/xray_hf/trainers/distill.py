@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..caches.teacher import TeacherEmbeddingCache, teacher_cache_key
 from ..losses import FEATURE_METRICS, DistillationLoss
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.distillation import XrayVisualForDistillation
 from ..modeling.visual import XrayVisualModel
 from .callbacks import LogitScaleClampCallback
 from .clip import CLIPTrainer, CLIPTrainingArguments
-from .teacher_cache import TeacherEmbeddingCache, teacher_cache_key
 
 logger = logging.getLogger(__name__)
 

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from transformers import AutoConfig
 
+from ..caches.common import load_or_build
+from ..caches.teacher import TeacherEmbeddingCache, teacher_cache_key
 from ..data import SampleCollator
+from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader, check_keys
 from ..data.transforms import Resolution
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.distillation import XrayVisualForDistillation
@@ -47,12 +49,9 @@ from .clip_run import (
     save_clip_processor,
     text_inputs_for,
 )
-from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader, check_keys
 from .distill import DistillationTrainer, teacher_kind
 from .run import RunContext, StageRun, build_visual_model, check_model_keys, image_processor_for, normalization
-from .teacher_cache import StaleTeacherCacheError, TeacherEmbeddingCache, teacher_cache_key
 
-logger = logging.getLogger(__name__)
 
 # teacher checkpoints by their config's model_type: the class that loads them
 TEACHER_CLASSES: dict[str, type] = {"xray_clip": XrayCLIPModel, "xray_visual": XrayVisualModel}
@@ -131,13 +130,13 @@ def prepare_teacher_cache(run: RunContext, teacher: Any, spec: TeacherCacheSpec,
     settings = {"sources": {modality: asdict(source) for modality, source in sources.items()},
                 "resolution": run.data.resolution, "normalization": normalization(run.data)}
     path = spec.dir or os.path.join(run.output_dir, "teacher_cache")
+    embed = functools.partial(teacher_kind(teacher).teacher_image, teacher)
     with main_process_first(desc="teacher cache"):
-        try:
-            return TeacherEmbeddingCache.load(path, teacher, settings, keys=keys)
-        except (FileNotFoundError, StaleTeacherCacheError) as reason:
-            logger.info("building the teacher cache at %s (%s)", path, reason)
-            embed = functools.partial(teacher_kind(teacher).teacher_image, teacher)
-            return TeacherEmbeddingCache.build(path, teacher, settings, datasets, embed, batch_size=spec.batch_size)
+        return load_or_build(
+            lambda: TeacherEmbeddingCache.load(path, teacher, settings, keys=keys),
+            lambda: TeacherEmbeddingCache.build(path, teacher, settings, datasets, embed, batch_size=spec.batch_size),
+            path, "teacher cache",
+        )
 
 
 def prepare_distill(run: RunContext) -> StageRun:

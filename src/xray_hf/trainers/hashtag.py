@@ -16,10 +16,10 @@ import torch
 from torch import nn
 from transformers import EvalPrediction
 
+from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
 from ..losses import hashtag_loss
 from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
 from .base import XrayTrainer, XrayTrainingArguments
-from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
 from .run import RunContext, StageRun, build_visual_model, image_processor_for
 
 

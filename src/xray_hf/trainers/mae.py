@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import XrayTrainer, XrayTrainingArguments
 from ..data.inputs import build_eval_dataset, build_train_loader
+from .base import XrayTrainer, XrayTrainingArguments
 from .run import RunContext, StageRun, build_visual_model, image_processor_for, normalization
 
 

@@ -21,9 +21,9 @@ import yaml
 from transformers import set_seed
 
 from ..configuration.visual import XrayVisualConfig
+from ..data.inputs import DataSpec
 from ..processing.image_processing import XrayVisualImageProcessor
 from ..stages import Stage, get_stage
-from ..data.inputs import DataSpec
 from .resume import stage_training_loss
 
 logger = logging.getLogger(__name__)

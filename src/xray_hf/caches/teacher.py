@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..modeling.text_cache import _sha256_json, _sha256_tensors
+from .common import StaleCacheError, sha256_json, sha256_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _EMBEDDINGS_FILE = "teacher_embeddings.safetensors"
 _METADATA_FILE = "teacher_cache.json"
 
 
-class StaleTeacherCacheError(ValueError):
+class StaleTeacherCacheError(StaleCacheError):
     """The cache was built by another teacher, with other input settings, or over other samples."""
 
 
@@ -43,7 +43,7 @@ def teacher_cache_key(modality: str, sample_id: Any) -> str:
 
 def teacher_fingerprint(teacher: torch.nn.Module, settings: dict[str, Any]) -> dict[str, str]:
     """What a cached embedding depends on, hashed separately for clear stale errors."""
-    return {"teacher_weights": _sha256_tensors(teacher.state_dict()), "input_settings": _sha256_json(settings)}
+    return {"teacher_weights": sha256_tensors(teacher.state_dict()), "input_settings": sha256_json(settings)}
 
 
 class TeacherEmbeddingCache:

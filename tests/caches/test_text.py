@@ -8,8 +8,8 @@ from datasets import Dataset, load_from_disk
 import xray_hf  # noqa: F401
 from xray_hf import XrayLLM2CLIPTextConfig, XrayLLM2CLIPTextModel
 from xray_hf.convert import smollm2_tokenizer
-from xray_hf.modeling import text_cache
-from xray_hf.modeling.text_cache import StaleTextCacheError, TextEmbeddingCache
+from xray_hf.caches import text as text_cache
+from xray_hf.caches.text import StaleTextCacheError, TextEmbeddingCache
 
 CAPTIONS = [
     "a photo of a cat", "a dog running on a beach at sunset", "two bowls of soup", "an old red bicycle",

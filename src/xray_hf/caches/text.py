@@ -31,33 +31,16 @@ import torch
 from datasets import Dataset, Features, List, Value, load_from_disk
 from transformers import PreTrainedTokenizerBase
 
-from .llm2clip import XrayLLM2CLIPTextModel
+from ..modeling.llm2clip import XrayLLM2CLIPTextModel
+from .common import StaleCacheError, sha256_json, sha256_tensors, text_sha256
 
 CACHE_FORMAT = 2  # 2: per-row text_sha256 and a captions digest (format 1 caches were not keyed on texts)
 _METADATA_FILE = "xray_text_cache.json"
 _EMBEDDINGS_DIR = "embeddings"
 
 
-class StaleTextCacheError(ValueError):
+class StaleTextCacheError(StaleCacheError):
     """The cache was built with a different LLM, tokenizer, embedding settings or caption texts than those given."""
-
-
-def _sha256_tensors(state_dict: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        tensor = state_dict[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _sha256_json(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def text_sha256(text: str) -> str:
-    """The sha256 (hex) of one caption text, as stored beside its embedding."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _caption_hashes(captions: Dataset, text_column: str, id_column: str) -> dict[str, str]:
@@ -80,7 +63,7 @@ def _caption_hashes(captions: Dataset, text_column: str, id_column: str) -> dict
 
 def _captions_digest(hashes: dict[str, str]) -> str:
     """One digest of all (id, text sha256) pairs, independent of row order (the cache is keyed by id)."""
-    return _sha256_json(sorted(hashes.items()))
+    return sha256_json(sorted(hashes.items()))
 
 
 def _examples(ids: list[str], limit: int = 5) -> str:
@@ -98,7 +81,7 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     else:
         body = json.dumps(sorted(tokenizer.get_vocab().items()))
     specials = {"class": type(tokenizer).__name__, "special_tokens": tokenizer.special_tokens_map}
-    return hashlib.sha256(body.encode() + _sha256_json(specials).encode()).hexdigest()
+    return hashlib.sha256(body.encode() + sha256_json(specials).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -112,9 +95,9 @@ class TextCacheFingerprint:
     @classmethod
     def of(cls, model: XrayLLM2CLIPTextModel, tokenizer: PreTrainedTokenizerBase) -> "TextCacheFingerprint":
         return cls(
-            llm_weights=_sha256_tensors(model.llm.state_dict()),
+            llm_weights=sha256_tensors(model.llm.state_dict()),
             tokenizer=tokenizer_fingerprint(tokenizer),
-            embedding_settings=_sha256_json(model.config.embedding_settings()),
+            embedding_settings=sha256_json(model.config.embedding_settings()),
         )
 
     def differences(self, other: "TextCacheFingerprint") -> list[str]:
@@ -122,7 +105,7 @@ class TextCacheFingerprint:
 
     @property
     def digest(self) -> str:
-        return _sha256_json(asdict(self))
+        return sha256_json(asdict(self))
 
 
 def _tokenize_for(model: XrayLLM2CLIPTextModel, tokenizer: PreTrainedTokenizerBase, texts: list[str]):
@@ -208,7 +191,7 @@ class TextEmbeddingCache:
         hashes = _caption_hashes(captions, text_column, id_column)
         captions_sha256 = _captions_digest(hashes)
         fingerprint = TextCacheFingerprint.of(model, tokenizer)
-        map_key = _sha256_json({"format": CACHE_FORMAT, "model": fingerprint.digest, "captions": captions_sha256,
+        map_key = sha256_json({"format": CACHE_FORMAT, "model": fingerprint.digest, "captions": captions_sha256,
                                 "text_column": text_column, "id_column": id_column})
         was_training = model.training
         model.eval()
@@ -297,4 +280,4 @@ class TextEmbeddingCache:
         return cache
 
 
-__all__ = ["TextEmbeddingCache", "TextCacheFingerprint", "StaleTextCacheError", "text_sha256", "tokenizer_fingerprint"]
+__all__ = ["StaleTextCacheError", "TextCacheFingerprint", "TextEmbeddingCache", "tokenizer_fingerprint"]
