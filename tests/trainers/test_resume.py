@@ -16,7 +16,7 @@ from xray_hf import XrayVisualConfig, XrayVisualForPreTraining
 from xray_hf.data import DecodedStream, ImageDecoder, StreamingDataLoader, TrainTransform
 from xray_hf.data.sources import undecoded
 from xray_hf.trainers import MAETrainer, MAETrainingArguments
-from xray_hf.trainers.resume import DATA_STATE_NAME, ResumableLoader
+from xray_hf.trainers.resume import DATA_STATE_NAME, ResumableLoader, last_complete_checkpoint
 
 
 class ShortEpochLoader:
@@ -322,3 +322,16 @@ def test_resuming_a_finished_stage_trains_nothing_and_reports_the_whole_stage(tm
     half = run_stage("mae", stage_config(tmp_path / "half"), resume_from_checkpoint=True)
     assert steps == pytest.approx(full_steps[2:], rel=1e-6)
     assert half["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
+
+
+def test_last_complete_checkpoint_skips_a_save_cut_short(tmp_path):
+    for step, files in ((2, {"trainer_state.json": "{}", "data_state-rank0.json": "{}"}),
+                        (4, {"trainer_state.json": "{}", "data_state-rank0.json": "{}"}),
+                        (6, {"trainer_state.json": '{"global'}),          # killed while writing the trainer state
+                        (8, {"model.safetensors": ""})):                    # killed while writing the weights
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert last_complete_checkpoint(str(tmp_path / "missing")) is None

@@ -17,69 +17,15 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from xray_hf.pipeline import (
-    STATE_FILE,
-    build_steps,
-    last_complete_checkpoint,
-    load_pipeline_config,
-    preset_path,
-    render_report_md,
-    run_pipeline,
-)
+from xray_hf.pipeline import load_pipeline_config, preset_path, render_report_md, run_pipeline
+from xray_hf.pipeline.state import STATE_FILE
 from xray_hf.stages import STAGES
-from xray_hf.trainers.run import check_run_config, load_run_config, run_stage
+from xray_hf.trainers.run import run_stage
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/replay.py
 from replay import ReplayLoader, rank_mean_losses, union_batches  # noqa: E402
 
 CONFIGS = preset_path("tiny").parent
-
-
-def test_shipped_pipeline_layers_each_stage_over_its_own_config():
-    config = load_pipeline_config(preset_path("tiny"))
-    assert list(config["stages"]) == ["mae", "hashtag", "clip", "distill", "compress"]
-    for name, section in config["stages"].items():
-        check_run_config(section, name)  # the schema `xray-hf train` reads
-        assert section["training"]["output_dir"] == f"{{output}}/{name}"
-        base = load_run_config(CONFIGS / f"{name}_tiny.yaml")
-        assert section["data"] == base["data"]  # what the pipeline does not change comes from the stage config
-        assert section["training"]["max_steps"] <= base["training"]["max_steps"]
-    assert config["stages"]["clip"]["model"]["vision"]["from_pretrained"] == "{output}/hashtag"
-    assert config["stages"]["clip"]["model"]["text"] == load_run_config(CONFIGS / "clip_tiny.yaml")["model"]["text"]
-    steps = build_steps(config)
-    assert [(s.name, s.parents) for s in steps] == [
-        ("mae", []), ("hashtag", ["mae"]), ("clip", ["hashtag"]), ("distill", ["clip"]), ("compress", ["clip"]),
-        ("semantic_ids", ["clip"]), ("eval", ["mae", "hashtag", "clip", "distill"]),
-    ]
-
-
-@pytest.mark.parametrize("change, message", [
-    ({"stagez": {}}, "unknown pipeline keys"),
-    ({"stages": {"mea": {}}}, "stage must be one of"),
-    ({"stages": {"hashtag": {"model": {"from_pretrained": "{output}/mae"}}}}, "no earlier stage writes"),
-    ({"stages": {"mae": {}}, "evaluation": [{"model": "clip", "task": "zero-shot", "dataset": "mnist"}]},
-     "must name a stage"),
-])
-def test_bad_pipeline_configs_name_the_problem(tmp_path, change, message):
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(change))
-    with pytest.raises(ValueError, match=message):
-        load_pipeline_config(path)
-    with pytest.raises(ValueError, match="unknown pipeline preset 'huge'.*tiny"):
-        preset_path("huge")
-
-
-def test_last_complete_checkpoint_skips_a_save_cut_short(tmp_path):
-    for step, files in ((2, {"trainer_state.json": "{}", "data_state-rank0.json": "{}"}),
-                        (4, {"trainer_state.json": "{}", "data_state-rank0.json": "{}"}),
-                        (6, {"trainer_state.json": '{"global'}),          # killed while writing the trainer state
-                        (8, {"model.safetensors": ""})):                    # killed while writing the weights
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        for name, text in files.items():
-            (folder / name).write_text(text)
-    assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
-    assert last_complete_checkpoint(str(tmp_path / "missing")) is None
 
 
 # ------------------------------------------------------------------------------------------ a small pipeline
@@ -437,30 +383,6 @@ def test_pipeline_under_torchrun_trains_every_stage_on_both_ranks(tmp_path):
             assert weight_gap < 1e-5, name
 
 
-def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
-    """The commented-out variant of pipeline_tiny.yaml (MNTP and SimCSE before CLIP) resolves into valid stage
-    configs whose chain reaches the CLIP stage's parents."""
-    text = preset_path("tiny").read_text()
-    for line in ("  # mntp: {base: mntp_tiny.yaml}", '  # simcse: {base: simcse_tiny.yaml, model: {text: {from_pretrained: "{output}/mntp"}}}'):
-        assert line in text
-        text = text.replace(line, line.replace("# ", "", 1))
-    config = yaml.safe_load(text)
-    config["stages"]["clip"]["model"]["text"] = {"from_llm": None, "from_pretrained": "{output}/simcse"}
-    for name in ("mntp", "simcse", "clip"):  # base: paths are relative to the pipeline file
-        config["stages"][name]["base"] = str(CONFIGS / config["stages"][name]["base"])
-    for name in ("mae", "hashtag", "distill", "compress"):
-        config["stages"][name]["base"] = str(CONFIGS / config["stages"][name]["base"])
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    resolved = load_pipeline_config(path)
-    for name, section in resolved["stages"].items():
-        check_run_config(section, name)
-    steps = {step.name: step.parents for step in build_steps(resolved)}
-    assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
-    assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]
-    assert resolved["stages"]["clip"]["model"]["text"]["config"]["adapter_depth"] == 4  # kept from clip_tiny.yaml
-
-
 def tiny_clip_checkpoint(path) -> None:
     """A random tiny CLIP checkpoint with its processor and tokenizer (what an evaluation loads)."""
     from xray_hf import (XrayCLIPConfig, XrayCLIPModel, XrayCLIPProcessor, XrayTextConfig, XrayVisualConfig,
@@ -485,7 +407,9 @@ def test_every_evaluation_runs_under_its_own_name_and_a_path_dataset_is_one_file
     result's file name, so the result and its plots sit in eval/ where the report links them."""
     from xray_hf.data import load_embedded, write_shards
     from xray_hf.model_card import write_model_card
-    from xray_hf.pipeline import EvalStep, Pipeline, Ranks, build_report
+    from xray_hf.pipeline import build_report
+    from xray_hf.pipeline.state import Pipeline, Ranks
+    from xray_hf.pipeline.steps import EvalStep
 
     out = tmp_path / "run"
     tiny_clip_checkpoint(out / "clip")
@@ -528,15 +452,6 @@ def test_every_evaluation_runs_under_its_own_name_and_a_path_dataset_is_one_file
     assert recall == {("openmoji", "max_samples=12"): reported[0]["metrics"]["image_retrieval_recall@1"],
                       ("openmoji", "max_samples=16"): reported[1]["metrics"]["image_retrieval_recall@1"],
                       (str(source), None): reported[2]["metrics"]["image_retrieval_recall@1"]}
-
-
-def test_evaluation_entries_that_repeat_each_other_are_refused(tmp_path):
-    path = tmp_path / "pipeline.yaml"
-    run = {"model": "mae", "task": "linear-probe", "dataset": "mnist", "split": "test"}
-    path.write_text(yaml.safe_dump({"stages": {"mae": {"base": str(CONFIGS / "mae_tiny.yaml")}},
-                                    "evaluation": [run, dict(run)]}))
-    with pytest.raises(ValueError, match="evaluation entries 1 and 2 are the same"):
-        load_pipeline_config(path)
 
 
 def test_an_unreadable_state_file_is_an_error_not_a_fresh_start(tmp_path):

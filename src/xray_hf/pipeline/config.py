@@ -1,0 +1,121 @@
+"""Pipeline configs: a pipeline YAML read into its stages' run configs (each stage's `base:` file layered under its
+section), checked, with `{output}` standing for the run directory until the run substitutes it."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..stages import get_stage
+
+
+PIPELINE_KEYS = ("seed", "stages", "semantic_ids", "evaluation")
+
+
+OUTPUT = "{output}"
+
+
+def preset_path(preset: str) -> Path:
+    """The shipped pipeline config of a preset (`configs/pipeline_<preset>.yaml` inside the package)."""
+    path = Path(str(resources.files("xray_hf") / "configs" / f"pipeline_{preset}.yaml"))
+    if not path.is_file():
+        shipped = sorted(p.name[len("pipeline_"):-len(".yaml")]
+                         for p in Path(str(resources.files("xray_hf") / "configs")).glob("pipeline_*.yaml"))
+        raise ValueError(f"unknown pipeline preset {preset!r}; shipped presets: {shipped}")
+    return path
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """`update` over `base`, mappings merged key by key (lists and scalars replaced)."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        merged = dict(base)
+        for key, value in update.items():
+            merged[key] = _merge(base.get(key), value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(update)
+
+
+def substitute(value: Any, output: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(OUTPUT, output)
+    if isinstance(value, dict):
+        return {key: substitute(item, output) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute(item, output) for item in value]
+    return value
+
+
+def references(value: Any, own: str | None = None) -> list[str]:
+    """The stage names a section reads from the run directory (`{output}/<stage>`; not its own output)."""
+    text = json.dumps(value)  # in the order of the config: a stage's first parent is the one it names first
+    found = re.findall(re.escape(OUTPUT) + r"/([A-Za-z0-9_-]+)", text)
+    return [name for name in dict.fromkeys(found) if name != own]
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_settings(run: dict[str, Any]) -> dict[str, Any]:
+    """Everything an evaluation entry sets, with the default split filled in (two entries are one evaluation when
+    these are equal)."""
+    return {"split": "test", **run}
+
+
+def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a pipeline YAML, resolve each stage's `base:` file and check the stage sections; `{output}` is kept."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a pipeline config must be a YAML mapping")
+    unknown = set(raw) - set(PIPELINE_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown pipeline keys {sorted(unknown)}; known: {list(PIPELINE_KEYS)}")
+    if not isinstance(raw.get("stages"), dict) or not raw["stages"]:
+        raise ValueError(f"{path}: 'stages:' must map stage names to run configs")
+    stages: dict[str, dict] = {}
+    for name, section in raw["stages"].items():
+        get_stage(name)  # a clear error for an unknown stage
+        section = dict(section or {})
+        if "base" in section:
+            base_path = path.parent / section.pop("base")
+            with open(base_path, encoding="utf-8") as f:
+                section = _merge(yaml.safe_load(f), section)
+        section.setdefault("stage", name)
+        if "seed" in raw:
+            section.setdefault("seed", raw["seed"])
+        section.setdefault("training", {})["output_dir"] = f"{OUTPUT}/{name}"
+        for parent in references(section, name):
+            if parent not in stages:
+                raise ValueError(f"stage {name!r} reads {OUTPUT}/{parent}, which no earlier stage writes")
+        stages[name] = section
+    evaluation = raw.get("evaluation") or []
+    if not isinstance(evaluation, list):
+        raise ValueError("'evaluation:' must be a list of xray-hf eval settings")
+    for spec in [raw.get("semantic_ids") or {}, *evaluation]:
+        if spec and spec.get("model") not in stages:
+            raise ValueError(f"{spec} must name a stage of this pipeline as model: (one of {list(stages)})")
+    for index, spec in enumerate(evaluation):
+        missing = [key for key in ("task", "dataset") if not spec.get(key)]
+        if missing:
+            raise ValueError(f"evaluation entry {index + 1} ({spec}) needs {' and '.join(missing)}")
+        for other in range(index):
+            if eval_settings(evaluation[other]) == eval_settings(spec):
+                raise ValueError(f"evaluation entries {other + 1} and {index + 1} are the same evaluation ({spec}); "
+                                 "remove one")
+    return {"seed": raw.get("seed", 0), "stages": stages, "semantic_ids": raw.get("semantic_ids"),
+            "evaluation": evaluation, "path": str(path)}
+
+
+__all__ = [
+    "PIPELINE_KEYS", "digest", "eval_settings", "load_pipeline_config", "preset_path", "references", "substitute",
+]
