@@ -2,7 +2,7 @@
 
 `TrainerSeams` holds every private `Trainer` method the package's trainers override; each forwards to a
 public-named hook (`save_weights`, `before_checkpoint_save`, ...) that the trainers override instead, calling
-`super()`. Mix it in last, right before `Trainer` (`JSONTrainingArgumentsMixin` does). The model and processor
+`super()`. Mix it in last, right before `Trainer` (`xray_hf.trainers.base.XrayTrainerMixin` does). The model and processor
 hooks are listed in `SEAMS` but live in their classes, which also run as Hub remote code.
 """
 

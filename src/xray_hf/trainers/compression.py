@@ -36,7 +36,8 @@ from ..data.inputs import SourceSpec, check_keys
 from ..eval.compression import compression_retention
 from ..losses.compression import SimilarityDistillationLoss
 from ..modeling.compression import XrayEmbeddingCompression
-from .base import XrayTrainer, XrayTrainingArguments, write_training_args
+from .base import XrayTrainer, XrayTrainingArguments
+from .training_args_json import write_training_args
 from .fsdp import full_model_state, is_sharded, load_full_model_state
 from .run import RunContext, StageRun, check_model_keys
 

@@ -42,7 +42,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, Trai
 from ..configuration.text import XrayLLM2CLIPTextConfig
 from ..losses import simcse_loss
 from ..modeling.llm2clip import XrayLLM2CLIPTextPreTrainedModel
-from .base import JSONTrainingArgumentsMixin
+from .base import XrayTrainerMixin
 
 # Attention (q, k, v, o) and MLP (gate, up, down) projections of every LLM layer, matched on full module names
 # from the base model, so an adapter can only attach to an `llm.*` LLM inside our models.
@@ -326,7 +326,7 @@ class _CollatorEpochMixin:
             self.add_callback(_CollatorEpochCallback(self.data_collator))
 
 
-class MNTPTrainer(_CollatorEpochMixin, JSONTrainingArgumentsMixin, Trainer):
+class MNTPTrainer(_CollatorEpochMixin, XrayTrainerMixin, Trainer):
     """Masked next-token prediction (LLM2Vec stage 1) on an `XrayLLM2CLIPTextForMNTP` (usually with LoRA); its
     collator's masks follow the epoch."""
 
@@ -346,7 +346,7 @@ class MNTPTrainer(_CollatorEpochMixin, JSONTrainingArgumentsMixin, Trainer):
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 
-class SimCSETrainer(_CollatorEpochMixin, JSONTrainingArgumentsMixin, Trainer):
+class SimCSETrainer(_CollatorEpochMixin, XrayTrainerMixin, Trainer):
     """
     Supervised SimCSE (LLM2Vec stage 2) on an `XrayLLM2CLIPTextModel` (usually with LoRA): InfoNCE on the
     pooled LLM outputs of two captions of each item, in-batch negatives, `args.simcse_temperature`.
