@@ -353,7 +353,7 @@ def _build_photos() -> datasets.DatasetDict:
 
 
 def _build_moving_shapes(
-    num_clips: int = 240, num_frames: int = 16, size: int = 64, seed: int = 0
+    num_clips: int = 1200, num_frames: int = 16, size: int = 64, seed: int = 0
 ) -> datasets.DatasetDict:
     classes = [f"{shape} moving {direction}" for shape in SHAPES for direction in DIRECTIONS]
     if num_clips < len(classes):
