@@ -115,6 +115,17 @@ def test_with_simclr_views_returns_the_three_inputs():
     assert {tuple(v.shape[-2:]) for v in combined(_random_image()).values()} == {(8, 8)}
 
 
+def test_simclr_views_can_skip_clips():
+    """`video_views=False` (SLIP on images only): a clip gets its main view alone, an image still its pair."""
+    combined = WithSimCLRViews(TrainTransform(16), SimCLRViews(resolution=16), video_views=False)
+    clip = tv_tensors.Video(_random_image().unsqueeze(0).repeat(4, 1, 1, 1))
+    out = combined(clip)
+    assert set(out) == {"pixel_values"} and out["pixel_values"].shape == (4, 3, 16, 16)
+    assert set(combined(_random_image())) == {"pixel_values", "simclr_view_1", "simclr_view_2"}
+    assert set(WithSimCLRViews(TrainTransform(16), SimCLRViews(resolution=16))(clip)) == {
+        "pixel_values", "simclr_view_1", "simclr_view_2"}
+
+
 def test_eval_transform_uses_variable_aspect_ratio():
     transform = EvalTransform(32)
     assert any(isinstance(t, VariableAspectRatioResize) for t in transform.pipeline.transforms)

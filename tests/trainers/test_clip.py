@@ -184,11 +184,11 @@ def _batch(config_kwargs=None, rows=12):
     return config, batch
 
 
-def _trainer(tmp_path, model, **args):
+def _trainer(tmp_path, model, slip_videos=True, **args):
     from xray_hf.trainers.clip import CLIPTrainer
 
     arguments = CLIPTrainingArguments(output_dir=str(tmp_path), report_to=[], max_steps=1, optimizer="adamw", **args)
-    return CLIPTrainer(model=model, args=arguments, train_loader=_OneBatch())
+    return CLIPTrainer(model=model, args=arguments, train_loader=_OneBatch(), slip_videos=slip_videos)
 
 
 class _OneBatch:
@@ -256,6 +256,22 @@ def test_clip_arguments_and_batches_are_checked(tmp_path):
         trainer.compute_loss(model, {k: v for k, v in batch.items() if not k.startswith("simclr")})
     with pytest.raises(ValueError, match="no text"):
         trainer.compute_loss(model, {"pixel_values": batch["pixel_values"]})
+
+
+def test_slip_on_images_only_trains_clips_without_views(tmp_path):
+    """`slip: {videos: false}`: a clip batch without SimCLR views trains on the other terms; an image batch
+    without views is still refused, and a clip batch without views is refused when videos should have them."""
+    config, batch = _batch()
+    model = XrayCLIPModel(config).train()
+    clips = {k: v for k, v in batch.items() if not k.startswith("simclr")}
+    clips["pixel_values"] = torch.randn(12, 4, 3, 16, 16)
+    loss, outputs = _trainer(tmp_path, model, slip_videos=False).compute_loss(model, clips, return_outputs=True)
+    assert torch.isfinite(loss) and "slip_loss" not in outputs and outputs["contrastive_loss"] > 0
+    images = {k: v for k, v in batch.items() if not k.startswith("simclr")}
+    with pytest.raises(ValueError, match="SimCLR views"):
+        _trainer(tmp_path, model, slip_videos=False).compute_loss(model, images)
+    with pytest.raises(ValueError, match="SimCLR views"):
+        _trainer(tmp_path, model).compute_loss(model, clips)
 
 
 def test_progressive_resolution_schedule_and_resume_point():

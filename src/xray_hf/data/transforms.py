@@ -220,13 +220,20 @@ class WithSimCLRViews:
     """Main view plus two SimCLR views, as the dict a decoder merges into the sample.
 
     `{"pixel_values": transform(x), "simclr_view_1": ..., "simclr_view_2": ...}`: the CLIP (or hashtag)
-    input and the SLIP positive pair from one decoded sample.
+    input and the SLIP positive pair from one decoded sample. With `video_views=False` a clip gets only its main
+    view (SLIP on images alone).
     """
 
-    def __init__(self, transform: Any, views: SimCLRViews, output_column: str = "pixel_values") -> None:
+    def __init__(
+        self, transform: Any, views: SimCLRViews, output_column: str = "pixel_values", video_views: bool = True
+    ) -> None:
         self.transform, self.views, self.output_column = transform, views, output_column
+        self.video_views = video_views
 
     def __call__(self, inputs: Any) -> dict[str, torch.Tensor]:
+        inputs = _as_tv_tensor(inputs)
+        if not self.video_views and isinstance(inputs, tv_tensors.Video):
+            return {self.output_column: self.transform(inputs)}
         view_1, view_2 = self.views(inputs)
         return {self.output_column: self.transform(inputs), "simclr_view_1": view_1, "simclr_view_2": view_2}
 

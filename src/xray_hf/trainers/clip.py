@@ -162,13 +162,14 @@ class CLIPTrainer(XrayTrainer):
     """
 
     def __init__(self, *args: Any, resolution: Any = None, tokenizer: Any = None, text_inputs: Any = None,
-                 eval_caption_column: str = "caption", **kwargs: Any):
+                 eval_caption_column: str = "caption", slip_videos: bool = True, **kwargs: Any):
         if tokenizer is not None:
             kwargs.setdefault("processing_class", tokenizer)
         super().__init__(*args, **kwargs)
         self.tokenizer = tokenizer
         self.text_inputs = text_inputs
         self.eval_caption_column = eval_caption_column
+        self.slip_videos = slip_videos
         self.add_callback(LogitScaleClampCallback())
         schedule = getattr(self.args, "resolution_schedule", None)
         self.progressive: ProgressiveResolutionCallback | None = None
@@ -203,7 +204,8 @@ class CLIPTrainer(XrayTrainer):
         if "input_ids" not in inputs and "llm_pooled_output" not in inputs:
             raise ValueError(f"batch has no text (input_ids or llm_pooled_output; keys: {sorted(inputs)}): use CLIPCollator")
         config = self.accelerator.unwrap_model(model).config
-        if config.slip_weight > 0 and "simclr_view_1" not in inputs:
+        is_video = inputs["pixel_values"].dim() == 5
+        if config.slip_weight > 0 and "simclr_view_1" not in inputs and (self.slip_videos or not is_video):
             raise ValueError("slip_weight > 0 but the batch has no SimCLR views: decode with WithSimCLRViews "
                              "(run config: slip: true), or set the model's slip_weight to 0")
         if config.hashtag_loss_weight > 0 and "hashtag_mask" not in inputs and not self._warned_hashtags:

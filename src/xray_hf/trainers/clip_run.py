@@ -10,7 +10,8 @@ model:
   # from_pretrained: runs/tiny/clip                   # instead of vision/text: continue a CLIP checkpoint
 captions: {column: caption, hashtag_column: hashtags, sentence_p: 0.3}
 text_cache: {enabled: true}                          # pooled LLM outputs cached once (frozen LLM only)
-slip: {crop_scale: [0.08, 1.0], blur_p: 0.5}          # SimCLR view augmentation (when slip_weight > 0)
+slip: {crop_scale: [0.08, 1.0], blur_p: 0.5}          # SimCLR view augmentation (when slip_weight > 0);
+                                                      # videos: false keeps SLIP to image batches
 data: {...}
 training: {...}                                      # CLIPTrainingArguments
 ```
@@ -83,9 +84,10 @@ class CLIPRunExtras:
         out = cls(**values)
         check_keys(CaptionSpec, out.captions, "captions keys")
         check_keys(TextCacheSpec, out.text_cache, "text_cache keys")
-        unknown = set(out.slip) - {"crop_scale", "blur_p", "flip_p", "brightness", "saturation", "resize"}
+        unknown = set(out.slip) - {"crop_scale", "blur_p", "flip_p", "brightness", "saturation", "resize", "videos"}
         if unknown:
-            raise ValueError(f"unknown slip keys {sorted(unknown)}; known: TrainTransform's augmentation arguments")
+            raise ValueError(f"unknown slip keys {sorted(unknown)}; known: videos and TrainTransform's augmentation "
+                             "arguments")
         return out
 
 
@@ -245,12 +247,14 @@ def prepare_clip(run: RunContext) -> StageRun:
     resolution = Resolution(run.data.resolution)
     slip = model.config.slip_weight > 0
     mean, std = normalization(run.data)
+    slip_spec = dict(extras.slip)
+    slip_videos = bool(slip_spec.pop("videos", True))  # SLIP's two-frame views of clips too (paper 4.2.4)
     view_kwargs = {"crop_scale": (0.08, 1.0), "blur_p": 0.5, **{k: tuple(v) if isinstance(v, list) else v
-                                                                 for k, v in extras.slip.items()}}
+                                                                 for k, v in slip_spec.items()}}
 
     def wrap_transform(transform):
         views = SimCLRViews(TrainTransform(resolution, image_mean=mean, image_std=std, **view_kwargs))
-        return WithSimCLRViews(transform, views)
+        return WithSimCLRViews(transform, views, video_views=slip_videos)
 
     text_inputs = text_inputs_for(run, model, tokenizer, captions, cache_spec, args.main_process_first)
     collator = CLIPCollator(text_inputs, base=SampleCollator(resolution=resolution),
@@ -263,7 +267,7 @@ def prepare_clip(run: RunContext) -> StageRun:
     eval_sets = build_eval_datasets(run.data)
     trainer = CLIPTrainer(
         model=model, args=args, train_loader=loader, eval_dataset=eval_sets or None, resolution=resolution,
-        tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column,
+        tokenizer=tokenizer, text_inputs=text_inputs, eval_caption_column=captions.column, slip_videos=slip_videos,
     )
 
     config = model.config  # not the model: a closure over it would keep an FSDP2-sharded copy alive after training
