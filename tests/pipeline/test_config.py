@@ -75,3 +75,18 @@ def test_evaluation_entries_that_repeat_each_other_are_refused(tmp_path):
                                     "evaluation": [run, dict(run)]}))
     with pytest.raises(ValueError, match="evaluation entries 1 and 2 are the same"):
         load_pipeline_config(path)
+
+
+def test_the_pipeline_seed_reaches_every_stage_over_its_base_config(tmp_path):
+    """`seed: 1` at the top of a pipeline YAML seeds every stage, although each base config says `seed: 0`
+    (it was silently ignored); a stage's own `seed:` still wins."""
+    config = yaml.safe_load(preset_path("tiny").read_text())
+    for section in config["stages"].values():
+        section["base"] = str(CONFIGS / section["base"])
+    config["seed"] = 1
+    config["stages"]["distill"]["seed"] = 7
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    seeds = {name: section["seed"] for name, section in load_pipeline_config(path)["stages"].items()}
+    assert load_run_config(CONFIGS / "mae_tiny.yaml")["seed"] == 0
+    assert seeds == {"mae": 1, "hashtag": 1, "clip": 1, "distill": 7, "compress": 1}

@@ -86,13 +86,13 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
     for name, section in raw["stages"].items():
         get_stage(name)  # a clear error for an unknown stage
         section = dict(section or {})
+        if "seed" in raw and "seed" not in section:  # the pipeline's seed beats its base config's, not the stage's own
+            section["seed"] = raw["seed"]
         if "base" in section:
             base_path = path.parent / section.pop("base")
             with open(base_path, encoding="utf-8") as f:
                 section = _merge(yaml.safe_load(f), section)
         section.setdefault("stage", name)
-        if "seed" in raw:
-            section.setdefault("seed", raw["seed"])
         section.setdefault("training", {})["output_dir"] = f"{OUTPUT}/{name}"
         for parent in references(section, name):
             if parent not in stages:
