@@ -20,6 +20,8 @@ Experiments (tiny preset; evaluation through `xray_hf.eval.run_eval` on the save
   trained once) against the same CLIP run from random init at the same CLIP budget (paper Table 6): OpenMoji
   retrieval, moving-shapes video zero-shot (shape x direction, shape, direction) and a Fashion-MNIST linear probe.
 - `ablation`: the same CLIP run from the hashtag checkpoint with SLIP on/off and denoising on/off.
+- `video_factors`: configs/clip_tiny.yaml on moving-shapes clips alone, one factor changed at a time (random init
+  or the MAE -> hashtag checkpoint, CLS or mean pooling, two-frame SLIP, denoising); `--towers` picks variants.
 - `video`: CLIP on moving-shapes clips alone ("a red circle moving left"), plain text tower from scratch; zero-shot
   on the test clips over shape x direction, shape alone and direction alone (chance 1/12, 1/3, 1/4).
 """
@@ -343,6 +345,55 @@ def video(output: str, seeds: list[int], steps: int) -> dict:
     return {"runs": runs, "mean_std": summarize(runs), "steps": steps}
 
 
+VIDEO_FACTORS = {  # name: (vision init, pooling, SLIP, denoising), all with the frozen MiniLM tower
+    "scratch_plain": ("scratch", "cls", False, False),
+    "scratch_denoise": ("scratch", "cls", False, True),
+    "scratch_slip": ("scratch", "cls", True, False),
+    "scratch_mean_pool_denoise": ("scratch", "mean", False, True),
+    "hashtag_init_denoise": ("hashtag", "cls", False, True),
+    "hashtag_init_mean_pool_denoise": ("hashtag", "mean", False, True),
+}
+
+
+def video_factors(output: str, seeds: list[int], steps: int, hashtag_dir: str,
+                  variants: list[str] | None = None) -> dict:
+    """configs/clip_tiny.yaml on moving-shapes clips alone (no images), one factor changed at a time: where the
+    vision tower starts (random init or the MAE -> hashtag checkpoint), its pooling, two-frame SLIP, denoising.
+    Zero-shot on the 120 test clips over shape x direction, shape and direction."""
+    res = {}
+    for name, (init, pooling, slip, denoise) in VIDEO_FACTORS.items():
+        if variants and name not in variants:
+            continue
+        runs = []
+        for seed in seeds:
+            out = os.path.join(output, f"video_factors_{name}_seed{seed}")
+            done = os.path.join(out, "learn_clip_result.json")
+            if os.path.exists(done):
+                with open(done) as f:
+                    runs.append(json.load(f))
+                continue
+            config = load_run_config(os.path.join(ROOT, "configs", "clip_tiny.yaml"))
+            vision = dict(VISION_TINY) if init == "scratch" else {"from_pretrained": hashtag_dir}
+            vision["config"] = {**vision.get("config", {}), "pooling": pooling}
+            config["seed"] = seed
+            config["model"]["vision"] = vision
+            config["model"]["config"].update(slip_weight=1.0 if slip else 0.0, lambda_den=1.0 if denoise else 0.0,
+                                             hashtag_loss_weight=0.0)
+            for key in ("image", "video_fraction", "eval"):
+                config["data"].pop(key, None)
+            config["text_cache"] = {"dir": os.path.join(output, "text_cache_video_factors")}
+            config["training"].update(output_dir=out, max_steps=steps, resolution_schedule=None, **QUIET)
+            start = time.time()
+            run_stage("clip", config)
+            runs.append({**video_zero_shot(out), "train_seconds": time.time() - start})
+            with open(done, "w") as f:
+                json.dump(runs[-1], f, indent=2)
+            log(f"video_factors {name} seed {seed}: {runs[-1]}")
+        res[name] = {"runs": runs, "mean_std": summarize(runs)}
+    res["steps"] = steps
+    return res
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="runs/learn_clip")
@@ -369,6 +420,9 @@ def main() -> None:
             results[experiment] = towers(args.output, args.seeds, args.steps or 600, cache_dir, args.towers)
         elif experiment == "video":
             results[experiment] = video(args.output, args.seeds, args.steps or 600)
+        elif experiment == "video_factors":
+            hashtag_dir = pretrain(args.output, args.pretrain_steps, args.pretrain_steps)
+            results[experiment] = video_factors(args.output, args.seeds, args.steps or 300, hashtag_dir, args.towers)
         elif experiment in ("order", "ablation"):
             hashtag_dir = pretrain(args.output, args.pretrain_steps, args.pretrain_steps)
             run = order if experiment == "order" else ablation
