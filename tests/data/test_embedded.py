@@ -12,7 +12,7 @@ from xray_hf.data import embedded, embedded_builders, load_embedded
 from xray_hf.data.decoding import ImageDecoder, VideoDecoder
 from xray_hf.data.embedded_builders import split_indices, with_article
 from xray_hf.data.loader import StreamingDataLoader
-from xray_hf.data.sources import DecodedStream
+from xray_hf.data.streams import DecodedStream
 
 
 def _splits(name):
