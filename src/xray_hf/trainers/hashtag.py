@@ -2,7 +2,7 @@
 
 Batches carry `pixel_values` and the multi-hot `labels` that [`HashtagCollator`] builds from each sample's
 hashtag list. Evaluation reports mean average precision over the hashtags present in the evaluation set
-(`eval_mAP`) and precision at 1 and 5 ([`hashtag_metrics`]).
+(`eval_mAP`) and precision at 1 and 5 (`xray_hf.eval.metrics.hashtag_metrics`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction
 
 from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
+from ..eval.metrics import hashtag_metrics
 from ..losses import hashtag_loss
 from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
 from .base import XrayTrainer, XrayTrainingArguments
@@ -63,35 +62,6 @@ class HashtagCollator:
             batch = {"pixel_values": torch.stack([torch.as_tensor(s["pixel_values"]) for s in samples])}
         batch["labels"] = self.vocabulary.encode(tags)
         return batch
-
-
-def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Hashtag retrieval metrics of an evaluation run.
-
-    `mAP`: mean over hashtags with at least one positive of the average precision (ranking the samples by the
-    hashtag's score). `precision@k`: fraction of each sample's top-k hashtags that are correct, averaged over
-    samples with at least one label. A vocabulary of `V < k` hashtags has no k-th hashtag: its top-k list is the
-    whole vocabulary, so `precision@k` is then the fraction of those `V` that are correct (equal to
-    `precision@V`). Names always keep the requested k, so `metric_for_best_model` holds for any vocabulary.
-    """
-    from sklearn.metrics import average_precision_score
-
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty tuple of positive integers, got {ks!r}")
-    scores = np.asarray(eval_pred.predictions, dtype=np.float64)
-    labels = np.asarray(eval_pred.label_ids) > 0.5
-    present = labels.any(axis=0)
-    if not present.any():
-        raise ValueError("no hashtag of the vocabulary occurs in the evaluation labels")
-    ap = average_precision_score(labels[:, present], scores[:, present], average=None)
-    metrics = {"mAP": float(np.mean(ap))}
-    labelled = labels.any(axis=1)
-    order = np.argsort(-scores[labelled], axis=1)
-    for k in ks:
-        top = min(int(k), scores.shape[1])
-        hits = np.take_along_axis(labels[labelled], order[:, :top], axis=1)
-        metrics[f"precision@{int(k)}"] = float(hits.mean())
-    return metrics
 
 
 class HashtagTrainer(XrayTrainer):
@@ -178,6 +148,6 @@ def prepare_hashtag(run: RunContext) -> StageRun:
 
 
 __all__ = [
-    "HashtagCollator", "HashtagRunExtras", "HashtagTrainer", "HashtagTrainingArguments", "hashtag_metrics",
+    "HashtagCollator", "HashtagRunExtras", "HashtagTrainer", "HashtagTrainingArguments",
     "prepare_hashtag",
 ]
