@@ -14,12 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
-from ..eval.metrics import hashtag_metrics
 from ..losses import hashtag_loss
 from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
 from .base import XrayTrainer, XrayTrainingArguments
-from .run import RunContext, StageRun, build_visual_model, image_processor_for
 
 
 @dataclass
@@ -104,50 +101,4 @@ class HashtagTrainer(XrayTrainer):
         return loss.detach(), outputs.logits.detach(), inputs["labels"].detach()
 
 
-@dataclass
-class HashtagRunExtras:
-    """The hashtag stage's own run-config keys: `vocabulary:` (`source:` a data source to count tags in, default
-    the training sources; `column:`, default `hashtags`; plus `HashtagVocabulary.from_tag_lists` arguments)."""
-
-    vocabulary: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_hashtag(run: RunContext) -> StageRun:
-    """The `hashtag` stage of the run-config table (`xray_hf.stages`)."""
-    import os
-
-    from ..data import SampleCollator
-    from ..modeling.hashtag import XrayVisualForHashtagClassification
-
-    vocab_spec = dict((run.extras.vocabulary if run.extras else None) or {})
-    source = vocab_spec.pop("source", None)
-    data = run.data
-    vocab_sources = [SourceSpec.from_dict(source)] if source else [s for s in (data.image, data.video) if s]
-    column = vocab_spec.pop("column", "hashtags")
-    tag_lists = [tags for spec in vocab_sources for tags in source_table(spec)[column]]
-    vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
-    model = build_visual_model(XrayVisualForHashtagClassification, run.config["model"], **vocabulary.config_kwargs())
-    args = run.training_args()
-    loader = build_train_loader(data, run.seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
-                                rank=args.process_index, world_size=args.world_size)
-    trainer = HashtagTrainer(
-        model=model, args=args, data_collator=HashtagCollator(vocabulary), train_loader=loader,
-        eval_dataset=build_eval_dataset(data), compute_metrics=hashtag_metrics,
-    )
-
-    def after_training(trainer: HashtagTrainer, results: dict) -> None:
-        if trainer.eval_dataset is not None:
-            results["eval"] = trainer.evaluate()  # on every rank: it shards the set and gathers the predictions
-
-    def save_artifacts(trainer: HashtagTrainer, results: dict, output_dir: str) -> None:
-        image_processor_for(data).save_pretrained(output_dir)
-        vocabulary.save(os.path.join(output_dir, "hashtag_vocabulary.json"))  # with counts; labels are in config
-
-    return StageRun(trainer, results={"vocabulary_size": len(vocabulary)}, after_training=after_training,
-                    save_artifacts=save_artifacts)
-
-
-__all__ = [
-    "HashtagCollator", "HashtagRunExtras", "HashtagTrainer", "HashtagTrainingArguments",
-    "prepare_hashtag",
-]
+__all__ = ["HashtagCollator", "HashtagTrainer", "HashtagTrainingArguments"]
