@@ -30,12 +30,8 @@ from xray_hf.eval.compression import CompressionSetting, compression_retention
 from learn_clip import PLAIN_TEXT, TRAIN_TEMPLATES, VISION_TINY  # scripts/ (the script's folder is on sys.path)
 
 from xray_hf.checkpoint import load_checkpoint
-from xray_hf.trainers.compression import (
-    TextSpec,
-    embed_source,
-    fit_embedding_compression,
-    retention_inputs,
-)
+from xray_hf.trainers.compression import fit_embedding_compression
+from xray_hf.trainers.compression_run import TextSpec, embed_source, retention_inputs
 from xray_hf.data.inputs import SourceSpec
 from xray_hf.trainers.run import run_stage
 

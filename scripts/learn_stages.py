@@ -28,7 +28,8 @@ from xray_hf.modeling.mae_visualization import save_reconstruction_grid
 from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
 from xray_hf.data.inputs import DataSpec, SourceSpec, source_table, build_eval_dataset
 from xray_hf.trainers.mae import mae_eval
-from xray_hf.trainers.run import build_visual_model, load_run_config, run_stage
+from xray_hf.trainers.build import build_visual_model
+from xray_hf.trainers.run import load_run_config, run_stage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUIET = {"disable_tqdm": True, "report_to": ["tensorboard"], "save_total_limit": 1}

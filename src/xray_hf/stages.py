@@ -55,16 +55,16 @@ STAGES: dict[str, Stage] = {
         Stage(
             name="mae",
             help="stage 1: masked autoencoding on images and videos (paper 4.2.1)",
-            prepare="xray_hf.trainers.mae:prepare_mae",
+            prepare="xray_hf.trainers.mae_run:prepare_mae",
             arguments="xray_hf.trainers.mae:MAETrainingArguments",
             artifacts=("reconstruction.png",),
         ),
         Stage(
             name="hashtag",
             help="stage 2: hashtag classification (paper 4.2.2)",
-            prepare="xray_hf.trainers.hashtag:prepare_hashtag",
+            prepare="xray_hf.trainers.hashtag_run:prepare_hashtag",
             arguments="xray_hf.trainers.hashtag:HashtagTrainingArguments",
-            extras="xray_hf.trainers.hashtag:HashtagRunExtras",
+            extras="xray_hf.trainers.hashtag_run:HashtagRunExtras",
             previous="mae",
             artifacts=("hashtag_vocabulary.json",),
         ),
@@ -106,9 +106,9 @@ STAGES: dict[str, Stage] = {
         Stage(
             name="compress",
             help="compressed embeddings: learned 100-d / Matryoshka projection, calibrated int8, binary (paper 6.3-6.4)",
-            prepare="xray_hf.trainers.compression:prepare_compress",
+            prepare="xray_hf.trainers.compression_run:prepare_compress",
             arguments="xray_hf.trainers.compression:CompressionTrainingArguments",
-            extras="xray_hf.trainers.compression:CompressionRunExtras",
+            extras="xray_hf.trainers.compression_run:CompressionRunExtras",
             previous="clip",
         ),
     )

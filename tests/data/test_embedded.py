@@ -12,7 +12,7 @@ from xray_hf.data import embedded, embedded_builders, load_embedded
 from xray_hf.data.decoding import ImageDecoder, VideoDecoder
 from xray_hf.data.embedded_builders import split_indices, with_article
 from xray_hf.data.loader import StreamingDataLoader
-from xray_hf.data.sources import DecodedStream
+from xray_hf.data.streams import DecodedStream
 
 
 def _splits(name):
@@ -96,7 +96,7 @@ def test_photos_have_their_descriptions():
 
 def test_moving_shapes_labels_match_the_pixels():
     parts = _splits("moving-shapes")
-    _check_splits(parts, {"train": 192, "validation": 24, "test": 24})
+    _check_splits(parts, {"train": 960, "validation": 120, "test": 120})
     test = parts["test"]
     names = test.features["label"].names
     decoder = VideoDecoder(num_frames=16, stride=1, sampling="center")

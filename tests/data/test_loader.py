@@ -13,7 +13,8 @@ import torch
 
 from xray_hf.data.decoding import ImageDecoder
 from xray_hf.data.loader import SampleCollator, StreamingDataLoader, steps_per_epoch
-from xray_hf.data.sources import DecodedStream, ShardCountError, load_source
+from xray_hf.data.sources import load_source
+from xray_hf.data.streams import DecodedStream, ShardCountError
 from xray_hf.data.transforms import Resolution, TrainTransform
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from xray_hf.data import load_embedded
 from xray_hf.data.decoding import VideoDecoder
-from xray_hf.data.sources import DecodedStream, load_source
+from xray_hf.data.sources import load_source
+from xray_hf.data.streams import DecodedStream
 from xray_hf.data.writers import write_shards
 
 

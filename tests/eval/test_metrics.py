@@ -5,9 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
+from transformers import EvalPrediction
 
 from xray_hf.eval.metrics import (
     classification_metrics,
+    hashtag_metrics,
     recall_curve,
     retrieval_metrics,
     top_k_indices,
@@ -242,3 +244,37 @@ def test_recall_curve_and_top_k():
     top = top_k_indices(texts, items, 3)
     assert top.shape == (30, 3)
     assert curve["image_retrieval"][0] == pytest.approx((top[:, 0] == torch.arange(30)).float().mean().item())
+
+
+# ------------------------------------------------------------------------------------------------ hashtags
+
+
+def test_hashtag_metrics_match_a_hand_computation():
+    scores = np.array([[0.9, 0.1, 0.3], [0.2, 0.8, 0.1], [0.7, 0.6, 0.5], [0.1, 0.2, 0.4]])
+    labels = np.array([[1, 0, 0], [0, 1, 0], [0, 1, 0], [0, 0, 0]])
+    m = hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels))
+    # label 0: one positive ranked first -> AP 1; label 1: positives ranked 1st and 2nd -> AP 1; label 2 absent
+    assert m["mAP"] == pytest.approx(1.0)
+    assert m["precision@1"] == pytest.approx(2 / 3)  # rows 0, 1 right; row 2 ranks label 0 first; row 3 unlabelled
+    labels[0] = [1, 0, 1]  # label 2's only positive (score 0.3) is ranked 3rd of 4 -> AP 1/3
+    m = hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels))
+    assert m["mAP"] == pytest.approx((1 + 1 + 1 / 3) / 3)
+    # 3 hashtags < k=5: the top-5 list is the whole vocabulary, scored over its 3 entries, named as requested
+    assert m["precision@5"] == pytest.approx((2 / 3 + 1 / 3 + 1 / 3) / 3)
+
+
+@pytest.mark.parametrize("num_labels", [1, 2, 4, 5, 7])
+def test_hashtag_metric_names_do_not_depend_on_the_vocabulary_size(num_labels):
+    """`metric_for_best_model="precision@5"` must name a metric for every vocabulary, however small."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(6, num_labels))
+    labels = np.zeros((6, num_labels))
+    labels[np.arange(6), rng.integers(0, num_labels, size=6)] = 1
+    m = hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels))
+    assert set(m) == {"mAP", "precision@1", "precision@5"}
+    assert set(hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels), ks=(3,))) == {"mAP", "precision@3"}
+    if num_labels == 1:
+        assert m["precision@5"] == 1.0  # the whole (one-hashtag) vocabulary, always right
+    for bad in ((0,), (2.5,), ()):
+        with pytest.raises(ValueError, match="ks"):
+            hashtag_metrics(EvalPrediction(predictions=scores, label_ids=labels), ks=bad)

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from xray_hf.data.decoding import ImageDecoder
-from xray_hf.data.sources import DecodedStream, load_source
+from xray_hf.data.sources import load_source
+from xray_hf.data.streams import DecodedStream
 
 
 def test_pushed_dataset_streams_into_decoded_stream(hub_server):

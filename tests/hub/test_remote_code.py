@@ -70,7 +70,7 @@ def test_classifier_export_maps_image_classification(tmp_path):
 
 def test_flattening_rewrites_relative_package_and_function_level_imports():
     source = flatten_source("xray_hf.modeling.clip")
-    assert "from .configuration_clip import XrayCLIPConfig" in source
+    assert "from .configuration_clip import LOGIT_SCALE_MAX, XrayCLIPConfig" in source
     assert "        from .losses_clip import CLIPStageLoss" in source  # lazy import inside a method, flattened too
     assert not re.search(r"^\s*(from\s+(\.\.|xray_hf)|import\s+xray_hf)", source, flags=re.MULTILINE)
 

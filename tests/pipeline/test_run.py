@@ -306,12 +306,12 @@ def replay_stage(name: str, section: dict, ranks: list[dict], output_dir, patch:
     """One process trains stage `name` from the same parents on the union of the ranks' batches, with their random
     draws (MAE masks, denoiser noise); returns its results."""
     from xray_hf.modeling.clip import XrayCLIPDenoiser
-    from xray_hf.trainers import clip_run, compression, distill_run, hashtag, mae
+    from xray_hf.trainers import clip_run, compression, distill_run, hashtag_run, mae, mae_run
 
     batches = union_batches(ranks)
     noise = [batch.pop("noise", None) for batch in batches]
     denoise_noise = iter([batch.pop("denoise_noise", None) for batch in batches])
-    for module in (mae, hashtag, clip_run, distill_run):
+    for module in (mae_run, hashtag_run, clip_run, distill_run):
         patch.setattr(module, "build_train_loader", lambda *a, **k: ReplayLoader(batches))
     patch.setattr(compression.CompressionTrainer, "get_train_dataloader", lambda self: ReplayLoader(batches))
     patch.setattr(mae.MAETrainer, "mask_noise",

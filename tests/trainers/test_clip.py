@@ -338,8 +338,10 @@ def test_llm2clip_tower_trains_from_its_text_cache(tmp_path):
     assert all(p.requires_grad for p in model.text_model.adapter.parameters())
     # a cached caption gives what running the frozen LLM on it gives
     from xray_hf.data import load_embedded
+    from xray_hf.data.tables import take_samples
 
-    texts = load_embedded("openmoji", "train")["caption"][:2]
+    trained = take_samples(load_embedded("openmoji", "train"), config["data"]["image"]["max_samples"])
+    texts = trained["caption"][:2]  # rows the run trained on, so their captions are in the cache
     batch = TokenizedTexts.for_config(tokenizer, model.config.text_config)(texts)
     with torch.no_grad():
         tokens = model.get_text_features(**batch).pooler_output

@@ -154,7 +154,7 @@ def test_bad_distill_configs_are_refused(clip_teacher, tmp_path):
 
 def test_teacher_cache_is_keyed_by_sample_and_teacher_and_refuses_stale_use(clip_teacher, tmp_path):
     from xray_hf.data.inputs import build_eval_dataset
-    from xray_hf.trainers.run import normalization
+    from xray_hf.trainers.build import normalization
     from xray_hf.caches.teacher import StaleTeacherCacheError, TeacherEmbeddingCache
 
     config = distill_config(tmp_path / "student", clip_teacher, max_steps=6)

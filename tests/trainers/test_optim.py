@@ -1,10 +1,12 @@
+import re
+
 import pytest
 import torch
 from timm.optim import Lion
 
-from xray_hf import XrayVisualConfig, XrayVisualForHashtagClassification, XrayVisualForPreTraining
+from xray_hf import XrayVisualConfig, XrayVisualForHashtagClassification, XrayVisualForPreTraining, XrayVisualModel
 from xray_hf.trainers import XrayTrainer, XrayTrainingArguments
-from xray_hf.trainers.optim import build_optimizer, layer_id, param_groups
+from xray_hf.trainers.optim import build_optimizer, param_groups
 
 
 def tiny_mae():
@@ -32,9 +34,10 @@ def test_weight_decay_only_on_weight_matrices():
 
 def test_layer_wise_lr_decay():
     model = XrayVisualForHashtagClassification(XrayVisualConfig.from_preset("tiny", num_labels=5))  # 4 layers
-    assert layer_id("xray_visual.embeddings.cls_token", 4) == 0
-    assert layer_id("xray_visual.encoder.layer.2.mlp.fc1.weight", 4) == 3
-    assert layer_id("classifier.weight", 4) == 5
+    backbone = model.xray_visual  # the backbone declares the depths
+    assert backbone.layer_id("embeddings.cls_token") == 0
+    assert backbone.layer_id("encoder.layer.2.mlp.fc1.weight") == 3
+    assert backbone.layer_id("layernorm.weight") == 5
     groups = param_groups(model, 1.0, 0.0, layer_decay=0.5)
     lr = {n: g["lr"] for g in groups for n in g["names"]}
     assert lr["classifier.weight"] == 1.0 and lr["xray_visual.layernorm.weight"] == 1.0
@@ -66,3 +69,80 @@ def test_lion_and_adamw(tmp_path):
     for group in trainer.optimizer.param_groups:  # the scheduler multiplies each group's own (scaled) lr
         assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"])
         assert group["weight_decay"] in (0.0, 0.05)
+
+
+# --------------------------------------------------------------- the groups the models declare = the old name rules
+
+_OLD_NO_DECAY = re.compile(
+    r"(bias$|norm|layernorm|cls_token|register_tokens|mask_token|position_embeddings|attention_pooling\.query)"
+)
+
+
+def _old_layer_id(name, num_layers):
+    match = re.search(r"(?:^|\.)encoder\.layer\.(\d+)\.", name)
+    if match:
+        return int(match.group(1)) + 1
+    if re.search(r"(?:^|\.)embeddings\.", name) and not name.startswith("decoder."):
+        return 0
+    return num_layers + 1
+
+
+def _old_settings(model, layer_decay=None):
+    """(lr scale, weight decay) of every trainable parameter, by the name matching param_groups used before models
+    declared `no_weight_decay()` and `layer_id()`."""
+    declared = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    num_layers = getattr(model.config, "num_hidden_layers", None)
+    settings = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            decay = param.ndim > 1 and not _OLD_NO_DECAY.search(name) and name not in declared
+            scale = layer_decay ** (num_layers + 1 - _old_layer_id(name, num_layers)) if layer_decay else 1.0
+            settings[name] = (scale, 0.05 if decay else 0.0)
+    return settings
+
+
+def _settings(model, layer_decay=None):
+    groups = param_groups(model, 1.0, 0.05, layer_decay=layer_decay)
+    return {name: (g["lr_scale"], g["weight_decay"]) for g in groups for name in g["names"]}
+
+
+def _tiny_clip(text_config):
+    from xray_hf import XrayCLIPConfig, XrayCLIPModel
+
+    vision = XrayVisualConfig.from_preset("tiny", pooling="attention")
+    return XrayCLIPModel(XrayCLIPConfig(vision_config=vision.to_dict(), text_config=text_config, projection_dim=16))
+
+
+def _shipped_models():
+    from xray_hf import XrayLLM2CLIPTextConfig
+    from xray_hf.configuration.text import XrayTextConfig
+    from xray_hf.modeling.classification import XrayVisualForImageClassification
+    from xray_hf.modeling.distillation import XrayVisualForDistillation
+
+    torch.manual_seed(0)
+    tiny = dict(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, projection_dim=16)
+    clip = _tiny_clip(XrayTextConfig(vocab_size=100, max_position_embeddings=32, **tiny).to_dict())
+    compressed = _tiny_clip(XrayTextConfig(vocab_size=100, max_position_embeddings=32, **tiny).to_dict())
+    compressed.add_embedding_compression({"compressed_dim": 8, "matryoshka_dims": [4]})
+    llm = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+    llama = _tiny_clip(XrayLLM2CLIPTextConfig(llm_config=dict(model_type="llama", num_key_value_heads=2, **llm),
+                                              projection_dim=16, freeze_llm=False).to_dict())
+    bert = _tiny_clip(XrayLLM2CLIPTextConfig(llm_config=dict(model_type="bert", **llm), projection_dim=16,
+                                             freeze_llm=False).to_dict())
+    return {
+        "backbone": XrayVisualModel(XrayVisualConfig.from_preset("tiny", pooling="attention")),
+        "mae": tiny_mae(),
+        "hashtag": XrayVisualForHashtagClassification(XrayVisualConfig.from_preset("tiny", num_labels=5)),
+        "classification": XrayVisualForImageClassification(XrayVisualConfig.from_preset("tiny", num_labels=3)),
+        "distillation": XrayVisualForDistillation(XrayVisualConfig.from_preset("tiny")),
+        "clip": clip, "clip_compressed": compressed, "clip_llama_tower": llama, "clip_bert_tower": bert,
+    }
+
+
+def test_declared_groups_are_the_old_name_matching_groups():
+    for kind, model in _shipped_models().items():
+        assert _settings(model) == _old_settings(model), kind
+        if getattr(model.config, "num_hidden_layers", None) is not None:
+            assert _settings(model, layer_decay=0.5) == _old_settings(model, layer_decay=0.5), kind
+    bert = _shipped_models()["clip_bert_tower"]
+    assert _settings(bert)["text_model.llm.embeddings.position_embeddings.weight"] == (1.0, 0.0)

@@ -86,8 +86,8 @@ def test_cli_trains_mae_then_hashtag_from_its_checkpoint(tmp_path, capsys):
 
     hashtag = {
         "stage": "hashtag", "seed": 0, "model": {"from_pretrained": str(out)}, "vocabulary": {"min_count": 2},
-        "data": {"resolution": 16, "image": {"name": "openmoji", "batch_size": 8, "max_samples": 32},
-                 "eval": {"name": "openmoji", "split": "validation", "max_samples": 16}, "augment": augment},
+        "data": {"resolution": 16, "image": {"name": "openmoji", "batch_size": 8, "max_samples": 96},
+                 "eval": {"name": "openmoji", "split": "validation", "max_samples": 48}, "augment": augment},
         "training": {"output_dir": str(tmp_path / "hashtag"), "max_steps": 2, "report_to": [], "disable_tqdm": True,
                      "hashtag_loss": "bce"},
     }

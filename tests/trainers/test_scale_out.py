@@ -33,7 +33,7 @@ from xray_hf import (
     XrayVisualForPreTraining,
     XrayVisualModel,
 )
-from xray_hf.trainers import clip_run, compression, mae
+from xray_hf.trainers import clip_run, compression, mae, mae_run
 from xray_hf.trainers.run import run_stage
 
 from .test_distributed import HASHTAG, MODEL, free_port, launch
@@ -380,7 +380,7 @@ def references(chained, tmp_path_factory, monkeypatch_module):
     results = {}
     mae_batches = union_batches(runs["mae_ddp"])
     noise = [batch.pop("noise") for batch in mae_batches]
-    monkeypatch_module.setattr(mae, "build_train_loader", lambda *a, **k: ReplayLoader(mae_batches))
+    monkeypatch_module.setattr(mae_run, "build_train_loader", lambda *a, **k: ReplayLoader(mae_batches))
     monkeypatch_module.setattr(mae.MAETrainer, "mask_noise",
                                lambda self, model, pixels: noise[self.state.global_step] if model.training else None)
     results["mae"] = run_stage("mae", with_training(MAE, output_dir=str(out / "mae"), save_strategy="no"))

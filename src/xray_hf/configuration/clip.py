@@ -14,6 +14,8 @@ from .compression import XrayCompressionConfig
 from .text import XrayLLM2CLIPTextConfig, XrayTextConfig
 from .visual import XrayConfigMixin, XrayVisualConfig, _is_number
 
+LOGIT_SCALE_MAX = math.log(100)  # the largest logit scale (log of the inverse temperature), as in CLIP
+
 TEXT_CONFIG_CLASSES = {cls.model_type: cls for cls in (XrayLLM2CLIPTextConfig, XrayTextConfig)}
 
 
@@ -177,7 +179,7 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
                 f"text_config.projection_dim ({self.text_config.projection_dim}) differs from projection_dim "
                 f"({self.projection_dim}): both towers must project into the same space"
             )
-        if not _is_number(self.logit_scale_init_value) or not 0.0 <= self.logit_scale_init_value <= math.log(100):
+        if not _is_number(self.logit_scale_init_value) or not 0.0 <= self.logit_scale_init_value <= LOGIT_SCALE_MAX:
             raise ValueError(f"logit_scale_init_value must be in [0, log 100], got {self.logit_scale_init_value!r}")
         if not _is_number(self.label_smoothing) or not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
@@ -193,4 +195,4 @@ class XrayCLIPConfig(XrayConfigMixin, PreTrainedConfig):
             XrayCompressionConfig.from_dict(self.compression_config).validate(self.projection_dim)
 
 
-__all__ = ["XrayCLIPConfig", "TEXT_CONFIG_CLASSES"]
+__all__ = ["XrayCLIPConfig", "LOGIT_SCALE_MAX", "TEXT_CONFIG_CLASSES"]

@@ -31,7 +31,8 @@ from .embedded_builders import with_article
 from .loader import EpochStats, SampleCollator, StreamingDataLoader
 from .moving_shapes import encode_video, render_moving_shape
 from .sampling import ModalitySchedule, MultimodalLoader, modality_probabilities
-from .sources import DecodedStream, ShardCountError, check_num_shards, folder_source, load_source
+from .sources import folder_source, load_source
+from .streams import DecodedStream, ShardCountError, check_num_shards
 from .transforms import EvalTransform, Resolution, SimCLRViews, TrainTransform, WithSimCLRViews
 from .writers import write_shards
 

@@ -29,7 +29,8 @@ from .decoding import ImageDecoder, VideoDecoder
 from .embedded import load_embedded
 from .loader import SampleCollator, StreamingDataLoader
 from .sampling import ModalitySchedule, MultimodalLoader
-from .sources import DecodedStream, load_source, undecoded
+from .sources import load_source, undecoded
+from .streams import DecodedStream
 from .tables import DecodedDataset, take_samples
 from .transforms import EvalTransform, Resolution, TrainTransform
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchvision.transforms.v2 import functional as F
 
-from .sources import MAX_WORKERS, DecodedStream, check_num_shards
+from .streams import MAX_WORKERS, DecodedStream, check_num_shards
 
 logger = logging.getLogger(__name__)
 

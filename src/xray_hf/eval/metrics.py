@@ -13,6 +13,9 @@ Retrieval (`retrieval_metrics`), with several captions per item:
 - `*_mean_rank`, `*_median_rank` (open_clip's `get_clip_metrics`): 1-based rank of the first correct candidate;
   the median is open_clip's `floor(median(0-based ranks)) + 1` (an even count's median is rounded down).
 
+Hashtags (`hashtag_metrics`, the hashtag stage's `compute_metrics`): `mAP` over the hashtags present and
+`precision@k`.
+
 Ties. CLIP_benchmark and open_clip break ties by `torch.topk`'s order, so a collapsed model (all embeddings
 equal) scores anywhere between 0 and 1 depending on the index of the answer. Here every hit is the *expected*
 value under a uniformly random order of tied candidates: a collapsed model scores chance (k / candidates),
@@ -24,10 +27,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from transformers import EvalPrediction
 
 TIE_TOLERANCE = 1e-6
 _CHUNK = 1024  # query rows scored at a time: bounds memory at chunk x candidates
@@ -252,10 +259,41 @@ def top_k_indices(queries: torch.Tensor, candidates: torch.Tensor, k: int) -> to
     return scores.topk(min(k, scores.shape[1]), dim=1).indices
 
 
+
+def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
+    """Hashtag retrieval metrics of an evaluation run.
+
+    `mAP`: mean over hashtags with at least one positive of the average precision (ranking the samples by the
+    hashtag's score). `precision@k`: fraction of each sample's top-k hashtags that are correct, averaged over
+    samples with at least one label. A vocabulary of `V < k` hashtags has no k-th hashtag: its top-k list is the
+    whole vocabulary, so `precision@k` is then the fraction of those `V` that are correct (equal to
+    `precision@V`). Names always keep the requested k, so `metric_for_best_model` holds for any vocabulary.
+    """
+    from sklearn.metrics import average_precision_score
+
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ValueError(f"ks must be a non-empty tuple of positive integers, got {ks!r}")
+    scores = np.asarray(eval_pred.predictions, dtype=np.float64)
+    labels = np.asarray(eval_pred.label_ids) > 0.5
+    present = labels.any(axis=0)
+    if not present.any():
+        raise ValueError("no hashtag of the vocabulary occurs in the evaluation labels")
+    ap = average_precision_score(labels[:, present], scores[:, present], average=None)
+    metrics = {"mAP": float(np.mean(ap))}
+    labelled = labels.any(axis=1)
+    order = np.argsort(-scores[labelled], axis=1)
+    for k in ks:
+        top = min(int(k), scores.shape[1])
+        hits = np.take_along_axis(labels[labelled], order[:, :top], axis=1)
+        metrics[f"precision@{int(k)}"] = float(hits.mean())
+    return metrics
+
+
 __all__ = [
     "TIE_TOLERANCE",
     "classification_metrics",
     "cosine_scores",
+    "hashtag_metrics",
     "recall_curve",
     "retrieval_metrics",
     "top_k_indices",

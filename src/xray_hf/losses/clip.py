@@ -63,20 +63,20 @@ class ContrastiveLoss(BatchCoupledLoss):
     @fp32_loss
     def forward(
         self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
         logit_scale: torch.Tensor | float,
         logit_bias: torch.Tensor | float | None = None,
         output_dict: bool = False,
         group_ids: torch.Tensor | None = None,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        _check_pair("image_features", image_features, "text_features", text_features)
-        rows = image_features.shape[0]
+        _check_pair("image_embeds", image_embeds, "text_embeds", text_embeds)
+        rows = image_embeds.shape[0]
         _check_rows("group_ids", group_ids, rows)
-        scale = _scalar("logit_scale", logit_scale, image_features)
-        bias = None if logit_bias is None else _scalar("logit_bias", logit_bias, image_features)
+        scale = _scalar("logit_scale", logit_scale, image_embeds)
+        bias = None if logit_bias is None else _scalar("logit_bias", logit_bias, image_embeds)
         rank, world_size = self.ranks()
-        image, text = _fp32(image_features), _fp32(text_features)
+        image, text = _fp32(image_embeds), _fp32(text_embeds)
         group_ids = None if group_ids is None else group_ids.to(image.device)
         (all_image, all_text, all_groups), sizes = gather_rows(
             [image, text, group_ids], rank, world_size, self.gather_with_grad
@@ -120,11 +120,11 @@ class SLIPLoss(BatchCoupledLoss):
 
     @fp32_loss
     def forward(
-        self, view_1_features: torch.Tensor, view_2_features: torch.Tensor, output_dict: bool = False
+        self, slip_embeds_1: torch.Tensor, slip_embeds_2: torch.Tensor, output_dict: bool = False
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        _check_pair("view_1_features", view_1_features, "view_2_features", view_2_features)
+        _check_pair("slip_embeds_1", slip_embeds_1, "slip_embeds_2", slip_embeds_2)
         rank, world_size = self.ranks()
-        z1, z2 = F.normalize(_fp32(view_1_features), dim=-1), F.normalize(_fp32(view_2_features), dim=-1)
+        z1, z2 = F.normalize(_fp32(slip_embeds_1), dim=-1), F.normalize(_fp32(slip_embeds_2), dim=-1)
         (all_1, all_2), sizes = gather_rows([z1, z2], rank, world_size, self.gather_with_grad)
         total, rows, device = sum(sizes), z1.shape[0], z1.device
         columns = torch.cat([all_1, all_2])  # view-1 rows of every rank, then view-2 rows
@@ -203,9 +203,9 @@ class SiameseCaptionLoss(nn.Module):
     @fp32_loss
     def forward(
         self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
-        hashtag_features: torch.Tensor | None,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        hashtag_embeds: torch.Tensor | None,
         logit_scale: torch.Tensor | float,
         logit_bias: torch.Tensor | float | None = None,
         hashtag_mask: torch.Tensor | None = None,
@@ -214,18 +214,18 @@ class SiameseCaptionLoss(nn.Module):
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         terms = {"caption_loss": self.caption_weight * self.contrastive(
-            image_features, text_features, logit_scale, logit_bias, group_ids=group_ids
+            image_embeds, text_embeds, logit_scale, logit_bias, group_ids=group_ids
         )}
-        if hashtag_features is not None:
+        if hashtag_embeds is not None:
             terms["hashtag_loss"] = self.hashtag_weight * self.hashtag_term(
-                image_features, hashtag_features, logit_scale, logit_bias, hashtag_mask, hashtag_group_ids
+                image_embeds, hashtag_embeds, logit_scale, logit_bias, hashtag_mask, hashtag_group_ids
             )
         return terms if output_dict else sum(terms.values())
 
     def hashtag_term(
         self,
-        image_features: torch.Tensor,
-        hashtag_features: torch.Tensor,
+        image_embeds: torch.Tensor,
+        hashtag_embeds: torch.Tensor,
         logit_scale: torch.Tensor | float,
         logit_bias: torch.Tensor | float | None = None,
         hashtag_mask: torch.Tensor | None = None,
@@ -233,13 +233,13 @@ class SiameseCaptionLoss(nn.Module):
     ) -> torch.Tensor:
         """The unweighted image-hashtag contrastive loss over the items that have hashtags; `group_ids` here are
         the hashtag texts' groups."""
-        _check_pair("image_features", image_features, "hashtag_features", hashtag_features)
-        _check_rows("hashtag_mask", hashtag_mask, image_features.shape[0])
+        _check_pair("image_embeds", image_embeds, "hashtag_embeds", hashtag_embeds)
+        _check_rows("hashtag_mask", hashtag_mask, image_embeds.shape[0])
         if hashtag_mask is not None:
-            keep = hashtag_mask.to(device=image_features.device, dtype=torch.bool)
-            image_features, hashtag_features = image_features[keep], hashtag_features[keep]
+            keep = hashtag_mask.to(device=image_embeds.device, dtype=torch.bool)
+            image_embeds, hashtag_embeds = image_embeds[keep], hashtag_embeds[keep]
             group_ids = None if group_ids is None else group_ids[keep]
-        return self.contrastive(image_features, hashtag_features, logit_scale, logit_bias, group_ids=group_ids)
+        return self.contrastive(image_embeds, hashtag_embeds, logit_scale, logit_bias, group_ids=group_ids)
 
 
 # ---- The CLIP stage's objective: every term above, called by keyword with the model's output fields.

@@ -40,10 +40,10 @@ class FeatureDistillationLoss(nn.Module):
         self.metric, self.rank, self.world_size = metric, rank, world_size
 
     @fp32_loss
-    def forward(self, student_features: torch.Tensor, teacher_features: torch.Tensor, output_dict: bool = False):
-        _check_pair("student_features", student_features, "teacher_features", teacher_features)
-        student = F.normalize(_fp32(student_features), dim=-1)
-        teacher = F.normalize(_fp32(teacher_features).detach(), dim=-1)
+    def forward(self, image_embeds: torch.Tensor, teacher_image_embeds: torch.Tensor, output_dict: bool = False):
+        _check_pair("image_embeds", image_embeds, "teacher_image_embeds", teacher_image_embeds)
+        student = F.normalize(_fp32(image_embeds), dim=-1)
+        teacher = F.normalize(_fp32(teacher_image_embeds).detach(), dim=-1)
         if self.metric == "cosine":
             per_row = 1.0 - (student * teacher).sum(dim=-1)
         else:
@@ -86,25 +86,25 @@ class RelationalDistillationLoss(BatchCoupledLoss):
     @fp32_loss
     def forward(
         self,
-        image_features: torch.Tensor,
-        text_features: torch.Tensor,
+        image_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
         logit_scale: torch.Tensor | float,
-        teacher_image_features: torch.Tensor,
-        teacher_text_features: torch.Tensor,
+        teacher_image_embeds: torch.Tensor,
+        teacher_text_embeds: torch.Tensor,
         teacher_logit_scale: torch.Tensor | float,
         output_dict: bool = False,
     ) -> torch.Tensor | dict[str, torch.Tensor]:
-        _check_pair("image_features", image_features, "text_features", text_features)
-        _check_pair("teacher_image_features", teacher_image_features, "teacher_text_features", teacher_text_features)
-        if teacher_image_features.shape[0] != image_features.shape[0]:
-            raise ValueError(f"teacher and student batches differ: {teacher_image_features.shape[0]} and "
-                             f"{image_features.shape[0]} rows")
-        scale = _scalar("logit_scale", logit_scale, image_features) / self.temperature
-        teacher_scale = _scalar("teacher_logit_scale", teacher_logit_scale, image_features).detach() / self.temperature
+        _check_pair("image_embeds", image_embeds, "text_embeds", text_embeds)
+        _check_pair("teacher_image_embeds", teacher_image_embeds, "teacher_text_embeds", teacher_text_embeds)
+        if teacher_image_embeds.shape[0] != image_embeds.shape[0]:
+            raise ValueError(f"teacher and student batches differ: {teacher_image_embeds.shape[0]} and "
+                             f"{image_embeds.shape[0]} rows")
+        scale = _scalar("logit_scale", logit_scale, image_embeds) / self.temperature
+        teacher_scale = _scalar("teacher_logit_scale", teacher_logit_scale, image_embeds).detach() / self.temperature
         rank, world_size = self.ranks()
-        image, text = F.normalize(_fp32(image_features), dim=-1), F.normalize(_fp32(text_features), dim=-1)
-        t_image = F.normalize(_fp32(teacher_image_features).detach(), dim=-1)
-        t_text = F.normalize(_fp32(teacher_text_features).detach(), dim=-1)
+        image, text = F.normalize(_fp32(image_embeds), dim=-1), F.normalize(_fp32(text_embeds), dim=-1)
+        t_image = F.normalize(_fp32(teacher_image_embeds).detach(), dim=-1)
+        t_text = F.normalize(_fp32(teacher_text_embeds).detach(), dim=-1)
         (all_image, all_text, all_t_image, all_t_text), sizes = gather_rows(
             [image, text, t_image, t_text], rank, world_size, self.gather_with_grad
         )

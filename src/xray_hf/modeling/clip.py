@@ -20,7 +20,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 
-from ..configuration.clip import XrayCLIPConfig
+from ..configuration.clip import LOGIT_SCALE_MAX, XrayCLIPConfig
 from ..configuration.visual import XrayVisualConfig
 from .compression import (
     XrayCompressionMixin,
@@ -213,7 +213,7 @@ class XrayCLIPModel(XrayCompressionMixin, XrayCLIPPreTrainedModel):
         """Parameters that never take weight decay: the logit scale (besides biases, norms and tokens)."""
         return {"logit_scale"}
 
-    def clamp_logit_scale(self, max_value: float = 4.605170185988092) -> None:
+    def clamp_logit_scale(self, max_value: float = LOGIT_SCALE_MAX) -> None:
         """Clamp `logit_scale` to [0, log 100] in place (after each optimizer step, as CLIP and open_clip do)."""
         with torch.no_grad():
             self.logit_scale.clamp_(0, max_value)

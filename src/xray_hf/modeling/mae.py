@@ -24,7 +24,13 @@ from transformers import initialization as init
 from ..configuration.visual import XrayVisualConfig
 from ..losses import masked_patch_loss
 from .outputs import XrayVisualForPreTrainingOutput
-from .visual import XrayVisualLayer, XrayVisualModel, XrayVisualPreTrainedModel, factorised_position_embeddings
+from .visual import (
+    XrayVisualLayer,
+    XrayVisualModel,
+    XrayVisualPreTrainedModel,
+    factorised_position_embeddings,
+    norms_and_biases,
+)
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int, tubelet_size: int) -> torch.Tensor:
@@ -126,6 +132,11 @@ class XrayVisualMAEDecoder(nn.Module):
         return factorised_position_embeddings(
             self.position_embeddings_time, self.position_embeddings_height, self.position_embeddings_width, grid
         )
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that never take weight decay: the mask token, the position tables, norms and biases."""
+        tokens = {"mask_token", "position_embeddings_time", "position_embeddings_height", "position_embeddings_width"}
+        return tokens | norms_and_biases(self)
 
     def predict(self, hidden_states: torch.Tensor, video: bool) -> torch.Tensor:
         """Pixel head: a tubelet per token for videos; for images the head averaged over the tubelet's frames."""

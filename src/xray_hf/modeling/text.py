@@ -50,6 +50,11 @@ class XrayTextTowerMixin:
         """`tokenizer(texts)` with this tower's `max_text_length` and `padding_side` (`config.tokenize`)."""
         return self.config.tokenize(tokenizer, texts, return_tensors=return_tensors, **overrides)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that never take weight decay: learned position tables named `position_embeddings` (BERT-style
+        LLMs; the CLIP text encoder's `position_embedding` decays, as in open_clip). 1-d ones never decay either."""
+        return {name for name, _ in self.named_parameters() if "position_embeddings" in name}
+
 
 class XrayTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpointingMixin, XrayHubMixin, PreTrainedModel):
     config: XrayTextConfig

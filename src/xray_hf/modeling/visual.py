@@ -50,6 +50,15 @@ def factorised_position_embeddings(
     return (pos_t[:, :, None, None] + pos_h[:, None, :, None] + pos_w[:, None, None, :]).flatten(1, 3)
 
 
+def norms_and_biases(module: nn.Module) -> set[str]:
+    """Names of `module`'s LayerNorm parameters and biases (relative to `module`), which never take weight decay."""
+    names = {name for name, _ in module.named_parameters() if name.endswith(".bias")}
+    for prefix, child in module.named_modules():
+        if isinstance(child, nn.LayerNorm):
+            names |= {f"{prefix}.{name}" for name, _ in child.named_parameters(recurse=False)}
+    return names
+
+
 class XrayVisualPatchEmbeddings(nn.Module):
     """Conv3d tubelet tokenizer; images use the time-summed kernel (identical to repeating the image)."""
 
@@ -104,6 +113,9 @@ class XrayVisualPatchEmbeddings(nn.Module):
 
 class XrayVisualEmbeddings(nn.Module):
     """Patch tokens plus factorised position embeddings, CLS token and register tokens."""
+
+    TOKENS = ("cls_token", "register_tokens", "position_embeddings_time", "position_embeddings_height",
+              "position_embeddings_width")  # learned tokens and tables, not weights of a layer
 
     def __init__(self, config: XrayVisualConfig):
         super().__init__()
@@ -343,6 +355,23 @@ class XrayVisualModel(XrayVisualPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embeddings
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that never take weight decay (timm's convention): the CLS and register tokens, the position
+        tables, the attention-pooling query, norms and biases."""
+        names = {f"embeddings.{name}" for name in XrayVisualEmbeddings.TOKENS}
+        if self.attention_pooling is not None:
+            names.add("attention_pooling.query")
+        return names | norms_and_biases(self)
+
+    def layer_id(self, name: str) -> int:
+        """Depth of parameter `name` for layer-wise learning-rate decay: 0 for the embeddings, `i + 1` for encoder
+        layer `i`, `num_hidden_layers + 1` after the encoder (final norm, pooling)."""
+        if name.startswith("embeddings."):
+            return 0
+        if name.startswith("encoder.layer."):
+            return int(name.split(".")[2]) + 1
+        return self.config.num_hidden_layers + 1
+
     def active_tome_r(self) -> int:
         """ToMe r in effect now: the config's at inference, 0 in training unless `tome_in_training`."""
         return self.config.tome_r if (not self.training or self.config.tome_in_training) else 0
@@ -405,4 +434,7 @@ class XrayVisualModel(XrayVisualPreTrainedModel):
         return outputs if return_dict else outputs.to_tuple()
 
 
-__all__ = ["XrayVisualPreTrainedModel", "XrayVisualModel", "resize_position_table", "factorised_position_embeddings"]
+__all__ = [
+    "XrayVisualPreTrainedModel", "XrayVisualModel", "resize_position_table", "factorised_position_embeddings",
+    "norms_and_biases",
+]

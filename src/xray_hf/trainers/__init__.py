@@ -2,7 +2,8 @@
 
 # -- stages 1 and 2: MAE and hashtags --
 from .base import XrayTrainer, XrayTrainingArguments
-from .hashtag import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
+from ..eval.metrics import hashtag_metrics
+from .hashtag import HashtagCollator, HashtagTrainer, HashtagTrainingArguments
 from .mae import MAETrainer, MAETrainingArguments
 
 # -- stage 3: CLIP --

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bisect
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
+from ..configuration.clip import LOGIT_SCALE_MAX
 from ..data.transforms import Resolution
 
 logger = logging.getLogger(__name__)
 
-LOGIT_SCALE_MAX = math.log(100)
 PIXEL_KEYS = ("pixel_values", "simclr_view_1", "simclr_view_2")  # the batch entries progressive resolution sizes
 
 
@@ -125,6 +124,6 @@ class ProgressiveResolutionCallback(TrainerCallback):
 
 
 __all__ = [
-    "LOGIT_SCALE_MAX", "PIXEL_KEYS", "LogEveryStepCoveredCallback", "LogitScaleClampCallback", "ProgressiveResolutionCallback",
+    "PIXEL_KEYS", "LogEveryStepCoveredCallback", "LogitScaleClampCallback", "ProgressiveResolutionCallback",
     "parse_schedule",
 ]

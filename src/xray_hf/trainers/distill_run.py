@@ -37,21 +37,20 @@ from ..data.transforms import Resolution
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.distillation import XrayVisualForDistillation
 from ..modeling.visual import XrayVisualModel
-from .clip import CLIPCollator
-from .clip_run import (
-    CaptionSpec,
-    TextCacheSpec,
-    _exists,
+from .build import (
     build_backbone,
-    caption_sampler,
+    build_visual_model,
     evaluate_after_training,
+    existing_path,
+    image_processor_for,
     load_tokenizer,
+    normalization,
     save_clip_processor,
-    text_inputs_for,
 )
+from .clip import CLIPCollator
 from .distill import DistillationTrainer, teacher_kind
-from .run import RunContext, StageRun, build_visual_model, check_model_keys, image_processor_for, normalization
-
+from .run import RunContext, StageRun, check_model_keys
+from .texts import CaptionSpec, TextCacheSpec, caption_sampler, text_inputs_for
 
 # teacher checkpoints by their config's model_type: the class that loads them
 TEACHER_CLASSES: dict[str, type] = {"xray_clip": XrayCLIPModel, "xray_visual": XrayVisualModel}
@@ -87,7 +86,7 @@ class DistillRunExtras:
 
 def load_teacher(spec: dict[str, Any]) -> tuple[Any, Any]:
     """(teacher, tokenizer or None) from `teacher.from_pretrained`, chosen by the checkpoint's `model_type`."""
-    path = _exists(spec["from_pretrained"], "teacher.from_pretrained")
+    path = existing_path(spec["from_pretrained"], "teacher.from_pretrained")
     model_type = AutoConfig.from_pretrained(path).model_type
     if model_type not in TEACHER_CLASSES:
         raise ValueError(f"teacher {path!r} is a {model_type!r} checkpoint; a teacher is one of {sorted(TEACHER_CLASSES)}")
@@ -101,7 +100,7 @@ def build_student(spec: dict[str, Any], teacher: Any) -> Any:
     overrides = dict(spec.get("config", {}))
     clip_teacher = isinstance(teacher, XrayCLIPModel)
     if spec.get("from_pretrained"):  # continue a student
-        path = _exists(spec["from_pretrained"], "model.from_pretrained")
+        path = existing_path(spec["from_pretrained"], "model.from_pretrained")
         student_class = XrayCLIPModel if clip_teacher else XrayVisualForDistillation
         return student_class.from_pretrained(path, **overrides)
     if not isinstance(spec.get("vision"), dict):

@@ -2,7 +2,7 @@
 
 Batches carry `pixel_values` and the multi-hot `labels` that [`HashtagCollator`] builds from each sample's
 hashtag list. Evaluation reports mean average precision over the hashtags present in the evaluation set
-(`eval_mAP`) and precision at 1 and 5 ([`hashtag_metrics`]).
+(`eval_mAP`) and precision at 1 and 5 (`xray_hf.eval.metrics.hashtag_metrics`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
-from transformers import EvalPrediction
 
-from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
 from ..losses import hashtag_loss
 from ..modeling.hashtag import HASHTAG_LOSSES, HashtagVocabulary
 from .base import XrayTrainer, XrayTrainingArguments
-from .run import RunContext, StageRun, build_visual_model, image_processor_for
 
 
 @dataclass
@@ -65,35 +61,6 @@ class HashtagCollator:
         return batch
 
 
-def hashtag_metrics(eval_pred: EvalPrediction, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Hashtag retrieval metrics of an evaluation run.
-
-    `mAP`: mean over hashtags with at least one positive of the average precision (ranking the samples by the
-    hashtag's score). `precision@k`: fraction of each sample's top-k hashtags that are correct, averaged over
-    samples with at least one label. A vocabulary of `V < k` hashtags has no k-th hashtag: its top-k list is the
-    whole vocabulary, so `precision@k` is then the fraction of those `V` that are correct (equal to
-    `precision@V`). Names always keep the requested k, so `metric_for_best_model` holds for any vocabulary.
-    """
-    from sklearn.metrics import average_precision_score
-
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
-        raise ValueError(f"ks must be a non-empty tuple of positive integers, got {ks!r}")
-    scores = np.asarray(eval_pred.predictions, dtype=np.float64)
-    labels = np.asarray(eval_pred.label_ids) > 0.5
-    present = labels.any(axis=0)
-    if not present.any():
-        raise ValueError("no hashtag of the vocabulary occurs in the evaluation labels")
-    ap = average_precision_score(labels[:, present], scores[:, present], average=None)
-    metrics = {"mAP": float(np.mean(ap))}
-    labelled = labels.any(axis=1)
-    order = np.argsort(-scores[labelled], axis=1)
-    for k in ks:
-        top = min(int(k), scores.shape[1])
-        hits = np.take_along_axis(labels[labelled], order[:, :top], axis=1)
-        metrics[f"precision@{int(k)}"] = float(hits.mean())
-    return metrics
-
-
 class HashtagTrainer(XrayTrainer):
     """`Trainer` for [`XrayVisualForHashtagClassification`] with the loss chosen by `args.hashtag_loss`; with
     `args.freeze_backbone` only the head trains (a linear probe) and the backbone stays in eval mode."""
@@ -134,50 +101,4 @@ class HashtagTrainer(XrayTrainer):
         return loss.detach(), outputs.logits.detach(), inputs["labels"].detach()
 
 
-@dataclass
-class HashtagRunExtras:
-    """The hashtag stage's own run-config keys: `vocabulary:` (`source:` a data source to count tags in, default
-    the training sources; `column:`, default `hashtags`; plus `HashtagVocabulary.from_tag_lists` arguments)."""
-
-    vocabulary: dict[str, Any] = field(default_factory=dict)
-
-
-def prepare_hashtag(run: RunContext) -> StageRun:
-    """The `hashtag` stage of the run-config table (`xray_hf.stages`)."""
-    import os
-
-    from ..data import SampleCollator
-    from ..modeling.hashtag import XrayVisualForHashtagClassification
-
-    vocab_spec = dict((run.extras.vocabulary if run.extras else None) or {})
-    source = vocab_spec.pop("source", None)
-    data = run.data
-    vocab_sources = [SourceSpec.from_dict(source)] if source else [s for s in (data.image, data.video) if s]
-    column = vocab_spec.pop("column", "hashtags")
-    tag_lists = [tags for spec in vocab_sources for tags in source_table(spec)[column]]
-    vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
-    model = build_visual_model(XrayVisualForHashtagClassification, run.config["model"], **vocabulary.config_kwargs())
-    args = run.training_args()
-    loader = build_train_loader(data, run.seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
-                                rank=args.process_index, world_size=args.world_size)
-    trainer = HashtagTrainer(
-        model=model, args=args, data_collator=HashtagCollator(vocabulary), train_loader=loader,
-        eval_dataset=build_eval_dataset(data), compute_metrics=hashtag_metrics,
-    )
-
-    def after_training(trainer: HashtagTrainer, results: dict) -> None:
-        if trainer.eval_dataset is not None:
-            results["eval"] = trainer.evaluate()  # on every rank: it shards the set and gathers the predictions
-
-    def save_artifacts(trainer: HashtagTrainer, results: dict, output_dir: str) -> None:
-        image_processor_for(data).save_pretrained(output_dir)
-        vocabulary.save(os.path.join(output_dir, "hashtag_vocabulary.json"))  # with counts; labels are in config
-
-    return StageRun(trainer, results={"vocabulary_size": len(vocabulary)}, after_training=after_training,
-                    save_artifacts=save_artifacts)
-
-
-__all__ = [
-    "HashtagCollator", "HashtagRunExtras", "HashtagTrainer", "HashtagTrainingArguments", "hashtag_metrics",
-    "prepare_hashtag",
-]
+__all__ = ["HashtagCollator", "HashtagTrainer", "HashtagTrainingArguments"]

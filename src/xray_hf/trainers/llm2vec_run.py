@@ -37,7 +37,7 @@ from ..data.captions import hashtag_text
 from ..data.inputs import check_keys
 from ..data.tables import take_samples
 from ..modeling.llm2clip import XrayLLM2CLIPTextForMNTP, XrayLLM2CLIPTextModel
-from .clip_run import build_text_tower
+from .build import build_text_tower
 from .llm2vec import MNTPCollator, MNTPTrainer, SimCSECollator, SimCSETrainer, add_lora, load_lora, merge_lora
 from .run import RunContext, StageRun, check_model_keys
 

@@ -8,7 +8,6 @@ separately (`loss_image`, `loss_video`), since the two modalities reconstruct at
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.inputs import build_eval_dataset, build_train_loader
 from .base import XrayTrainer, XrayTrainingArguments
-from .run import RunContext, StageRun, build_visual_model, image_processor_for, normalization
 
 
 @dataclass
@@ -132,32 +129,4 @@ def mae_eval(model: nn.Module, dataset: Any, batch_size: int = 128, seed: int = 
     return {"masked_loss": total / batches, "patch_mean_loss": baseline / batches}
 
 
-def prepare_mae(run: RunContext) -> StageRun:
-    """The `mae` stage of the run-config table (`xray_hf.stages`)."""
-    from ..data import SampleCollator
-    from ..modeling.mae import XrayVisualForPreTraining
-    from ..modeling.mae_visualization import save_reconstruction_grid
-
-    model = build_visual_model(XrayVisualForPreTraining, run.config["model"])
-    args = run.training_args()
-    loader = build_train_loader(run.data, run.seed, rank=args.process_index, world_size=args.world_size)
-    trainer = MAETrainer(model=model, args=args, data_collator=SampleCollator(), train_loader=loader,
-                         eval_dataset=build_eval_dataset(run.data))
-
-    def save_artifacts(trainer: MAETrainer, results: dict, output_dir: str) -> None:
-        image_processor_for(run.data).save_pretrained(output_dir)
-        eval_set = build_eval_dataset(run.data)
-        if eval_set is None:
-            return
-        results["eval"] = mae_eval(trainer.model, eval_set, seed=run.seed)
-        picks = torch.linspace(0, len(eval_set) - 1, min(8, len(eval_set))).long().tolist()  # spread classes
-        samples = torch.stack([eval_set[i]["pixel_values"] for i in picks])
-        mean, std = normalization(run.data)
-        path = os.path.join(output_dir, "reconstruction.png")
-        save_reconstruction_grid(trainer.model, samples, path, mean=mean, std=std)
-        results["reconstruction"] = path
-
-    return StageRun(trainer, save_artifacts=save_artifacts)
-
-
-__all__ = ["MAETrainer", "MAETrainingArguments", "mae_eval", "num_patches", "prepare_mae"]
+__all__ = ["MAETrainer", "MAETrainingArguments", "mae_eval", "num_patches"]

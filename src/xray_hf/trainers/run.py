@@ -20,9 +20,6 @@ from typing import Any
 import yaml
 from transformers import set_seed
 
-from ..configuration.visual import XrayVisualConfig
-from ..data.inputs import DataSpec
-from ..processing.image_processing import XrayVisualImageProcessor
 from ..stages import Stage, get_stage
 from .resume import stage_training_loss
 
@@ -104,35 +101,6 @@ def check_model_keys(model_spec: dict[str, Any], known: tuple[str, ...] = ("pres
         raise ValueError(f"unknown model keys {sorted(unknown)}; use {', '.join(known)}")
 
 
-def build_visual_model(cls: type, model_spec: dict[str, Any], **config_kwargs: Any):
-    """An XrayVisual stage model from `preset:` (random init) or `from_pretrained:` (a previous stage), with
-    `config:` overrides. Loading from a previous stage keeps its encoder and drops its head (the MAE decoder, ...)."""
-    check_model_keys(model_spec)
-    overrides = {**model_spec.get("config", {}), **config_kwargs}
-    if model_spec.get("from_pretrained"):
-        path = model_spec["from_pretrained"]
-        if not os.path.exists(path):
-            raise ValueError(f"model.from_pretrained {path!r} does not exist (run the previous stage first)")
-        return cls.from_pretrained(path, **overrides)
-    config = XrayVisualConfig.from_preset(model_spec.get("preset", "tiny"), **overrides)
-    return cls(config)
-
-
-def normalization(data: DataSpec) -> tuple[list[float], list[float]]:
-    """The image mean and std of the run's transforms."""
-    from ..data import TrainTransform
-
-    transform = TrainTransform(data.resolution, **data.augment)
-    return transform.image_mean, transform.image_std
-
-
-def image_processor_for(data: DataSpec) -> XrayVisualImageProcessor:
-    """The inference-time processor matching the run's resolution and normalisation."""
-    mean, std = normalization(data)
-    size = data.resolution if isinstance(data.resolution, int) else tuple(data.resolution)
-    return XrayVisualImageProcessor(size=size, image_mean=mean, image_std=std)
-
-
 def run_stage(
     stage: str | Stage, config: dict[str, Any], resume_from_checkpoint: str | bool | None = None
 ) -> dict[str, Any]:
@@ -185,6 +153,5 @@ def train_from_file(stage: str, path: str | os.PathLike, overrides: dict[str, An
 
 
 __all__ = [
-    "RunContext", "StageRun", "build_visual_model", "check_model_keys", "check_run_config", "image_processor_for",
-    "load_run_config", "normalization", "run_stage", "train_from_file",
+    "RunContext", "StageRun", "check_model_keys", "check_run_config", "load_run_config", "run_stage", "train_from_file",
 ]
