@@ -30,6 +30,7 @@ import hashlib, json, os, sys
 from transformers import PreTrainedModel
 
 from xray_hf.cli import main
+from xray_hf.data.tables import take_samples
 from xray_hf.trainers.base import XrayTrainer
 
 
@@ -155,8 +156,8 @@ def test_ranks_read_disjoint_samples_in_lockstep(runs):
     mae = [record["runs"][0] for record in full]
     assert [(r["process_index"], r["world_size"]) for r in mae] == [(0, 2), (1, 2)]  # real DDP, not 2 x rank 0
     assert [r["global_step"] for r in mae] == [6, 6] and [len(r["steps"]) for r in mae] == [6, 6]
-    image_ids = set(load_embedded("mnist", "train").select(range(IMAGES))["id"])
-    video_ids = set(load_embedded("moving-shapes", "train").select(range(VIDEOS))["id"])
+    image_ids = set(take_samples(load_embedded("mnist", "train"), IMAGES)["id"])  # the rows max_samples keeps
+    video_ids = set(take_samples(load_embedded("moving-shapes", "train"), VIDEOS)["id"])
     for step in range(6):  # every step has one modality, the same on both ranks (one DDP graph)
         kinds = [{"image" if i in image_ids else "video" if i in video_ids else "?" for i in r["steps"][step]["ids"]}
                  for r in mae]

@@ -57,7 +57,7 @@ from safetensors.torch import save_file
 
 from transformers import Trainer
 
-import xray_hf.trainers.base as base
+import xray_hf.trainers.fsdp_trainer as fsdp_trainer
 from xray_hf.cli import main
 from xray_hf.trainers.mae import MAETrainer
 
@@ -101,8 +101,8 @@ def block_call(module, args):  # every block's MLP (inside the checkpointed `for
 
 torch.distributed.reduce_scatter_single = counting("reduce_scatter", torch.distributed.reduce_scatter_single)
 torch.load, safetensors.torch.load_file = loading(torch.load), loading(safetensors.torch.load_file)
-base.full_optimizer_state = sizing("full_optimizer_tensors", base.full_optimizer_state)
-base.full_model_state = sizing("full_model_tensors", base.full_model_state)
+fsdp_trainer.full_optimizer_state = sizing("full_optimizer_tensors", fsdp_trainer.full_optimizer_state)
+fsdp_trainer.full_model_state = sizing("full_model_tensors", fsdp_trainer.full_model_state)
 torch.nn.modules.module.register_module_forward_pre_hook(block_call)
 
 
