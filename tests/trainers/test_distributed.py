@@ -19,6 +19,7 @@ import yaml
 
 from xray_hf import XrayVisualForHashtagClassification, XrayVisualForPreTraining
 from xray_hf.data import load_embedded
+from xray_hf.data.tables import take_samples
 from xray_hf.trainers.resume import DATA_STATE_NAME
 
 pytestmark = pytest.mark.slow  # two torchrun launches: ~50 s on 2 cores, mostly imports
@@ -30,7 +31,6 @@ import hashlib, json, os, sys
 from transformers import PreTrainedModel
 
 from xray_hf.cli import main
-from xray_hf.data.tables import take_samples
 from xray_hf.trainers.base import XrayTrainer
 
 
