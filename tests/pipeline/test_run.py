@@ -93,10 +93,17 @@ def small_pipeline() -> dict:
     }
 
 
+def _default_sigint() -> None:
+    # a child inherits an ignored SIGINT (as under nohup), and an earlier test in the same pytest process may leave
+    # it ignored: the child must take Ctrl-C as a user's shell delivers it
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen([sys.executable, "-m", "xray_hf.cli", "pipeline", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_default_sigint, **kwargs)
 
 
 def _losses(results_path) -> list[float]:
