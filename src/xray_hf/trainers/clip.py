@@ -206,8 +206,10 @@ class CLIPTrainer(XrayTrainer):
         config = self.accelerator.unwrap_model(model).config
         is_video = inputs["pixel_values"].dim() == 5
         if config.slip_weight > 0 and "simclr_view_1" not in inputs and (self.slip_videos or not is_video):
-            raise ValueError("slip_weight > 0 but the batch has no SimCLR views: decode with WithSimCLRViews "
-                             "(run config: slip: true), or set the model's slip_weight to 0")
+            kind = "clip" if is_video else "image"
+            raise ValueError(f"slip_weight > 0 but the {kind} batch has no SimCLR views: decode with "
+                             "WithSimCLRViews, set the model's slip_weight to 0"
+                             + (", or train with slip_videos=False (run config: slip: {videos: false})" if is_video else ""))
         if config.hashtag_loss_weight > 0 and "hashtag_mask" not in inputs and not self._warned_hashtags:
             logger.warning("hashtag_loss_weight > 0 but batches carry no hashtag texts: the siamese term is off")
             self._warned_hashtags = True
