@@ -26,7 +26,9 @@ import torch
 from xray_hf import HashtagVocabulary, XrayVisualForHashtagClassification, XrayVisualForPreTraining
 from xray_hf.modeling.mae_visualization import save_reconstruction_grid
 from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments, hashtag_metrics
-from xray_hf.data.inputs import DataSpec, SourceSpec, source_table, build_eval_dataset
+from xray_hf.data.inputs import build_eval_dataset, source_table
+from xray_hf.run_config.data import DataSpec, SourceSpec
+from xray_hf.run_config.model import VisionSpec
 from xray_hf.trainers.mae import mae_eval
 from xray_hf.trainers.build import build_visual_model
 from xray_hf.trainers.run import load_run_config, run_stage
@@ -74,7 +76,7 @@ def stage1(output: str, steps: int) -> dict:
     digits = build_eval_dataset(data)
     clips = build_eval_dataset(data, SourceSpec(name="moving-shapes", split="validation", num_frames=4, stride=2))
     torch.manual_seed(config["seed"])
-    untrained = build_visual_model(XrayVisualForPreTraining, config["model"])
+    untrained = build_visual_model(XrayVisualForPreTraining, VisionSpec.from_dict(config["model"], "model"))
     res = {"before": {"images": mae_eval(untrained, digits), "videos": mae_eval(untrained, clips, batch_size=32)}}
     res["probe_random_init"] = linear_probe(untrained.xray_visual, data)
     log(f"stage 1 before training: {res['before']}; MNIST linear probe, random init: {res['probe_random_init']}")

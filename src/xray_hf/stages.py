@@ -7,8 +7,10 @@ Each entry names, as `module:attribute` paths resolved on use (so importing this
   checkpoint), the `TrainingArguments` subclass, the input pipeline and collator, and the Trainer subclass, and
   says what to evaluate and save after training;
 - `arguments`: the stage's `TrainingArguments` subclass (what `training:` holds);
-- `data`: the dataclass that parses `data:` (`DataSpec`: images and videos; `TextDataSpec` for the text stages);
-- `extras`: a dataclass of the stage's own top-level run-config keys (e.g. `vocabulary:` for hashtags), or None;
+- `model`, `data`: the `xray_hf.run_config` blocks that parse `model:` and `data:` (`DataSpec`: images and videos;
+  `TextDataSpec` for the text stages);
+- `extras`: the `xray_hf.run_config` block of the stage's own top-level keys (e.g. `vocabulary:` for hashtags), or
+  None;
 - `previous`: the stage whose checkpoint this one starts from in the recipe;
 - `artifacts`: files written beside the weights, besides config, weights, processor and `results.json`.
 """
@@ -29,7 +31,8 @@ class Stage:
     extras: str | None = None
     previous: str | None = None
     artifacts: tuple[str, ...] = ()
-    data: str = "xray_hf.data.inputs:DataSpec"
+    model: str = "xray_hf.run_config.model:VisionSpec"
+    data: str = "xray_hf.run_config.data:DataSpec"
 
     @staticmethod
     def resolve(path: str) -> Any:
@@ -44,6 +47,9 @@ class Stage:
 
     def extras_class(self) -> type | None:
         return self.resolve(self.extras) if self.extras else None
+
+    def model_class(self) -> type:
+        return self.resolve(self.model)
 
     def data_class(self) -> type:
         return self.resolve(self.data)
@@ -64,7 +70,7 @@ STAGES: dict[str, Stage] = {
             help="stage 2: hashtag classification (paper 4.2.2)",
             prepare="xray_hf.trainers.hashtag_run:prepare_hashtag",
             arguments="xray_hf.trainers.hashtag:HashtagTrainingArguments",
-            extras="xray_hf.trainers.hashtag_run:HashtagRunExtras",
+            extras="xray_hf.run_config.extras:HashtagRunExtras",
             previous="mae",
             artifacts=("hashtag_vocabulary.json",),
         ),
@@ -73,7 +79,8 @@ STAGES: dict[str, Stage] = {
             help="text tower 1: LLM2Vec masked next-token prediction with LoRA on a bidirectional LLM (paper 4.6.2)",
             prepare="xray_hf.trainers.llm2vec_run:prepare_mntp",
             arguments="xray_hf.trainers.llm2vec:LLM2VecTrainingArguments",
-            data="xray_hf.trainers.llm2vec_run:TextDataSpec",
+            model="xray_hf.run_config.model:TextModelSpec",
+            data="xray_hf.run_config.data:TextDataSpec",
             artifacts=("base", "lora"),
         ),
         Stage(
@@ -81,7 +88,8 @@ STAGES: dict[str, Stage] = {
             help="text tower 2: LLM2Vec supervised SimCSE with LoRA, captions of one item as positives (4.6.2)",
             prepare="xray_hf.trainers.llm2vec_run:prepare_simcse",
             arguments="xray_hf.trainers.llm2vec:LLM2VecTrainingArguments",
-            data="xray_hf.trainers.llm2vec_run:TextDataSpec",
+            model="xray_hf.run_config.model:TextModelSpec",
+            data="xray_hf.run_config.data:TextDataSpec",
             previous="mntp",
             artifacts=("lora",),
         ),
@@ -90,7 +98,8 @@ STAGES: dict[str, Stage] = {
             help="stage 3: CLIP + SLIP + denoising + siamese captions (paper 4.2.3-4.2.5, 4.7.1)",
             prepare="xray_hf.trainers.clip_run:prepare_clip",
             arguments="xray_hf.trainers.clip:CLIPTrainingArguments",
-            extras="xray_hf.trainers.clip_run:CLIPRunExtras",
+            model="xray_hf.run_config.model:CLIPModelSpec",
+            extras="xray_hf.run_config.extras:CLIPRunExtras",
             previous="hashtag",
             artifacts=("text_cache",),
         ),
@@ -99,7 +108,8 @@ STAGES: dict[str, Stage] = {
             help="distillation: a trained teacher (CLIP or image-only) into a smaller student (paper 4.11)",
             prepare="xray_hf.trainers.distill_run:prepare_distill",
             arguments="xray_hf.trainers.distill:DistillationTrainingArguments",
-            extras="xray_hf.trainers.distill_run:DistillRunExtras",
+            model="xray_hf.run_config.model:StudentModelSpec",
+            extras="xray_hf.run_config.extras:DistillRunExtras",
             previous="clip",
             artifacts=("text_cache", "teacher_cache"),
         ),
@@ -108,7 +118,8 @@ STAGES: dict[str, Stage] = {
             help="compressed embeddings: learned 100-d / Matryoshka projection, calibrated int8, binary (paper 6.3-6.4)",
             prepare="xray_hf.trainers.compression_run:prepare_compress",
             arguments="xray_hf.trainers.compression:CompressionTrainingArguments",
-            extras="xray_hf.trainers.compression_run:CompressionRunExtras",
+            model="xray_hf.run_config.model:CompressModelSpec",
+            extras="xray_hf.run_config.extras:CompressionRunExtras",
             previous="clip",
         ),
     )

@@ -3,14 +3,13 @@ import pytest
 import torch
 
 from xray_hf.data.inputs import (
-    DataSpec,
-    SourceSpec,
     build_eval_dataset,
     build_train_loader,
     media_column,
     open_stream_source,
     with_label_hashtags,
 )
+from xray_hf.run_config.data import DataSpec, SourceSpec
 
 
 def test_label_hashtags_and_media_columns():

@@ -5,7 +5,8 @@ import pytest
 import yaml
 
 from xray_hf.pipeline import build_steps, load_pipeline_config, preset_path
-from xray_hf.trainers.run import check_run_config, load_run_config
+from xray_hf.run_config import RunConfig
+from xray_hf.trainers.run import load_run_config
 
 CONFIGS = preset_path("tiny").parent
 
@@ -14,7 +15,7 @@ def test_shipped_pipeline_layers_each_stage_over_its_own_config():
     config = load_pipeline_config(preset_path("tiny"))
     assert list(config["stages"]) == ["mae", "hashtag", "clip", "distill", "compress"]
     for name, section in config["stages"].items():
-        check_run_config(section, name)  # the schema `xray-hf train` reads
+        RunConfig.from_dict(section, name)  # the schema `xray-hf train` reads
         assert section["training"]["output_dir"] == f"{{output}}/{name}"
         base = load_run_config(CONFIGS / f"{name}_tiny.yaml")
         assert section["data"] == base["data"]  # what the pipeline does not change comes from the stage config
@@ -61,7 +62,7 @@ def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     resolved = load_pipeline_config(path)
     for name, section in resolved["stages"].items():
-        check_run_config(section, name)
+        RunConfig.from_dict(section, name)
     steps = {step.name: step.parents for step in build_steps(resolved)}
     assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
     assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]

@@ -130,14 +130,11 @@ class StopAt(TrainerCallback):
 
 
 def _run(config, stop_at=None, resume=None):
+    from xray_hf.run_config import RunConfig
     from xray_hf.stages import get_stage
-    from xray_hf.trainers.clip_run import CLIPRunExtras
-    from xray_hf.data.inputs import DataSpec
     from xray_hf.trainers.run import RunContext
 
-    extras = CLIPRunExtras.from_dict({k: config[k] for k in ("captions", "slip") if k in config})
-    context = RunContext(get_stage("clip"), config, 0, DataSpec.from_dict(config["data"]), dict(config["training"]),
-                         extras)
+    context = RunContext(get_stage("clip"), RunConfig.from_dict(config, "clip"))
     torch.manual_seed(0)
     run = get_stage("clip").prepare_fn()(context)
     records = _record(run.trainer)

@@ -110,7 +110,7 @@ def test_compress_from_the_cli_with_templates_and_bad_settings(clip_dir, tmp_pat
         run_stage("compress", compress_config(tmp_path / "missing", tmp_path / "x"))
     bad = compress_config(clip_dir, tmp_path / "x")
     bad["texts"] = {"colum": "caption"}
-    with pytest.raises(ValueError, match="unknown texts keys"):
+    with pytest.raises(ValueError, match="unknown key 'texts.colum'"):
         run_stage("compress", bad)
     too_big = compress_config(clip_dir, tmp_path / "x")
     too_big["model"]["compression"] = {"compressed_dim": 100}  # the checkpoint's embedding has 48 dimensions

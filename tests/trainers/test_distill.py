@@ -11,7 +11,8 @@ from .test_clip import AUGMENT, VISION, _astronaut, clip_config
 from transformers import AutoModel, pipeline
 
 from xray_hf import XrayCLIPModel, XrayVisualConfig, XrayVisualForDistillation, XrayVisualModel
-from xray_hf.data.inputs import DataSpec, modality_counts
+from xray_hf.run_config.data import DataSpec
+from xray_hf.data.inputs import modality_counts
 from xray_hf.trainers.run import run_stage
 
 STUDENT = {"preset": "tiny", "config": {**VISION["config"], "hidden_size": 16, "num_hidden_layers": 1,

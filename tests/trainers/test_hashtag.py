@@ -7,7 +7,8 @@ from xray_hf import HashtagVocabulary, XrayVisualConfig, XrayVisualForHashtagCla
 from xray_hf.data import SampleCollator
 from xray_hf.eval.metrics import hashtag_metrics
 from xray_hf.trainers import HashtagCollator, HashtagTrainer, HashtagTrainingArguments
-from xray_hf.data.inputs import DataSpec, source_table, build_eval_dataset, build_train_loader
+from xray_hf.run_config.data import DataSpec
+from xray_hf.data.inputs import source_table, build_eval_dataset, build_train_loader
 
 
 def test_collator_builds_multi_hot_labels():

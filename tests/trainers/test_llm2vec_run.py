@@ -13,7 +13,8 @@ from xray_hf import (
     XrayVisualConfig,
     XrayVisualModel,
 )
-from xray_hf.trainers.llm2vec_run import TextDataSpec, item_texts
+from xray_hf.run_config.data import TextDataSpec
+from xray_hf.trainers.llm2vec_run import item_texts
 from xray_hf.trainers.run import run_stage
 
 DATA = {"sources": [{"name": "openmoji", "split": "train", "columns": ["caption", "hashtags"], "max_samples": 64}],

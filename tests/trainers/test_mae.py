@@ -9,7 +9,8 @@ from transformers import TrainerCallback
 from xray_hf import XrayVisualConfig, XrayVisualForPreTraining
 from xray_hf.trainers import MAETrainer, MAETrainingArguments
 from xray_hf.trainers.resume import DATA_STATE_NAME
-from xray_hf.data.inputs import DataSpec, build_eval_dataset, build_train_loader
+from xray_hf.run_config.data import DataSpec
+from xray_hf.data.inputs import build_eval_dataset, build_train_loader
 from xray_hf.trainers.mae import num_patches
 from xray_hf.trainers.mae import mae_eval
 

@@ -1,4 +1,4 @@
-"""Input pipelines of the stages, built from the `data:` block of a run config.
+"""Input pipelines of the stages, built from the `data:` block of a run config (`xray_hf.run_config.data.DataSpec`).
 
 A source is an embedded dataset (`name:` of `xray_hf.data.load_embedded`) or a local/Hub source (`path:` for
 `xray_hf.data.load_source`). Training reads it as a stream (`DecodedStream` -> `StreamingDataLoader`); with an
@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import datasets
 
+from ..run_config.data import DataSpec, SourceSpec
 from .decoding import ImageDecoder, VideoDecoder
 from .embedded import load_embedded
 from .loader import SampleCollator, StreamingDataLoader
@@ -33,82 +33,6 @@ from .sources import load_source, undecoded
 from .streams import DecodedStream
 from .tables import DecodedDataset, take_samples
 from .transforms import EvalTransform, Resolution, TrainTransform
-
-
-def check_keys(spec_class: type, spec: dict[str, Any], what: str) -> None:
-    """Raise a `ValueError` naming the keys of a run-config block that `spec_class` (a dataclass) does not have."""
-    known = {f.name for f in fields(spec_class)}
-    unknown = set(spec) - known
-    if unknown:
-        raise ValueError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")
-
-
-@dataclass
-class SourceSpec:
-    """One input source of a run config. Exactly one of `name` (embedded dataset) or `path` (`load_source`)."""
-
-    name: str | None = None
-    path: str | None = None
-    split: str = "train"
-    batch_size: int = 32
-    modality: str | None = None  # inferred from the columns when not given
-    column: str | None = None  # the media column; "image" / "video" by default
-    num_samples: int | None = None  # needed for `path` sources (epoch length); counted for embedded ones
-    num_frames: int = 4
-    stride: int = 2
-    num_shards: int = 8
-    max_samples: int | None = None  # evenly spaced samples of an embedded source (`data.tables.take_samples`)
-    hashtags_from: list[str] | None = None  # build a "hashtags" column from these ClassLabel columns' names
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> "SourceSpec":
-        check_keys(cls, spec, "data source keys")
-        out = cls(**spec)
-        if (out.name is None) == (out.path is None):
-            raise ValueError(f"a data source needs exactly one of 'name' or 'path', got {spec}")
-        if out.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {out.batch_size}")
-        return out
-
-
-@dataclass
-class DataSpec:
-    """The `data:` block of a run config."""
-
-    resolution: int | list[int] = 224
-    image: SourceSpec | None = None
-    video: SourceSpec | None = None
-    eval: SourceSpec | list[SourceSpec] | None = None  # one source, or a list (stages that evaluate several)
-    augment: dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0
-    shuffle_buffer: int = 256
-    video_fraction: float | None = None  # share of video batches (e.g. 0.25: images:videos 75:25, paper 4.11)
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> "DataSpec":
-        check_keys(cls, spec, "data keys")
-        spec = dict(spec)
-        for key in ("image", "video"):
-            if spec.get(key) is not None:
-                spec[key] = SourceSpec.from_dict(spec[key])
-        if isinstance(spec.get("eval"), list):
-            spec["eval"] = [SourceSpec.from_dict(item) for item in spec["eval"]]
-        elif spec.get("eval") is not None:
-            spec["eval"] = SourceSpec.from_dict(spec["eval"])
-        out = cls(**spec)
-        if out.image is None and out.video is None:
-            raise ValueError("data needs an 'image' or a 'video' source (or both)")
-        if out.video_fraction is not None:
-            if out.image is None or out.video is None:
-                raise ValueError("data.video_fraction needs both an 'image' and a 'video' source")
-            if not 0.0 < out.video_fraction < 1.0:
-                raise ValueError(f"data.video_fraction must be in (0, 1), got {out.video_fraction}")
-        return out
-
-    @property
-    def eval_sets(self) -> list[SourceSpec]:
-        """Every eval source, in the order given."""
-        return [] if self.eval is None else list(self.eval) if isinstance(self.eval, list) else [self.eval]
 
 
 def source_table(spec: SourceSpec) -> datasets.Dataset:
@@ -177,7 +101,7 @@ def build_train_loader(
     instead of `data.resolution`; `wrap_transform` wraps the training transform (e.g. `WithSimCLRViews` for SLIP)
     and `wrap_decoder` each source's decoder (e.g. `CaptionSampler`).
     """
-    transform = TrainTransform(resolution if resolution is not None else data.resolution, **data.augment)
+    transform = TrainTransform(resolution if resolution is not None else data.resolution, **data.augment.kwargs())
     if wrap_transform is not None:
         transform = wrap_transform(transform)
     loaders, counts = {}, {}
@@ -231,8 +155,7 @@ def build_eval_dataset(data: DataSpec, spec: SourceSpec | None = None) -> Decode
         return None
     dataset = source_table(spec)
     column, modality = media_column(spec, dataset.column_names)
-    transform = EvalTransform(data.resolution, **{k: v for k, v in data.augment.items()
-                                                 if k in ("image_mean", "image_std")})
+    transform = EvalTransform(data.resolution, **data.augment.normalization())
     return DecodedDataset(dataset, make_decoder(spec, column, modality, transform, train=False))
 
 
@@ -252,6 +175,5 @@ def build_eval_datasets(data: DataSpec) -> dict[str, DecodedDataset]:
 
 
 __all__ = [
-    "DataSpec", "SourceSpec", "build_eval_dataset", "build_eval_datasets", "build_train_loader", "check_keys",
-    "eval_set_name", "media_column", "modality_counts", "open_stream_source", "source_table", "with_label_hashtags",
+    "build_eval_dataset", "build_eval_datasets", "build_train_loader", "eval_set_name", "media_column", "modality_counts", "open_stream_source", "source_table", "with_label_hashtags",
 ]

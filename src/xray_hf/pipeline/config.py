@@ -1,5 +1,6 @@
 """Pipeline configs: a pipeline YAML read into its stages' run configs (each stage's `base:` file layered under its
-section), checked, with `{output}` standing for the run directory until the run substitutes it."""
+section), every stage's keys parsed at load (`xray_hf.run_config`), with `{output}` standing for the run directory
+until the run substitutes it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from ..run_config import RunConfig
 from ..stages import get_stage
 
 
@@ -71,7 +73,8 @@ def eval_settings(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a pipeline YAML, resolve each stage's `base:` file and check the stage sections; `{output}` is kept."""
+    """Read a pipeline YAML, resolve each stage's `base:` file and parse every stage section (a misspelled key of the
+    last stage fails here, before the first stage trains); `{output}` is kept."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
@@ -112,6 +115,11 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
             if eval_settings(evaluation[other]) == eval_settings(spec):
                 raise ValueError(f"evaluation entries {other + 1} and {index + 1} are the same evaluation ({spec}); "
                                  "remove one")
+    for name, section in stages.items():  # every stage's keys now, so that a typo in the last one fails at once
+        try:
+            RunConfig.from_dict(section, name)
+        except ValueError as error:
+            raise ValueError(f"{path}: stage {name!r}: {error}") from error
     return {"seed": raw.get("seed", 0), "stages": stages, "semantic_ids": raw.get("semantic_ids"),
             "evaluation": evaluation, "path": str(path)}
 

@@ -16,7 +16,6 @@ from transformers import AutoModel, AutoTokenizer
 from ..configuration.text import XrayTextConfig
 from ..configuration.visual import XrayVisualConfig
 from ..convert import resolve_text_model
-from ..data.inputs import DataSpec
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.llm2clip import XrayLLM2CLIPTextModel
 from ..modeling.text import XrayTextModel
@@ -24,7 +23,9 @@ from ..modeling.visual import XrayVisualModel
 from ..processing.clip import XrayCLIPProcessor
 from ..processing.image_processing import XrayVisualImageProcessor
 from ..processing.video_processing import XrayVisualVideoProcessor
-from .run import RunContext, check_model_keys
+from ..run_config.data import DataSpec
+from ..run_config.model import CLIPModelSpec, TextTowerSpec, VisionSpec
+from .run import RunContext
 
 SMOLLM2 = "smollm2"
 
@@ -46,64 +47,52 @@ def load_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(resolve_text_model(name_or_path))
 
 
-def build_visual_model(cls: type, model_spec: dict[str, Any], **config_kwargs: Any):
+def build_visual_model(cls: type, spec: VisionSpec, **config_kwargs: Any):
     """An XrayVisual stage model from `preset:` (random init) or `from_pretrained:` (a previous stage), with
     `config:` overrides. Loading from a previous stage keeps its encoder and drops its head (the MAE decoder, ...)."""
-    check_model_keys(model_spec)
-    overrides = {**model_spec.get("config", {}), **config_kwargs}
-    if model_spec.get("from_pretrained"):
-        return cls.from_pretrained(existing_path(model_spec["from_pretrained"], "model.from_pretrained"), **overrides)
-    config = XrayVisualConfig.from_preset(model_spec.get("preset", "tiny"), **overrides)
-    return cls(config)
+    overrides = {**spec.config, **config_kwargs}
+    if spec.from_pretrained:
+        return cls.from_pretrained(existing_path(spec.from_pretrained, "model.from_pretrained"), **overrides)
+    return cls(XrayVisualConfig.from_preset(spec.preset, **overrides))
 
 
-def build_backbone(vision: dict[str, Any]) -> XrayVisualModel:
+def build_backbone(vision: VisionSpec) -> XrayVisualModel:
     """The backbone of `model.vision`: `from_pretrained` (any stage's checkpoint, its head dropped; nothing may be
     missing) or `preset`, plus `config:` overrides."""
-    check_model_keys(vision)
-    if vision.get("from_pretrained"):
-        path = existing_path(vision["from_pretrained"], "model.vision.from_pretrained")
-        backbone, info = XrayVisualModel.from_pretrained(path, output_loading_info=True, **vision.get("config", {}))
+    if vision.from_pretrained:
+        path = existing_path(vision.from_pretrained, "model.vision.from_pretrained")
+        backbone, info = XrayVisualModel.from_pretrained(path, output_loading_info=True, **vision.config)
         if info["missing_keys"]:
             raise ValueError(f"{path} is not a complete XrayVisual backbone: missing {sorted(info['missing_keys'])[:5]}")
         return backbone
-    return XrayVisualModel(XrayVisualConfig.from_preset(vision.get("preset", "tiny"), **vision.get("config", {})))
+    return XrayVisualModel(XrayVisualConfig.from_preset(vision.preset, **vision.config))
 
 
-def build_text_tower(spec: dict[str, Any], projection_dim: int | None) -> tuple[Any, Any]:
+def build_text_tower(spec: TextTowerSpec, projection_dim: int | None) -> tuple[Any, Any]:
     """(text tower, tokenizer) from `model.text`: `from_pretrained`, `from_llm` or `preset`, plus `config:`."""
-    check_model_keys(spec, ("from_pretrained", "from_llm", "preset", "config", "tokenizer"))
-    sources = [key for key in ("from_pretrained", "from_llm", "preset") if spec.get(key)]
-    if len(sources) != 1:
-        raise ValueError(f"model.text needs exactly one of from_pretrained, from_llm or preset, got {sources or spec}")
-    overrides = dict(spec.get("config", {}))
+    overrides = dict(spec.config)
     if projection_dim is not None:
         overrides.setdefault("projection_dim", projection_dim)
-    if spec.get("from_pretrained"):
-        path = existing_path(spec["from_pretrained"], "model.text.from_pretrained")
-        return AutoModel.from_pretrained(path, **overrides), load_tokenizer(spec.get("tokenizer", path))
-    if spec.get("from_llm"):
-        path = resolve_text_model(spec["from_llm"])
+    if spec.from_pretrained:
+        path = existing_path(spec.from_pretrained, "model.text.from_pretrained")
+        return AutoModel.from_pretrained(path, **overrides), load_tokenizer(spec.tokenizer or path)
+    if spec.from_llm:
+        path = resolve_text_model(spec.from_llm)
         tower = XrayLLM2CLIPTextModel.from_llm(existing_path(path, "model.text.from_llm"), **overrides)
-        return tower, load_tokenizer(spec.get("tokenizer", path))
-    if "tokenizer" not in spec:
-        raise ValueError("model.text.preset (a text tower trained from scratch) needs a tokenizer: (e.g. smollm2)")
-    tokenizer = load_tokenizer(spec["tokenizer"])
+        return tower, load_tokenizer(spec.tokenizer or path)
+    tokenizer = load_tokenizer(spec.tokenizer)
     overrides.setdefault("vocab_size", len(tokenizer))
-    return XrayTextModel(XrayTextConfig.from_preset(spec["preset"], **overrides)), tokenizer
+    return XrayTextModel(XrayTextConfig.from_preset(spec.preset, **overrides)), tokenizer
 
 
-def build_clip_model(spec: dict[str, Any]) -> tuple[XrayCLIPModel, Any]:
+def build_clip_model(spec: CLIPModelSpec) -> tuple[XrayCLIPModel, Any]:
     """(model, tokenizer) from the run config's `model:` block."""
-    check_model_keys(spec, ("vision", "text", "config", "from_pretrained", "tokenizer"))
-    overrides = dict(spec.get("config", {}))
-    if spec.get("from_pretrained"):
-        path = existing_path(spec["from_pretrained"], "model.from_pretrained")
-        return XrayCLIPModel.from_pretrained(path, **overrides), load_tokenizer(spec.get("tokenizer", path))
-    if not isinstance(spec.get("vision"), dict) or not isinstance(spec.get("text"), dict):
-        raise ValueError("model needs vision: and text: blocks (or from_pretrained: a CLIP checkpoint)")
-    tower, tokenizer = build_text_tower(spec["text"], overrides.get("projection_dim"))
-    return XrayCLIPModel.from_stages(vision=build_backbone(spec["vision"]), text=tower, **overrides), tokenizer
+    overrides = dict(spec.config)
+    if spec.from_pretrained:
+        path = existing_path(spec.from_pretrained, "model.from_pretrained")
+        return XrayCLIPModel.from_pretrained(path, **overrides), load_tokenizer(spec.tokenizer or path)
+    tower, tokenizer = build_text_tower(spec.text, overrides.get("projection_dim"))
+    return XrayCLIPModel.from_stages(vision=build_backbone(spec.vision), text=tower, **overrides), tokenizer
 
 
 # ------------------------------------------------------------------------------------------------- processors
@@ -111,7 +100,7 @@ def normalization(data: DataSpec) -> tuple[list[float], list[float]]:
     """The image mean and std of the run's transforms."""
     from ..data import TrainTransform
 
-    transform = TrainTransform(data.resolution, **data.augment)
+    transform = TrainTransform(data.resolution, **data.augment.kwargs())
     return transform.image_mean, transform.image_std
 
 

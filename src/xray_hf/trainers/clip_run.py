@@ -23,50 +23,28 @@ normalisation and max length come with it) or `smollm2` (SmolLM2-135M-Instruct, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from ..data import SampleCollator, SimCLRViews, TrainTransform, WithSimCLRViews
-from ..data.inputs import build_eval_datasets, build_train_loader, check_keys
+from ..data.inputs import build_eval_datasets, build_train_loader
 from ..data.transforms import Resolution
+from ..run_config.extras import CLIPRunExtras
 from .build import build_clip_model, evaluate_after_training, normalization, save_clip_processor
 from .clip import CachedTexts, CLIPCollator, CLIPTrainer
 from .run import RunContext, StageRun
-from .texts import CaptionSpec, TextCacheSpec, caption_sampler, text_inputs_for
-
-
-@dataclass
-class CLIPRunExtras:
-    captions: dict[str, Any] = field(default_factory=dict)
-    text_cache: dict[str, Any] = field(default_factory=dict)
-    slip: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CLIPRunExtras":
-        out = cls(**values)
-        check_keys(CaptionSpec, out.captions, "captions keys")
-        check_keys(TextCacheSpec, out.text_cache, "text_cache keys")
-        unknown = set(out.slip) - {"crop_scale", "blur_p", "flip_p", "brightness", "saturation", "resize", "videos"}
-        if unknown:
-            raise ValueError(f"unknown slip keys {sorted(unknown)}; known: videos and TrainTransform's augmentation "
-                             "arguments")
-        return out
+from .texts import caption_sampler, text_inputs_for
 
 
 # ---------------------------------------------------------------------------------------------------- stage
 def prepare_clip(run: RunContext) -> StageRun:
     """The `clip` stage of the run-config table (`xray_hf.stages`)."""
-    extras: CLIPRunExtras = run.extras or CLIPRunExtras()
-    captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
-    model, tokenizer = build_clip_model(run.config["model"])
+    extras: CLIPRunExtras = run.extras
+    captions, cache_spec = extras.captions, extras.text_cache
+    model, tokenizer = build_clip_model(run.model)
     args = run.training_args()
     resolution = Resolution(run.data.resolution)
     slip = model.config.slip_weight > 0
     mean, std = normalization(run.data)
-    slip_spec = dict(extras.slip)
-    slip_videos = bool(slip_spec.pop("videos", True))  # SLIP's two-frame views of clips too (paper 4.2.4)
-    view_kwargs = {"crop_scale": (0.08, 1.0), "blur_p": 0.5, **{k: tuple(v) if isinstance(v, list) else v
-                                                                 for k, v in slip_spec.items()}}
+    slip_videos = extras.slip.videos  # SLIP's two-frame views of clips too (paper 4.2.4)
+    view_kwargs = extras.slip.kwargs()
 
     def wrap_transform(transform):
         views = SimCLRViews(TrainTransform(resolution, image_mean=mean, image_std=std, **view_kwargs))
@@ -95,4 +73,4 @@ def prepare_clip(run: RunContext) -> StageRun:
                     after_training=evaluate_after_training, save_artifacts=save_artifacts)
 
 
-__all__ = ["CLIPRunExtras", "prepare_clip"]
+__all__ = ["prepare_clip"]

@@ -18,42 +18,21 @@ training: {output_dir: runs/tiny/compress, optimizer: adamw, learning_rate: 1.0e
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
-from ..data.inputs import SourceSpec, check_keys, eval_set_name
+from ..data.inputs import eval_set_name
 from ..eval.compression import compression_retention
+from ..run_config.data import SourceSpec
+from ..run_config.extras import CaptionSpec
+from ..run_config.model import CompressModelSpec
 from .compression import CompressionTrainer, EmbeddingDataset, calibrate_int8, compression_of, training_embeddings
-from .run import RunContext, StageRun, check_model_keys
+from .run import RunContext, StageRun
 
 
-@dataclass
-class CompressionRunExtras:
-    """`texts:` of the compress stage: which texts share the space with the items. `column` (default `caption`):
-    captions of the training items; or `templates` with the `label_column`'s class names (labelled sets)."""
-
-    texts: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CompressionRunExtras:
-        out = cls(**values)
-        check_keys(TextSpec, out.texts, "texts keys")
-        return out
-
-
-@dataclass
-class TextSpec:
-    """`texts:` keys: a caption `column`, or `templates` filled with the `label_column`'s class names."""
-
-    column: str | None = None
-    templates: list[str] | None = None
-    label_column: str | None = None
-
-
-def embed_source(pieces: Checkpoint, spec: SourceSpec, texts: TextSpec, need_text: bool) -> dict[str, Any]:
+def embed_source(pieces: Checkpoint, spec: SourceSpec, texts: CaptionSpec, need_text: bool) -> dict[str, Any]:
     """Embed one source with the checkpoint's processor: `image_embeds`, and when the source has them
     `text_embeds` + `text_to_image` (captions), `labels` + `classnames`, and with `texts.templates` the
     `classifier` and the class prompts' `prompt_embeds`."""
@@ -104,21 +83,18 @@ def retention_inputs(embedded: dict[str, Any]) -> dict[str, Any]:
 
 def prepare_compress(run: RunContext) -> StageRun:
     """The `compress` stage of the run-config table (`xray_hf.stages`)."""
-    spec = run.config["model"]
-    check_model_keys(spec, ("from_pretrained", "compression"))
-    path = spec.get("from_pretrained")
-    if not path or not os.path.isdir(path):
+    spec: CompressModelSpec = run.model
+    path = spec.from_pretrained
+    if not os.path.isdir(path):
         raise ValueError(f"model.from_pretrained must be an existing CLIP checkpoint directory, got {path!r}")
-    texts = TextSpec(**((run.extras.texts if run.extras else None) or {}))
-    if texts.templates is None and texts.column is None:
-        texts.column = "caption"
+    texts: CaptionSpec = run.extras.texts
     video = run.data.video is not None or any(s.modality == "video" for s in run.data.eval_sets)
     pieces = load_checkpoint(path, need_text=True, video=video)
     model = pieces.model
     if not hasattr(model, "add_embedding_compression"):
         raise ValueError(f"{path} holds a {type(model).__name__}; the compress stage needs an XrayCLIPModel")
-    if spec.get("compression") is not None or model.embedding_compression is None:
-        model.add_embedding_compression(spec.get("compression"))  # a fresh module (the settings may differ)
+    if spec.compression is not None or model.embedding_compression is None:
+        model.add_embedding_compression(spec.compression)  # a fresh module (the settings may differ)
     args = run.training_args()
 
     image_parts, text_parts = [], []
@@ -153,4 +129,4 @@ def prepare_compress(run: RunContext) -> StageRun:
                     after_training=after_training, save_artifacts=save_artifacts)
 
 
-__all__ = ["CompressionRunExtras", "TextSpec", "embed_source", "prepare_compress", "retention_inputs"]
+__all__ = ["embed_source", "prepare_compress", "retention_inputs"]

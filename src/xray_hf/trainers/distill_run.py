@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from transformers import AutoConfig
@@ -32,11 +32,13 @@ from transformers import AutoConfig
 from ..caches.common import load_or_build
 from ..caches.teacher import TeacherEmbeddingCache, teacher_cache_key
 from ..data import SampleCollator
-from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader, check_keys
+from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader
 from ..data.transforms import Resolution
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.distillation import XrayVisualForDistillation
 from ..modeling.visual import XrayVisualModel
+from ..run_config.extras import CaptionSpec, DistillRunExtras, TeacherCacheSpec, TextCacheSpec
+from ..run_config.model import StudentModelSpec, TeacherSpec
 from .build import (
     build_backbone,
     build_visual_model,
@@ -49,44 +51,16 @@ from .build import (
 )
 from .clip import CLIPCollator
 from .distill import DistillationTrainer, teacher_kind
-from .run import RunContext, StageRun, check_model_keys
-from .texts import CaptionSpec, TextCacheSpec, caption_sampler, text_inputs_for
+from .run import RunContext, StageRun
+from .texts import caption_sampler, text_inputs_for
 
 # teacher checkpoints by their config's model_type: the class that loads them
 TEACHER_CLASSES: dict[str, type] = {"xray_clip": XrayCLIPModel, "xray_visual": XrayVisualModel}
 
 
-@dataclass
-class TeacherCacheSpec:
-    """`teacher_cache:`: precompute the teacher's image embeddings of every training sample's clean view."""
-
-    enabled: bool = False
-    dir: str | None = None  # default: <output_dir>/teacher_cache
-    batch_size: int = 64
-
-
-@dataclass
-class DistillRunExtras:
-    teacher: dict[str, Any] = field(default_factory=dict)
-    captions: dict[str, Any] = field(default_factory=dict)
-    text_cache: dict[str, Any] = field(default_factory=dict)
-    teacher_cache: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> DistillRunExtras:
-        out = cls(**values)
-        check_model_keys(out.teacher, ("from_pretrained",))
-        if not out.teacher.get("from_pretrained"):
-            raise ValueError("the distill stage needs teacher: {from_pretrained: DIR}")
-        check_keys(CaptionSpec, out.captions, "captions keys")
-        check_keys(TextCacheSpec, out.text_cache, "text_cache keys")
-        check_keys(TeacherCacheSpec, out.teacher_cache, "teacher_cache keys")
-        return out
-
-
-def load_teacher(spec: dict[str, Any]) -> tuple[Any, Any]:
+def load_teacher(spec: TeacherSpec) -> tuple[Any, Any]:
     """(teacher, tokenizer or None) from `teacher.from_pretrained`, chosen by the checkpoint's `model_type`."""
-    path = existing_path(spec["from_pretrained"], "teacher.from_pretrained")
+    path = existing_path(spec.from_pretrained, "teacher.from_pretrained")
     model_type = AutoConfig.from_pretrained(path).model_type
     if model_type not in TEACHER_CLASSES:
         raise ValueError(f"teacher {path!r} is a {model_type!r} checkpoint; a teacher is one of {sorted(TEACHER_CLASSES)}")
@@ -94,24 +68,21 @@ def load_teacher(spec: dict[str, Any]) -> tuple[Any, Any]:
     return teacher, (load_tokenizer(path) if isinstance(teacher, XrayCLIPModel) else None)
 
 
-def build_student(spec: dict[str, Any], teacher: Any) -> Any:
+def build_student(spec: StudentModelSpec, teacher: Any) -> Any:
     """The student of `model:` for `teacher` (see the module docstring)."""
-    check_model_keys(spec, ("vision", "config", "from_pretrained"))
-    overrides = dict(spec.get("config", {}))
+    overrides = dict(spec.config)
     clip_teacher = isinstance(teacher, XrayCLIPModel)
-    if spec.get("from_pretrained"):  # continue a student
-        path = existing_path(spec["from_pretrained"], "model.from_pretrained")
+    if spec.from_pretrained:  # continue a student
+        path = existing_path(spec.from_pretrained, "model.from_pretrained")
         student_class = XrayCLIPModel if clip_teacher else XrayVisualForDistillation
         return student_class.from_pretrained(path, **overrides)
-    if not isinstance(spec.get("vision"), dict):
-        raise ValueError("model needs a vision: block (the student's backbone) or from_pretrained: a student")
     if not clip_teacher:
-        return build_visual_model(XrayVisualForDistillation, spec["vision"],
+        return build_visual_model(XrayVisualForDistillation, spec.vision,
                                   distill_target_size=teacher.config.hidden_size)
     settings = {"projection_dim": teacher.config.projection_dim, "slip_weight": 0.0, "lambda_den": 0.0,
                 "hashtag_loss_weight": 0.0, "logit_scale_init_value": float(teacher.logit_scale.detach()),
                 "label_smoothing": teacher.config.label_smoothing, **overrides}
-    student = XrayCLIPModel.from_stages(vision=build_backbone(spec["vision"]), text=copy.deepcopy(teacher.text_model),
+    student = XrayCLIPModel.from_stages(vision=build_backbone(spec.vision), text=copy.deepcopy(teacher.text_model),
                                        **settings)
     student.text_model.requires_grad_(False)  # the teacher's tower: its text embeddings are the student's
     return student
@@ -140,15 +111,13 @@ def prepare_teacher_cache(run: RunContext, teacher: Any, spec: TeacherCacheSpec,
 
 def prepare_distill(run: RunContext) -> StageRun:
     """The `distill` stage of the run-config table (`xray_hf.stages`)."""
-    extras: DistillRunExtras = run.extras or DistillRunExtras()
-    if not extras.teacher:
-        raise ValueError("the distill stage needs teacher: {from_pretrained: DIR}")
+    extras: DistillRunExtras = run.extras
     teacher, tokenizer = load_teacher(extras.teacher)
     kind = teacher_kind(teacher)
-    student = build_student(run.config["model"], teacher)
+    student = build_student(run.model, teacher)
     args = run.training_args()
     resolution = Resolution(run.data.resolution)
-    captions, cache_spec = CaptionSpec(**extras.captions), TextCacheSpec(**extras.text_cache)
+    captions, cache_spec = extras.captions or CaptionSpec(), extras.text_cache or TextCacheSpec()
     text_inputs, wrap_decoder = None, None
     collator: Any = SampleCollator(resolution=resolution)
     if kind.uses_text:
@@ -156,14 +125,13 @@ def prepare_distill(run: RunContext) -> StageRun:
         text_inputs = text_inputs_for(run, teacher, tokenizer, captions, cache_spec, args.main_process_first)
         collator = CLIPCollator(text_inputs, base=collator, group_identical_captions=args.group_identical_captions)
         wrap_decoder = caption_sampler(captions)
-    elif extras.captions or extras.text_cache:
+    elif extras.captions is not None or extras.text_cache is not None:
         raise ValueError("captions: and text_cache: are for CLIP teachers; this teacher is image-only")
     loader = build_train_loader(run.data, run.seed, collate_fn=collator, rank=args.process_index,
                                 world_size=args.world_size, resolution=resolution, wrap_decoder=wrap_decoder)
-    cache_spec_teacher = TeacherCacheSpec(**extras.teacher_cache)
     teacher_cache = None
-    if cache_spec_teacher.enabled:
-        teacher_cache = prepare_teacher_cache(run, teacher, cache_spec_teacher, args.main_process_first)
+    if extras.teacher_cache.enabled:
+        teacher_cache = prepare_teacher_cache(run, teacher, extras.teacher_cache, args.main_process_first)
     eval_sets = build_eval_datasets(run.data)
     trainer = DistillationTrainer(
         model=student, teacher=teacher, teacher_cache=teacher_cache, args=args, train_loader=loader, eval_dataset=eval_sets or None,
@@ -176,10 +144,10 @@ def prepare_distill(run: RunContext) -> StageRun:
         else:
             image_processor_for(run.data).save_pretrained(output_dir)
 
-    results = {"teacher": os.path.abspath(extras.teacher["from_pretrained"]), "student": type(student).__name__,
+    results = {"teacher": os.path.abspath(extras.teacher.from_pretrained), "student": type(student).__name__,
                "teacher_cache": teacher_cache is not None,
                "teacher_parameters": teacher.num_parameters(), "student_parameters": student.num_parameters()}
     return StageRun(trainer, results=results, after_training=evaluate_after_training, save_artifacts=save_artifacts)
 
 
-__all__ = ["TEACHER_CLASSES", "DistillRunExtras", "TeacherCacheSpec", "prepare_teacher_cache", "build_student", "load_teacher", "prepare_distill"]
+__all__ = ["TEACHER_CLASSES", "build_student", "load_teacher", "prepare_distill", "prepare_teacher_cache"]

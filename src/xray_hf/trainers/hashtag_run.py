@@ -14,36 +14,25 @@ Saves the image processor and `hashtag_vocabulary.json` (with counts); evaluatio
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Any
 
 from ..data import SampleCollator
-from ..data.inputs import SourceSpec, build_eval_dataset, build_train_loader, source_table
+from ..data.inputs import build_eval_dataset, build_train_loader, source_table
 from ..eval.metrics import hashtag_metrics
 from ..modeling.hashtag import HashtagVocabulary, XrayVisualForHashtagClassification
+from ..run_config.extras import VocabularySpec
 from .build import build_visual_model, evaluate_after_training, image_processor_for
 from .hashtag import HashtagCollator, HashtagTrainer
 from .run import RunContext, StageRun
 
 
-@dataclass
-class HashtagRunExtras:
-    """The hashtag stage's own run-config keys: `vocabulary:` (`source:` a data source to count tags in, default
-    the training sources; `column:`, default `hashtags`; plus `HashtagVocabulary.from_tag_lists` arguments)."""
-
-    vocabulary: dict[str, Any] = field(default_factory=dict)
-
-
 def prepare_hashtag(run: RunContext) -> StageRun:
     """The `hashtag` stage of the run-config table (`xray_hf.stages`)."""
-    vocab_spec = dict((run.extras.vocabulary if run.extras else None) or {})
-    source = vocab_spec.pop("source", None)
+    spec: VocabularySpec = run.extras.vocabulary
     data = run.data
-    vocab_sources = [SourceSpec.from_dict(source)] if source else [s for s in (data.image, data.video) if s]
-    column = vocab_spec.pop("column", "hashtags")
-    tag_lists = [tags for spec in vocab_sources for tags in source_table(spec)[column]]
-    vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, **vocab_spec)
-    model = build_visual_model(XrayVisualForHashtagClassification, run.config["model"], **vocabulary.config_kwargs())
+    vocab_sources = [spec.source] if spec.source else [s for s in (data.image, data.video) if s]
+    tag_lists = [tags for source in vocab_sources for tags in source_table(source)[spec.column]]
+    vocabulary = HashtagVocabulary.from_tag_lists(tag_lists, min_count=spec.min_count, max_size=spec.max_size)
+    model = build_visual_model(XrayVisualForHashtagClassification, run.model, **vocabulary.config_kwargs())
     args = run.training_args()
     loader = build_train_loader(data, run.seed, collate_fn=HashtagCollator(vocabulary, base=SampleCollator()),
                                 rank=args.process_index, world_size=args.world_size)
@@ -60,4 +49,4 @@ def prepare_hashtag(run: RunContext) -> StageRun:
                     save_artifacts=save_artifacts)
 
 
-__all__ = ["HashtagRunExtras", "prepare_hashtag"]
+__all__ = ["prepare_hashtag"]

@@ -27,60 +27,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 
 from ..data import load_embedded
 from ..data.captions import hashtag_text
-from ..data.inputs import check_keys
 from ..data.tables import take_samples
 from ..modeling.llm2clip import XrayLLM2CLIPTextForMNTP, XrayLLM2CLIPTextModel
+from ..run_config.data import TextDataSpec
+from ..run_config.model import TextModelSpec
 from .build import build_text_tower
 from .llm2vec import MNTPCollator, MNTPTrainer, SimCSECollator, SimCSETrainer, add_lora, load_lora, merge_lora
-from .run import RunContext, StageRun, check_model_keys
+from .run import RunContext, StageRun
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TextSourceSpec:
-    """One embedded dataset's text columns."""
-
-    name: str
-    split: str = "train"
-    columns: list[str] = field(default_factory=lambda: ["caption"])
-    max_samples: int | None = None
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> TextSourceSpec:
-        check_keys(cls, spec, "text source keys")
-        out = cls(**spec)
-        if not out.columns:
-            raise ValueError(f"a text source needs at least one column, got {spec}")
-        return out
-
-
-@dataclass
-class TextDataSpec:
-    """`data:` of the text stages."""
-
-    sources: list[TextSourceSpec] = field(default_factory=list)
-    max_length: int = 32
-    mask_probability: float = 0.2
-
-    @classmethod
-    def from_dict(cls, spec: dict[str, Any]) -> TextDataSpec:
-        check_keys(cls, spec, "data keys of a text stage")
-        spec = dict(spec)
-        spec["sources"] = [TextSourceSpec.from_dict(source) for source in spec.get("sources") or []]
-        out = cls(**spec)
-        if not out.sources:
-            raise ValueError("data.sources needs at least one {name, split, columns} text source")
-        if out.max_length < 2:
-            raise ValueError(f"data.max_length must be >= 2, got {out.max_length}")
-        return out
 
 
 def _text(value: Any) -> str:
@@ -111,25 +72,6 @@ def item_texts(data: TextDataSpec) -> list[tuple[str, list[str]]]:
 
 
 # ------------------------------------------------------------------------------------------------------ model
-@dataclass
-class LoRASpec:
-    """`model.lora:`, `add_lora`'s settings."""
-
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-
-
-def _text_spec(run: RunContext) -> tuple[dict[str, Any], LoRASpec]:
-    model = run.config["model"]
-    check_model_keys(model, ("text", "lora"))
-    if not isinstance(model.get("text"), dict):
-        raise ValueError("model needs a text: block ({from_llm: ...} or {from_pretrained: DIR})")
-    lora = dict(model.get("lora") or {})
-    check_keys(LoRASpec, lora, "model.lora keys")
-    return model["text"], LoRASpec(**lora)
-
-
 def save_merged(tokenizer: Any, merged_tower: Any):
     """`StageRun.save_model` of a LoRA text stage: the adapter in `output_dir/lora`, and the merged text tower
     (`merged_tower(trainer, lora_dir)`) with the tokenizer in `output_dir`."""
@@ -147,9 +89,9 @@ def save_merged(tokenizer: Any, merged_tower: Any):
 
 def prepare_mntp(run: RunContext) -> StageRun:
     """The `mntp` stage: masked next-token prediction with LoRA on the bidirectional LLM of a text tower."""
-    text_spec, lora = _text_spec(run)
-    data: TextDataSpec = run.data
-    tower, tokenizer = build_text_tower(text_spec, None)
+    spec: TextModelSpec = run.model
+    lora, data = spec.lora, run.data
+    tower, tokenizer = build_text_tower(spec.text, None)
     if not isinstance(tower, XrayLLM2CLIPTextModel):
         raise ValueError(f"MNTP trains an LLM2CLIP text tower, not {type(tower).__name__}")
     base = os.path.join(run.output_dir, "base")
@@ -170,11 +112,11 @@ def prepare_mntp(run: RunContext) -> StageRun:
 
 def prepare_simcse(run: RunContext) -> StageRun:
     """The `simcse` stage: supervised SimCSE with LoRA, the texts of one item as positives."""
-    text_spec, lora = _text_spec(run)
-    data: TextDataSpec = run.data
-    if not text_spec.get("from_pretrained"):
+    spec: TextModelSpec = run.model
+    lora, data = spec.lora, run.data
+    if not spec.text.from_pretrained:
         raise ValueError("simcse starts from a trained text tower: model.text.from_pretrained (the mntp output)")
-    tower, tokenizer = build_text_tower(text_spec, None)
+    tower, tokenizer = build_text_tower(spec.text, None)
     if not isinstance(tower, XrayLLM2CLIPTextModel):
         raise ValueError(f"SimCSE trains an LLM2CLIP text tower, not {type(tower).__name__}")
     model = add_lora(tower, lora.r, lora.alpha, lora.dropout)  # only LoRA trains
@@ -191,4 +133,4 @@ def prepare_simcse(run: RunContext) -> StageRun:
                         trainer.accelerator.unwrap_model(trainer.model))))
 
 
-__all__ = ["LoRASpec", "TextDataSpec", "TextSourceSpec", "item_texts", "prepare_mntp", "prepare_simcse"]
+__all__ = ["item_texts", "prepare_mntp", "prepare_simcse"]

@@ -27,7 +27,7 @@ from .run import RunContext, StageRun
 
 def prepare_mae(run: RunContext) -> StageRun:
     """The `mae` stage of the run-config table (`xray_hf.stages`)."""
-    model = build_visual_model(XrayVisualForPreTraining, run.config["model"])
+    model = build_visual_model(XrayVisualForPreTraining, run.model)
     args = run.training_args()
     loader = build_train_loader(run.data, run.seed, rank=args.process_index, world_size=args.world_size)
     trainer = MAETrainer(model=model, args=args, data_collator=SampleCollator(), train_loader=loader,

@@ -1,8 +1,9 @@
 """Run one stage from a YAML run config: `xray-hf train <stage> --config configs/<stage>_tiny.yaml`.
 
 A run config has the stage, a seed, the model (a preset or a previous stage's checkpoint, plus config overrides),
-the data (see `data/inputs.py`), the `training:` arguments of the stage's `TrainingArguments` subclass, and the
-stage's own keys (its entry's `extras` dataclass, e.g. `vocabulary:` for hashtags). Stages come from the table in
+the data, the `training:` arguments of the stage's `TrainingArguments` subclass, and the stage's own keys (e.g.
+`vocabulary:` for hashtags); `xray_hf.run_config` documents every key and parses it once, before the stage's
+`prepare` receives the typed blocks in a `RunContext`. Stages come from the table in
 `xray_hf.stages`: this module has no per-stage branch. The run saves the model, its processor and a
 `results.json` into `training.output_dir`, plus the stage's artifacts.
 """
@@ -14,22 +15,21 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from transformers import set_seed
 
+from ..run_config import RunConfig
 from ..stages import Stage, get_stage
 from .resume import stage_training_loss
 
 logger = logging.getLogger(__name__)
 
-COMMON_KEYS = ("stage", "seed", "model", "data", "training")
-
 
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read and check a YAML run config."""
+    """Read a YAML run config (a mapping; `RunConfig.from_dict` parses it)."""
     with open(path, encoding="utf-8") as f:
         config = yaml.safe_load(f)
     if not isinstance(config, dict):
@@ -37,46 +37,40 @@ def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-def _stage(stage: str | Stage) -> Stage:
-    return stage if isinstance(stage, Stage) else get_stage(stage)
-
-
-def check_run_config(config: dict[str, Any], stage: str | Stage) -> None:
-    """Raise a `ValueError` naming the first problem of a run config for `stage`."""
-    entry = _stage(stage)
-    extras = entry.extras_class()
-    known = set(COMMON_KEYS) | ({f.name for f in fields(extras)} if extras else set())
-    unknown = set(config) - known
-    if unknown:
-        raise ValueError(f"unknown run config keys {sorted(unknown)} for stage {entry.name!r}; known: {sorted(known)}")
-    if config.get("stage", entry.name) != entry.name:
-        raise ValueError(f"the run config is for stage {config['stage']!r}, not {entry.name!r}")
-    for key in ("model", "data", "training"):
-        if not isinstance(config.get(key), dict):
-            raise ValueError(f"the run config needs a '{key}:' mapping")
-    if "output_dir" not in config["training"]:
-        raise ValueError("training.output_dir is required")
-
-
 @dataclass
 class RunContext:
-    """What a stage's `prepare` gets: the checked run config, parsed."""
+    """What a stage's `prepare` gets: its table entry and its run config, parsed (`xray_hf.run_config`)."""
 
     stage: Stage
-    config: dict[str, Any]
-    seed: int
-    data: Any  # the stage's data spec: a DataSpec, or a TextDataSpec for the text stages
-    training: dict[str, Any]
-    extras: Any = None
+    config: RunConfig
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def model(self) -> Any:
+        """The stage's `model:` block (e.g. a `VisionSpec`, a `CLIPModelSpec`)."""
+        return self.config.model
+
+    @property
+    def data(self) -> Any:
+        """The stage's `data:` block: a `DataSpec`, or a `TextDataSpec` for the text stages."""
+        return self.config.data
+
+    @property
+    def extras(self) -> Any:
+        """The stage's own blocks (its `extras` dataclass), or None."""
+        return self.config.extras
 
     @property
     def output_dir(self) -> str:
-        return self.training["output_dir"]
+        return self.config.output_dir
 
     def training_args(self, **extra: Any):
         """The stage's `TrainingArguments` from `training:` (TensorBoard logging and the run's seed by default)."""
         cls = self.stage.arguments_class()
-        return cls(**{"seed": self.seed, "report_to": ["tensorboard"], **self.training, **extra})
+        return cls(**{"seed": self.seed, "report_to": ["tensorboard"], **self.config.training, **extra})
 
 
 @dataclass
@@ -95,28 +89,13 @@ class StageRun:
     save_model: Callable[[Any, str], None] | None = None
 
 
-def check_model_keys(model_spec: dict[str, Any], known: tuple[str, ...] = ("preset", "from_pretrained", "config")):
-    unknown = set(model_spec) - set(known)
-    if unknown:
-        raise ValueError(f"unknown model keys {sorted(unknown)}; use {', '.join(known)}")
-
-
 def run_stage(
     stage: str | Stage, config: dict[str, Any], resume_from_checkpoint: str | bool | None = None
 ) -> dict[str, Any]:
     """Train one stage as the run config says; returns (and saves as results.json) its numbers."""
-    entry = _stage(stage)
-    config = copy.deepcopy(config)
-    check_run_config(config, entry)
-    seed = int(config.get("seed", 0))
-    set_seed(seed)
-    extras_class = entry.extras_class()
-    extras = None
-    if extras_class is not None:
-        given = {f.name: config[f.name] for f in fields(extras_class) if f.name in config}
-        extras = extras_class.from_dict(given) if hasattr(extras_class, "from_dict") else extras_class(**given)
-    data = entry.data_class().from_dict(config["data"])
-    context = RunContext(entry, config, seed, data, dict(config["training"]), extras)
+    entry = stage if isinstance(stage, Stage) else get_stage(stage)
+    context = RunContext(entry, RunConfig.from_dict(copy.deepcopy(config), entry))
+    set_seed(context.seed)
     run = entry.prepare_fn()(context)
     trainer, output_dir = run.trainer, context.output_dir
     results: dict[str, Any] = {"stage": entry.name, **run.results}
@@ -153,5 +132,5 @@ def train_from_file(stage: str, path: str | os.PathLike, overrides: dict[str, An
 
 
 __all__ = [
-    "RunContext", "StageRun", "check_model_keys", "check_run_config", "load_run_config", "run_stage", "train_from_file",
+    "RunContext", "StageRun", "load_run_config", "run_stage", "train_from_file",
 ]

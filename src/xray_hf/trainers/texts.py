@@ -5,7 +5,6 @@ pooled outputs from the text cache)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import datasets
@@ -16,34 +15,19 @@ from ..data.captions import CaptionSampler
 from ..data.inputs import open_stream_source, source_table
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.llm2clip import XrayLLM2CLIPTextModel
+from ..run_config.extras import CaptionSpec, TextCacheSpec
 from .clip import CachedTexts, TokenizedTexts
 from .run import RunContext
 
 
-@dataclass
-class CaptionSpec:
-    """`captions:`: which columns hold the caption and the hashtags, and how often a single sentence is used; or
-    `templates` (e.g. ["a photo of a {}"]) to caption a labelled set with its `label_column`'s class names."""
-
-    column: str = "caption"
-    hashtag_column: str | None = None
-    sentence_p: float = 0.0
-    templates: list[str] | None = None
-    label_column: str = "label"
-
-
-@dataclass
-class TextCacheSpec:
-    """`text_cache:`: cache the frozen LLM's pooled outputs (default when the tower has a frozen LLM)."""
-
-    enabled: bool = True
-    dir: str | None = None  # default: <output_dir>/text_cache
-    batch_size: int = 64
+def label_column(captions: CaptionSpec) -> str:
+    """The column whose class names fill `captions.templates` (`label` unless set)."""
+    return captions.label_column or "label"
 
 
 def caption_records(run: RunContext, captions: CaptionSpec) -> list[tuple[Any, list[dict]]]:
     """(source, records) of every training source: the caption (or label) and hashtag columns, no media decoded."""
-    first = captions.label_column if captions.templates is not None else captions.column
+    first = label_column(captions) if captions.templates is not None else captions.column
     columns = [c for c in (first, captions.hashtag_column) if c]
     records: list[tuple[Any, list[dict]]] = []
     for spec in (run.data.image, run.data.video):
@@ -83,12 +67,12 @@ def caption_sampler(captions: CaptionSpec):
         classnames = None
         if captions.templates is not None:
             features = (source_table(spec) if spec.name else open_stream_source(spec)[0]).features or {}
-            label = features.get(captions.label_column)
+            label = features.get(label_column(captions))
             if not isinstance(label, datasets.ClassLabel):
-                raise ValueError(f"captions.templates need a ClassLabel column {captions.label_column!r} in {spec}")
+                raise ValueError(f"captions.templates need a ClassLabel column {label_column(captions)!r} in {spec}")
             classnames = label.names
         return CaptionSampler(decoder, captions.column, captions.hashtag_column, captions.sentence_p,
-                              captions.templates, classnames, captions.label_column)
+                              captions.templates, classnames, label_column(captions))
 
     return wrap
 
@@ -111,6 +95,5 @@ def text_inputs_for(run: RunContext, model: XrayCLIPModel, tokenizer: Any, capti
 
 
 __all__ = [
-    "CaptionSpec", "TextCacheSpec", "caption_records", "caption_sampler", "has_frozen_llm", "prepare_text_cache",
-    "text_inputs_for",
+    "caption_records", "caption_sampler", "has_frozen_llm", "label_column", "prepare_text_cache", "text_inputs_for",
 ]
