@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import machine_header  # noqa: E402
 
+from xray_hf.eval.options import EmbedOptions  # noqa: E402
 from xray_hf.modeling.compression import int8_ranges, quantize_binary, quantize_int8  # noqa: E402
 from xray_hf.search import FaissIndex, KindParams, SearchIndex, build_index  # noqa: E402
 
@@ -62,8 +63,8 @@ def throughput(model: str, output: str, items: int, batch_size: int) -> dict[str
         import shutil
 
         shutil.rmtree(target)
-    report = build_index(model, "fashion-mnist", target, max_items=items, thumbnails=False, batch_size=batch_size,
-                         progress=False)
+    report = build_index(model, "fashion-mnist", target, max_items=items, thumbnails=False,
+                         embed=EmbedOptions(batch_size=batch_size), progress=False)
     work = sum(report["seconds"][key] for key in ("decode", "embed", "index", "write"))
     index = report["added"] / work
     return {"items": items, "embed_items_per_s": embed, "index_items_per_s": index, "ratio": index / embed,
@@ -74,7 +75,8 @@ def gallery_vectors(model: str, output: str, batch_size: int) -> tuple[np.ndarra
     target = os.path.join(output, "gallery_index")
     start = time.perf_counter()
     for name, split in GALLERY:
-        build_index(model, name, target, split=split, thumbnails=False, batch_size=batch_size, progress=True)
+        build_index(model, name, target, split=split, thumbnails=False, embed=EmbedOptions(batch_size=batch_size),
+                    progress=True)
     index = SearchIndex(target)
     return index.index.index.reconstruct_n(0, len(index)), time.perf_counter() - start
 

@@ -179,7 +179,8 @@ def clip_accuracy(checkpoint: str, shares: list[float], video_dataset: str, imag
                   max_samples: int | None, templates: list[str] | None = None) -> dict[str, Any]:
     """Video zero-shot and image retrieval (or zero-shot) of a CLIP checkpoint with ToMe at each merged share."""
     from xray_hf.checkpoint import load_checkpoint
-    from xray_hf.eval.run import DEFAULT_NUM_FRAMES, run_eval
+    from xray_hf.eval.options import EmbedOptions
+    from xray_hf.eval.run import run_eval
 
     pieces = load_checkpoint(checkpoint, video=True)
     model = pieces.model.eval()
@@ -188,7 +189,7 @@ def clip_accuracy(checkpoint: str, shares: list[float], video_dataset: str, imag
         raise ValueError(f"{checkpoint!r} is not an XrayCLIPModel (no xray_visual tower with a tome_r setting)")
     if tower.config.evit_layers:
         print(f"  note: EViT layers {tower.config.evit_layers} do not merge; r is matched as if every layer did")
-    num_frames = int(getattr(pieces.video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
+    num_frames = EmbedOptions().frames(pieces.video_processor)
     layers = tower.config.num_hidden_layers
     tokens = {"video": _token_count(model, pieces, video_dataset, num_frames),
               "image": _token_count(model, pieces, image_dataset, num_frames)}

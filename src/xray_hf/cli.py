@@ -7,14 +7,16 @@ import os
 import sys
 from typing import Sequence
 
+from .eval.options import EmbedOptions
 from .stages import STAGES
 
 
 def _embed(args: argparse.Namespace) -> int:
     from .demo import embed_image
 
-    result = embed_image(args.image, preset=args.preset, model_path=args.model, compile=args.compile,
-                         batch_size=args.batch_size)
+    options = EmbedOptions.from_args(args)
+    result = embed_image(args.image, preset=args.preset, model_path=args.model, compile=options.compile,
+                         batch_size=options.batch_size)
     print(f"embedding shape: {tuple(result.pooled.shape)}")
     print(f"throughput: {result.images_per_second:.1f} images/s (batch {result.batch_size}, "
           f"{'compiled' if result.compiled else 'eager'}, {result.threads} torch threads)")
@@ -29,8 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="?", default=None, help="image path (default: a bundled scikit-image photo)")
     p.add_argument("--preset", default="tiny", help="XrayVisualConfig preset, random init (default: tiny)")
     p.add_argument("--model", default=None, help="a saved model directory instead of a preset")
-    p.add_argument("--batch-size", type=int, default=8, help="copies of the image per timed call (default: 8)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (static shapes) before timing")
+    EmbedOptions.add_arguments(p, ("batch_size", "compile"), batch_size=8)  # batch: copies of the image per call
     p.set_defaults(func=_embed)
 
     # -- more subcommands (train, convert, ...) are added below, one block each --
@@ -102,10 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
             templates=args.templates, classnames=parse_classnames(args.classnames), label_column=args.label_column,
             caption_column=args.caption_column, media_column=args.media_column, max_samples=args.max_samples,
             train_dataset=args.train_dataset, train_split=args.train_split, val_split=args.val_split,
-            max_train_samples=args.max_train_samples, feature=args.feature, num_frames=args.num_frames,
-            stride=args.stride, video_mode=args.video_mode, batch_size=args.batch_size, num_workers=args.num_workers,
-            device=args.device, plots=not args.no_plots, seed=args.seed, save_adapter=args.save_adapter,
-            compile=args.compile,
+            max_train_samples=args.max_train_samples, feature=args.feature, video_mode=args.video_mode,
+            embed=EmbedOptions.from_args(args), plots=not args.no_plots, seed=args.seed, save_adapter=args.save_adapter,
         )
         metrics = ", ".join(f"{name} {value:.4f}" for name, value in result["metrics"].items())
         print(f"{result['task']} on {result['dataset']}/{args.split}: {metrics}")
@@ -137,19 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-samples", type=int, default=None, help="use at most this many training samples")
     p.add_argument("--feature", default="pooled", choices=("pooled", "embedding"),
                    help="linear probe / kNN feature: backbone pooled output (default) or projected embedding")
-    p.add_argument("--num-frames", type=int, default=None, help="frames per video clip (default: the processor's)")
-    p.add_argument("--stride", type=int, default=2, help="frame stride of video clips (default: 2)")
     p.add_argument("--video-mode", default="native", choices=("native", "frame-mean"),
                    help="embed clips natively, or as the mean of per-frame image embeddings (image-only models)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--device", default=None, help="torch device (default: where the model loads)")
+    EmbedOptions.add_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-plots", action="store_true", help="write only the JSON")
     p.add_argument("--save-adapter", default=None, metavar="NAME",
                    help="linear-probe only: save the probe as a linear adapter in <model>/adapters/NAME")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the vision tower (static shapes: one graph per batch shape)")
     p.set_defaults(func=_eval)
 
     # -- semantic-ids: RQ / PQ codes of a dataset's embeddings (paper 6.6); ids Parquet + quantiser + report --
@@ -160,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
             args.model, args.dataset, args.output, levels=args.levels, codebook_size=args.codebook_size,
             method=args.method, distance=args.distance, split=args.split, max_samples=args.max_samples,
             epochs=args.epochs, batch_size=args.batch_size, feature=args.feature, media_column=args.media_column,
-            embed_batch_size=args.embed_batch_size, device=args.device, seed=args.seed,
+            embed=EmbedOptions.from_args(args, batch_size_flag="--embed-batch-size"), seed=args.seed,
         )
         usage = ", ".join(f"{row['usage']:.2f}" for row in report["levels"])
         print(f"{report['method']} semantic ids of {report['num_items']} items written to {args.output}: usage per "
@@ -183,8 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature", default="embedding", choices=("embedding", "pooled"),
                    help="projected embedding (default) or the backbone's pooled output")
     p.add_argument("--media-column", default=None, help="image/video column when there are several")
-    p.add_argument("--embed-batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="torch device for the model (default: where it loads)")
+    EmbedOptions.add_arguments(p, batch_size_flag="--embed-batch-size")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_semantic_ids)
 
@@ -229,8 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         report = build_index(
             args.model, args.source, args.output, kind=args.kind, split=args.split, compression=args.compression,
             compressed_dim=args.compressed_dim, quantizer=args.quantizer, media_column=args.media_column,
-            max_items=args.max_items, batch_size=args.batch_size, thumbnails=not args.no_thumbnails,
-            num_frames=args.num_frames, params=params, device=args.device, compile=args.compile,
+            max_items=args.max_items, embed=EmbedOptions.from_args(args), thumbnails=not args.no_thumbnails,
+            params=params,
         )
         skipped = ", ".join(f"{reason} {count}" for reason, count in report["skipped_by_reason"].items())
         print(f"indexed {report['count']} items ({report['added']} new, {report['already_indexed']} already done) "
@@ -258,16 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "model beside it, if any)")
     p.add_argument("--media-column", default=None, help="image/video column when there are several")
     p.add_argument("--max-items", type=int, default=None, help="index at most this many items per source")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-frames", type=int, default=None, help="frames per video clip (default: the processor's)")
+    EmbedOptions.add_arguments(p, ("batch_size", "num_frames", "stride", "device", "compile"))
     p.add_argument("--no-thumbnails", action="store_true", help="do not store PNG thumbnails (the demo shows them)")
     p.add_argument("--hnsw-m", type=int, default=None, help="HNSW links per node (default 32)")
     p.add_argument("--ef-search", type=int, default=None, help="HNSW candidates per search (default 128)")
     p.add_argument("--nlist", type=int, default=None, help="IVF-PQ cells (default: ~sqrt of the training items)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ cells searched (default: nlist / 8, >= 8)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the vision tower (static shapes: one graph per batch shape)")
     p.set_defaults(func=_index)
 
     def _search(args: argparse.Namespace) -> int:

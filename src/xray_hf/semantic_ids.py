@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ import torch.nn.functional as F
 
 from .configuration.semantic_ids import XraySemanticIDConfig
 from .modeling.semantic_ids import DEFAULT_EPOCHS, XraySemanticIDModel
+
+if TYPE_CHECKING:
+    from .eval.options import EmbedOptions
 
 # a level using fewer than 90% of its codes on the data it was fitted on has (partly) collapsed; k-means init and
 # dead-code reset keep every code in use on the embedded sets (tests/test_semantic_ids.py)
@@ -150,12 +153,8 @@ def embed_dataset(
     max_samples: int | None = None,
     feature: str = "embedding",
     media_column: str | None = None,
-    num_frames: int | None = None,
-    stride: int = 2,
     video_mode: str = "native",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | None = None,
+    embed: EmbedOptions | None = None,
     min_items: int = 1,
     seed: int = 0,
 ) -> tuple[torch.Tensor, list[str] | None]:
@@ -163,24 +162,23 @@ def embed_dataset(
     computes them, and the dataset's `id` column (None when it has none). Fewer than `min_items` rows is an
     error raised before anything is embedded."""
     from .eval.data import ProcessorTransform, decoded, load_eval_set
-    from .eval.features import embed_images
     from .checkpoint import load_checkpoint
-    from .eval.run import DEFAULT_NUM_FRAMES
+    from .eval.features import embed_images
+    from .eval.options import EmbedOptions
 
     eval_set = load_eval_set(dataset, split, max_samples=max_samples, media_column=media_column)
     if len(eval_set.dataset) < min_items:
         raise ValueError(f"{dataset}/{split} has {len(eval_set.dataset)} items, fewer than the {min_items} needed "
                          "(the codebook size)")
     pieces = load_checkpoint(model_dir, need_text=False, video=eval_set.modality == "video")
-    model = pieces.model if device is None else pieces.model.to(device)
+    embed = embed or EmbedOptions()
+    model = embed.place(pieces.model)
     transform = ProcessorTransform(pieces.image_processor, pieces.video_processor)
-    if num_frames is None:
-        num_frames = int(getattr(pieces.video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
-    data = decoded(eval_set, transform, num_frames=num_frames, stride=stride, seed=seed)
+    data = decoded(eval_set, transform, num_frames=embed.frames(pieces.video_processor), stride=embed.stride, seed=seed)
     has_ids = "id" in eval_set.dataset.column_names
     embeddings, gathered = embed_images(
         model, data, columns=("id",) if has_ids else (), feature=feature, video_mode=video_mode,
-        batch_size=batch_size, num_workers=num_workers,
+        batch_size=embed.batch_size, num_workers=embed.num_workers,
     )
     return embeddings, ([str(i) for i in gathered["id"]] if has_ids else None)
 
@@ -226,9 +224,7 @@ def run_semantic_ids(
     batch_size: int | None = None,
     feature: str = "embedding",
     media_column: str | None = None,
-    embed_batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | None = None,
+    embed: EmbedOptions | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Embed `dataset`/`split` with the checkpoint `model`, fit a `method` quantiser of `levels` x
@@ -252,7 +248,7 @@ def run_semantic_ids(
             raise ValueError(f"{os.fspath(model)!r} gives {width}-d {feature!r} features: {error}") from error
     embeddings, item_ids = embed_dataset(
         model, dataset, split, max_samples=max_samples, feature=feature, media_column=media_column,
-        batch_size=embed_batch_size, num_workers=num_workers, device=device, min_items=codebook_size, seed=seed,
+        embed=embed, min_items=codebook_size, seed=seed,
     )
     config = XraySemanticIDConfig(embedding_dim=int(embeddings.shape[1]), method=method, num_levels=levels,
                                   codebook_size=codebook_size, distance=distance)

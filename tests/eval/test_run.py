@@ -6,6 +6,7 @@ from PIL import Image
 
 from xray_hf.cli import main
 from xray_hf.data import load_embedded, write_shards
+from xray_hf.eval.options import EmbedOptions
 from xray_hf.eval.run import run_eval
 
 
@@ -57,7 +58,7 @@ def test_cli_linear_probe_and_knn_on_pooled_features(tiny_clip_dir, tmp_path):
 
 def test_video_zero_shot_records_num_frames(tiny_clip_dir, tmp_path):
     result = run_eval(str(tiny_clip_dir), "zero-shot", "moving-shapes", "test", tmp_path / "v.json",
-                      max_samples=12, num_frames=2, video_mode="frame-mean", plots=False)
+                      max_samples=12, embed=EmbedOptions(num_frames=2), video_mode="frame-mean", plots=False)
     assert result["num_frames"] == 2 and result["templates"][0] == "a video of a {}."
     assert set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert not (tmp_path / "v_confusion.png").exists()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from .helpers import draw
+from xray_hf.eval.options import EmbedOptions
 from xray_hf.search import SearchIndex, build_index
 from xray_hf.search.embedder import SearchEmbedder
 
@@ -66,12 +67,14 @@ def test_an_interrupted_build_resumes_and_only_new_files_are_embedded(clip_dir, 
     monkeypatch.setattr(SearchEmbedder, "embed_pixels", counting)
     fail = True
     with pytest.raises(Interrupt):
-        build_index(clip_dir, str(image_folder), output, batch_size=4, commit_every=4, progress=False)
+        build_index(clip_dir, str(image_folder), output, embed=EmbedOptions(batch_size=4), commit_every=4,
+                    progress=False)
     committed = SearchIndex(output)
     assert len(committed) == 8  # two batches were committed before the third failed
     calls.clear()
     fail = False
-    report = build_index(clip_dir, str(image_folder), output, batch_size=4, commit_every=4, progress=False)
+    report = build_index(clip_dir, str(image_folder), output, embed=EmbedOptions(batch_size=4), commit_every=4,
+                    progress=False)
     # the probe image of the fingerprint is one call of one item; the gallery: the 8 items not yet indexed
     assert sum(calls) - 1 == 8 and report["added"] == 8 and report["count"] == 16
     assert report["already_indexed"] == 8

@@ -21,6 +21,7 @@ from .adapters import adapter_from_fit
 from .data import EvalSet, ProcessorTransform, decoded, load_eval_set
 from .features import TextEncoder
 from .linear_probe import extract_features, knn_eval, linear_probe_eval
+from .options import EmbedOptions
 from .metrics import recall_curve, retrieval_metrics, top_k_indices
 from .plots import plot_confusion_matrix, plot_recall_curve, plot_retrieval_grid
 from .caption_retrieval import run_caption_retrieval
@@ -28,7 +29,6 @@ from .results import TASKS, make_result, write_result
 from .retrieval import embed_retrieval_set
 from .zero_shot import resolve_templates, zero_shot_eval
 
-DEFAULT_NUM_FRAMES = 8
 GRID_TOP_K = 5
 
 
@@ -71,18 +71,13 @@ def run_eval(
     val_split: str | None = "validation",
     max_train_samples: int | None = None,
     feature: str = "pooled",
-    num_frames: int | None = None,
-    stride: int = 2,
     video_mode: str = "native",
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | None = None,
+    embed: EmbedOptions | None = None,
     plots: bool = True,
     grid_queries: int = 8,
     language: str = "en",
     seed: int = 0,
     save_adapter: str | None = None,
-    compile: bool = False,
 ) -> dict[str, Any]:
     """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`, `caption-retrieval`) of `model` (a checkpoint
     directory or a loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
@@ -93,8 +88,8 @@ def run_eval(
     `linear-probe` trains on `train_split` of `train_dataset` (default: `dataset`), chooses C on `val_split`
     (embedded sets; otherwise a held-out part of train) and also reports kNN; with `save_adapter=NAME` its
     probe is saved as a linear adapter in `<model>/adapters/NAME` (`modeling.adapters`). See the module
-    docstrings of `zero_shot`, `retrieval` and `linear_probe` for the definitions. `compile=True` compiles the
-    model's vision tower in place (`xray_hf.export.compile.compile_for_inference`).
+    docstrings of `zero_shot`, `retrieval` and `linear_probe` for the definitions. `embed` says how items are
+    embedded (batch size, frames per clip, device, a compiled vision tower: `EmbedOptions`).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
@@ -126,21 +121,16 @@ def run_eval(
         name = model_name or getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     if needs_text and tokenizer is None:
         raise ValueError(f"task {task!r} needs a tokenizer (or encode_text=)")
-    if device is not None:
-        model = model.to(device)
-    if compile:  # the vision tower, in place, static shapes: one graph per batch shape
-        from ..export.compile import compile_for_inference
-
-        compile_for_inference(model)
+    embed = embed or EmbedOptions()
+    model = embed.place(model)
     transform = ProcessorTransform(image_processor, video_processor)
-    if num_frames is None:
-        num_frames = int(getattr(video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
-    common = dict(batch_size=batch_size, num_workers=num_workers, video_mode=video_mode)
+    num_frames = embed.frames(video_processor)
+    common = dict(batch_size=embed.batch_size, num_workers=embed.num_workers, video_mode=video_mode)
     columns = dict(media_column=media_column, label_column=label_column, caption_column=caption_column)
 
     def open_set(source: str, which: str, limit: int | None, need: tuple[str, ...]) -> tuple[EvalSet, Any]:
         eval_set = load_eval_set(source, which, max_samples=limit, classnames=classnames, need=need, **columns)
-        return eval_set, decoded(eval_set, transform, num_frames=num_frames, stride=stride, seed=seed)
+        return eval_set, decoded(eval_set, transform, num_frames=num_frames, stride=embed.stride, seed=seed)
 
     stem = _stem(output) if plots else None
     written: dict[str, str] = {}

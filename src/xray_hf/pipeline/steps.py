@@ -95,10 +95,13 @@ class SemanticIdsStep:
         return self.spec
 
     def run(self, pipeline: Pipeline, progress: Progress) -> dict[str, Any] | None:
+        from ..eval.options import EmbedOptions
         from ..semantic_ids import run_semantic_ids
 
         spec = dict(self.spec)
         model = spec.pop("model")
+        if spec.get("embed") is not None:  # how the items are embedded: EmbedOptions (batch_size there is the EMA's)
+            spec["embed"] = EmbedOptions(**spec["embed"])
         report = run_semantic_ids(pipeline.path(model), spec.pop("dataset"), pipeline.path(self.name), **spec)
         metrics = {"reconstruction_cosine": report["reconstruction_cosine"], "num_items": report["num_items"]}
         for level, row in enumerate(report.get("levels", [])):
@@ -156,6 +159,7 @@ class EvalStep:
         return self.runs
 
     def run(self, pipeline: Pipeline, progress: Progress) -> dict[str, Any] | None:
+        from ..eval.options import EmbedOptions
         from ..eval.results import describe_settings
         from ..eval.run import run_eval
 
@@ -167,8 +171,10 @@ class EvalStep:
             if result is None:
                 described = f" ({describe_settings(options)})" if options else ""
                 progress.write(f"[pipeline] eval: {spec['task']} of {spec['model']} on {spec['dataset']}{described}")
+                embed, rest = EmbedOptions.split(options)
                 result = run_eval(pipeline.path(spec["model"]), spec["task"], spec["dataset"],
-                                  split=spec.get("split", "test"), output=output, model_name=spec["model"], **options)
+                                  split=spec.get("split", "test"), output=output, model_name=spec["model"],
+                                  embed=embed, **rest)
             plots = [os.path.join("eval", plot) for plot in (result.get("plots") or {}).values()]
             results.append({"name": name, "model": spec["model"], "task": spec["task"], "dataset": spec["dataset"],
                             "split": spec.get("split", "test"), "settings": options, "metrics": result["metrics"],

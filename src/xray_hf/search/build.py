@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import SampleDecodeError
+from ..eval.options import EmbedOptions
 from .embedder import SearchEmbedder
 from .gallery import metadata, open_gallery, rows, thumbnail
 from .kinds import KIND_COMPRESSION, FaissIndex, KindParams, check_kind
@@ -146,31 +147,25 @@ def build_index(
     quantizer: str | os.PathLike | None = None,
     media_column: str | None = None,
     max_items: int | None = None,
-    batch_size: int = 64,
+    embed: EmbedOptions | None = None,
     thumbnails: bool = True,
-    num_frames: int | None = None,
-    stride: int = 2,
     params: dict[str, Any] | None = None,
     commit_every: int = COMMIT_EVERY,
-    device: str | None = None,
     progress: bool = True,
-    compile: bool = False,
 ) -> dict[str, Any]:
     """Build (or continue) the index at `output` of `sources` embedded with the checkpoint `model`; returns the
     report, also saved in the manifest (`report`). See the module docstring."""
     check_kind(kind)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    embed = embed or EmbedOptions()
     if compression is not None and KIND_COMPRESSION[kind] is not None:
         raise ValueError(f"--compression {compression} applies to float kinds (flat, hnsw, ivfpq); {kind} already "
                          "stores the model's own compressed codes")
     total_start = time.perf_counter()
     gallery = open_gallery(sources, split, media_column, max_items)
-    embedder = SearchEmbedder(model, compression, compressed_dim, device=device, num_frames=num_frames, stride=stride,
-                              compile=compile)
+    embedder = SearchEmbedder(model, compression, compressed_dim, embed)
     settings = {"kind": kind, "dim": embedder.dim, "embedding_dim": embedder.embedding_dim,
                 "compression": compression, "compressed_dim": embedder.compressed_dim if compression else None,
-                "num_frames": embedder.num_frames, "stride": stride, "fingerprint": embedder.fingerprint(),
+                "num_frames": embedder.num_frames, "stride": embedder.stride, "fingerprint": embedder.fingerprint(),
                 "params": KindParams.from_dict(params).to_dict()}
     store = IndexStore.create_or_resume(output, settings)
     if store.count or store.manifest["skipped"]:  # continuing: the same checkpoint (its probes, within float noise)
@@ -204,7 +199,7 @@ def build_index(
                 if prepared is None:
                     continue
                 batch.append(prepared)
-                if len(batch) == batch_size:
+                if len(batch) == embed.batch_size:
                     builder.embed_batch(batch)
                     batch = []
                     builder.maybe_commit()

@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from ..data import decode_image, decode_video_clip
 from ..eval.data import ProcessorTransform
 from ..eval.features import encode_texts, frozen, image_features
+from ..eval.options import EmbedOptions
 from ..modeling.compression import quantize_binary
 
 PROBE_TEXT = "xray-hf search index probe: a red heart"
 FINGERPRINT_COSINE = 0.999  # same checkpoint: the probes agree to float noise; another one: far below
-DEFAULT_NUM_FRAMES = 8
 
 
 def probe_image(size: int = 64) -> torch.Tensor:
@@ -41,8 +41,7 @@ class SearchEmbedder:
     """A CLIP checkpoint ready to embed gallery items and queries (see the module docstring)."""
 
     def __init__(self, model_dir: str | os.PathLike, compression: str | None = None,
-                 compressed_dim: int | None = None, device: str | None = None, num_frames: int | None = None,
-                 stride: int = 2, compile: bool = False):
+                 compressed_dim: int | None = None, embed: EmbedOptions | None = None):
         from ..checkpoint import load_checkpoint
 
         if compression not in (None, "projection"):
@@ -52,19 +51,15 @@ class SearchEmbedder:
         if not os.path.isdir(self.model_dir):
             raise FileNotFoundError(f"model directory {self.model_dir!r} does not exist")
         pieces = load_checkpoint(self.model_dir, need_text=True, video=True)
-        self.model = pieces.model if device is None else pieces.model.to(device)
-        if not hasattr(self.model, "get_image_features") or not hasattr(self.model, "get_text_features"):
-            raise ValueError(f"{self.model_dir} holds a {type(self.model).__name__}, not a CLIP model: search needs "
-                             "get_image_features and get_text_features")
-        if compile:  # the vision tower in place, static shapes: one graph per batch shape
-            from ..export.compile import compile_for_inference
-
-            compile_for_inference(self.model)
+        if not hasattr(pieces.model, "get_image_features") or not hasattr(pieces.model, "get_text_features"):
+            raise ValueError(f"{self.model_dir} holds a {type(pieces.model).__name__}, not a CLIP model: search "
+                             "needs get_image_features and get_text_features")
+        embed = embed or EmbedOptions()
+        self.model = embed.place(pieces.model)  # on its device, the vision tower compiled when asked
         self.tokenizer = pieces.tokenizer
         self.transform = ProcessorTransform(pieces.image_processor, pieces.video_processor)
-        video_processor = pieces.video_processor
-        self.num_frames = int(num_frames or getattr(video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
-        self.stride = stride
+        self.num_frames = embed.frames(pieces.video_processor)
+        self.stride = embed.stride
         self.compression, self.compressed_dim = compression, compressed_dim
         if compression == "projection":
             self._check_compression("projection")

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..eval.options import EmbedOptions
 from .embedder import SearchEmbedder
 from .store import IndexStore
 
@@ -148,9 +149,8 @@ class Searcher:
         model = model if model is not None else manifest.get("model")
         if model is None:
             raise ValueError(f"the index at {self.index.directory} does not name its model; pass the checkpoint")
-        self.embedder = SearchEmbedder(model, manifest.get("compression"), manifest.get("compressed_dim"),
-                                       device=device, num_frames=manifest.get("num_frames"),
-                                       stride=manifest.get("stride", 2))
+        embed = EmbedOptions(num_frames=manifest.get("num_frames"), stride=manifest.get("stride", 2), device=device)
+        self.embedder = SearchEmbedder(model, manifest.get("compression"), manifest.get("compressed_dim"), embed)
         if self.embedder.dim != manifest["dim"]:
             raise ValueError(f"the index at {self.index.directory} holds {manifest['dim']}-d embeddings, but "
                              f"{self.embedder.model_dir} gives {self.embedder.dim}-d ones: use the checkpoint the "
