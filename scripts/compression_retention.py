@@ -32,7 +32,7 @@ from learn_clip import PLAIN_TEXT, TRAIN_TEMPLATES, VISION_TINY  # scripts/ (the
 from xray_hf.checkpoint import load_checkpoint
 from xray_hf.trainers.compression import fit_embedding_compression
 from xray_hf.run_config.data import SourceSpec
-from xray_hf.run_config.extras import CaptionSpec
+from xray_hf.run_config.extras import TextsSpec
 from xray_hf.trainers.compression_run import embed_source, retention_inputs
 from xray_hf.trainers.run import run_stage
 
@@ -76,7 +76,7 @@ def measure(task: str, model_dir: str, dims: list[int], steps: int, train_sample
     spec = TASKS[task]
     pieces = load_checkpoint(model_dir)
     model = pieces.model.eval()
-    texts = CaptionSpec.from_dict(spec["texts"], "texts")
+    texts = TextsSpec.from_dict(spec["texts"], "texts")
     start = time.time()
     train = embed_source(pieces, SourceSpec(name=spec["dataset"], split="train", max_samples=train_samples,
                                             batch_size=256), texts, need_text=True)

@@ -1,28 +1,35 @@
-"""A stage's own top-level run-config keys (its `Stage.extras` dataclass), built from the shared parts: the training
-texts (`CaptionSpec`: clip's and distill's `captions:`, compress's `texts:`), the caches (`text_cache:`,
-`teacher_cache:`), the teacher, the SLIP views and the hashtag vocabulary."""
+"""A stage's own top-level run-config keys (its `Stage.extras` dataclass), built from the shared parts: the texts
+(`TextsSpec`: compress's `texts:`, extended by `CaptionSpec`: clip's and distill's `captions:`), the caches
+(`text_cache:`, `teacher_cache:`), the teacher, the SLIP views and the hashtag vocabulary."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from .block import Block, check_keys, mapping
+from .block import Block
 from .data import AugmentSpec, SourceSpec
 from .model import TeacherSpec
 
 
 @dataclass
-class CaptionSpec(Block):
-    """The training texts: which `column` holds the caption and which the hashtags, how often a single sentence is
-    used; or `templates` (e.g. ["a photo of a {}"]) filled with the class names of a labelled set's `label_column`
-    (default: `label`; compress also finds `cls`)."""
+class TextsSpec(Block):
+    """Which texts go with the items (compress's `texts:`): the captions of `column`, or `templates` (e.g.
+    ["a photo of a {}"]) filled with the class names of a labelled set's `label_column` (default: `label`; compress
+    also finds `cls`)."""
 
     column: str = "caption"
-    hashtag_column: str | None = None
-    sentence_p: float = 0.0
     templates: list[str] | None = None
     label_column: str | None = None
+
+
+@dataclass
+class CaptionSpec(TextsSpec):
+    """`captions:` of the CLIP-style stages (clip, distill): the texts, plus the column of the hashtags and how often
+    a single sentence of a caption is drawn instead of the whole."""
+
+    hashtag_column: str | None = None
+    sentence_p: float = 0.0
 
 
 @dataclass
@@ -97,23 +104,14 @@ class DistillRunExtras(Block):
             raise ValueError("the distill stage needs teacher: {from_pretrained: DIR}")
 
 
-# the keys of `texts:`: compress embeds whole captions (no hashtags, no sentence sampling)
-TEXTS_KEYS = ("column", "templates", "label_column")
-
-
 @dataclass
 class CompressionRunExtras(Block):
-    """`texts:` of compress: the texts that share the space with the items (see `CaptionSpec`)."""
+    """`texts:` of compress: the texts that share the space with the items."""
 
-    texts: CaptionSpec = field(default_factory=CaptionSpec)
-
-    @classmethod
-    def from_dict(cls, values: Any, path: str = "") -> CompressionRunExtras:
-        check_keys(mapping(mapping(values, path).get("texts"), "texts"), TEXTS_KEYS, "texts")
-        return super().from_dict(values, path)
+    texts: TextsSpec = field(default_factory=TextsSpec)
 
 
 __all__ = [
     "CLIPRunExtras", "CacheSpec", "CaptionSpec", "CompressionRunExtras", "DistillRunExtras", "HashtagRunExtras",
-    "SlipSpec", "TEXTS_KEYS", "TeacherCacheSpec", "TextCacheSpec", "VocabularySpec",
+    "SlipSpec", "TeacherCacheSpec", "TextCacheSpec", "TextsSpec", "VocabularySpec",
 ]

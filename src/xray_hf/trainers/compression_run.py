@@ -26,13 +26,13 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..data.inputs import eval_set_name
 from ..eval.compression import compression_retention
 from ..run_config.data import SourceSpec
-from ..run_config.extras import CaptionSpec
+from ..run_config.extras import TextsSpec
 from ..run_config.model import CompressModelSpec
 from .compression import CompressionTrainer, EmbeddingDataset, calibrate_int8, compression_of, training_embeddings
 from .run import RunContext, StageRun
 
 
-def embed_source(pieces: Checkpoint, spec: SourceSpec, texts: CaptionSpec, need_text: bool) -> dict[str, Any]:
+def embed_source(pieces: Checkpoint, spec: SourceSpec, texts: TextsSpec, need_text: bool) -> dict[str, Any]:
     """Embed one source with the checkpoint's processor: `image_embeds`, and when the source has them
     `text_embeds` + `text_to_image` (captions), `labels` + `classnames`, and with `texts.templates` the
     `classifier` and the class prompts' `prompt_embeds`."""
@@ -87,7 +87,7 @@ def prepare_compress(run: RunContext) -> StageRun:
     path = spec.from_pretrained
     if not os.path.isdir(path):
         raise ValueError(f"model.from_pretrained must be an existing CLIP checkpoint directory, got {path!r}")
-    texts: CaptionSpec = run.extras.texts
+    texts: TextsSpec = run.extras.texts
     video = run.data.video is not None or any(s.modality == "video" for s in run.data.eval_sets)
     pieces = load_checkpoint(path, need_text=True, video=video)
     model = pieces.model
