@@ -3,17 +3,8 @@
 A source is an embedded dataset (`name:` of `xray_hf.data.load_embedded`) or a local/Hub source (`path:` for
 `xray_hf.data.load_source`). Training reads it as a stream (`DecodedStream` -> `StreamingDataLoader`); with an
 image and a video source, a `MultimodalLoader` interleaves their batches (paper 4.1). Evaluation reads a
-map-style, deterministically decoded copy (`xray_hf.data.tables`, where `max_samples` is defined).
-
-```yaml
-data:
-  resolution: 32
-  image: {name: mnist, split: train, batch_size: 64}
-  video: {name: moving-shapes, split: train, batch_size: 8, num_frames: 4, stride: 2}
-  eval:  {name: mnist, split: validation, batch_size: 128}
-  augment: {flip_p: 0.0, blur_p: 0.0}   # TrainTransform arguments
-  num_workers: 0
-```
+map-style, deterministically decoded copy (`xray_hf.data.tables`, where `max_samples` is defined). The keys of
+`data:` are documented in `xray_hf.run_config`.
 """
 
 from __future__ import annotations
