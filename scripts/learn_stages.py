@@ -91,7 +91,7 @@ def stage1(output: str, steps: int) -> dict:
         m: (next(e[f"loss_{m}"] for e in logged if f"loss_{m}" in e),
             next(e[f"loss_{m}"] for e in reversed(logged) if f"loss_{m}" in e)) for m in ("image", "video")
     }
-    mean, std = data.augment.get("image_mean"), data.augment.get("image_std")
+    mean, std = data.augment.image_mean, data.augment.image_std
     kwargs = {} if mean is None else {"mean": mean, "std": std}
     torch.manual_seed(0)
     spread = lambda n, k: torch.linspace(0, n - 1, k).long().tolist()  # noqa: E731  (validation sets are sorted)

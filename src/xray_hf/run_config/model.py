@@ -47,11 +47,6 @@ class TextTowerSpec(Block):
     tokenizer: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def source(self) -> str:
-        """Which of from_pretrained, from_llm or preset the tower comes from."""
-        return next(key for key in TEXT_CONFIGS if getattr(self, key))
-
     def validate(self, path: str) -> None:
         sources = [key for key in TEXT_CONFIGS if getattr(self, key)]
         if len(sources) != 1:
