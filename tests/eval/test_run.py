@@ -62,6 +62,12 @@ def test_video_zero_shot_records_num_frames(tiny_clip_dir, tmp_path):
     assert result["num_frames"] == 2 and result["templates"][0] == "a video of a {}."
     assert set(result["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert not (tmp_path / "v_confusion.png").exists()
+    # the options as keywords, as code written before EmbedOptions calls it: the same result
+    flat = run_eval(str(tiny_clip_dir), "zero-shot", "moving-shapes", "test", max_samples=12, num_frames=2,
+                    video_mode="frame-mean", plots=False)
+    assert flat["num_frames"] == 2 and flat["metrics"] == result["metrics"]
+    with pytest.raises(TypeError, match="num_frame"):
+        run_eval(str(tiny_clip_dir), "zero-shot", "moving-shapes", "test", max_samples=12, num_frame=2)
 
 
 def test_loaded_model_and_a_parquet_source(tiny_clip, tmp_path):

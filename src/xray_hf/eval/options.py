@@ -53,6 +53,16 @@ class EmbedOptions:
         return model
 
     @classmethod
+    def merged(cls, options: EmbedOptions | None, keywords: Mapping[str, Any]) -> EmbedOptions:
+        """`options` (default: the defaults) with the fields given as keywords; an unknown keyword is a `TypeError`
+        naming it, as Python's own for a misspelled argument."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments {unknown}; embedding options are {sorted(names)}")
+        return replace(options or cls(), **keywords)
+
+    @classmethod
     def split(cls, options: Mapping[str, Any]) -> tuple[EmbedOptions, dict[str, Any]]:
         """(the EmbedOptions among flat settings, e.g. a pipeline's evaluation entry, and the other settings)."""
         names = {f.name for f in fields(cls)}

@@ -78,6 +78,7 @@ def run_eval(
     language: str = "en",
     seed: int = 0,
     save_adapter: str | None = None,
+    **embed_options: Any,
 ) -> dict[str, Any]:
     """Run `task` (`zero-shot`, `retrieval`, `linear-probe`, `knn`, `caption-retrieval`) of `model` (a checkpoint
     directory or a loaded model plus `tokenizer` / `image_processor` / `video_processor`) on `dataset` / `split`.
@@ -89,7 +90,8 @@ def run_eval(
     (embedded sets; otherwise a held-out part of train) and also reports kNN; with `save_adapter=NAME` its
     probe is saved as a linear adapter in `<model>/adapters/NAME` (`modeling.adapters`). See the module
     docstrings of `zero_shot`, `retrieval` and `linear_probe` for the definitions. `embed` says how items are
-    embedded (batch size, frames per clip, device, a compiled vision tower: `EmbedOptions`).
+    embedded (batch size, frames per clip, device, a compiled vision tower: `EmbedOptions`); its fields are also
+    taken as keywords (`num_frames=4, stride=2, batch_size=32, device=..., compile=True`), as before it existed.
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
@@ -121,7 +123,7 @@ def run_eval(
         name = model_name or getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     if needs_text and tokenizer is None:
         raise ValueError(f"task {task!r} needs a tokenizer (or encode_text=)")
-    embed = embed or EmbedOptions()
+    embed = EmbedOptions.merged(embed, embed_options)
     model = embed.place(model)
     transform = ProcessorTransform(image_processor, video_processor)
     num_frames = embed.frames(video_processor)
