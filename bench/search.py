@@ -132,7 +132,7 @@ def model_int8_ranges(model: str, compress: str | None) -> tuple[np.ndarray | No
 SWEEPS = {  # search-time settings tried on each kind's index (the first is the library's default)
     "hnsw": [("ef_search", value) for value in (128, 16, 32, 64)],
     "int8": [("int8_rescore_multiplier", value) for value in (4, 0, 2, 10)],
-    "binary": [("rescore_multiplier", value) for value in (10, 20, 50, 100, 200)],
+    "binary": [("rescore_multiplier", value) for value in (10, 20, 50, 100, 150, 200)],
     "ivfpq": [("nprobe", None), ("nprobe", "all")],
 }
 
