@@ -261,9 +261,17 @@ def main() -> None:
         ranges, ranges_from = int8_ranges(torch.from_numpy(kept)).numpy(), "calibrated on the real gallery vectors"
     gaps = neighbour_gaps(queries, gallery)
     step = float(np.median((ranges[1] - ranges[0]) / 255))
-    print(f"int8 ranges: {ranges_from}; median step {step:.5f}. Exact neighbours (median cosine): 1st "
-          f"{gaps['cos_1st']:.4f}, 10th {gaps['cos_10th']:.4f}, 11th {gaps['cos_11th']:.4f} (10th - 11th gap "
-          f"{gaps['gap_10_11']:.1e})")
+    summary = [f"real embeddings: {len(real)} ({', '.join(f'{name} {n}' for name, n in counts.items())}); gallery: "
+               f"{len(kept)} real + {count} generated = {len(gallery)} vectors of {gallery.shape[1]} dimensions; "
+               f"{len(queries)} real queries held out",
+               f"int8 ranges: {ranges_from}; median step {step:.5f}. Exact neighbours (median cosine): 1st "
+               f"{gaps['cos_1st']:.4f}, 10th {gaps['cos_10th']:.4f}, 11th {gaps['cos_11th']:.4f} (10th - 11th gap "
+               f"{gaps['gap_10_11']:.1e})"]
+    if speed is not None:
+        ratios = ", ".join(f"{run['ratio']:.2f}" for run in speed["rounds"])
+        summary.insert(0, f"indexing / embedding throughput: median ratio {speed['ratio']:.2f} of "
+                          f"{args.throughput_rounds} alternating rounds ({ratios}), load {speed['load_1min']:.2f}")
+    print(summary[-1])
     truth = np.argsort(-(queries @ gallery.T), axis=1)[:, :10]
     rows = [row for kind in KINDS for row in run_kind(kind, gallery, queries, truth, ranges)]
     table = markdown(rows)
@@ -276,7 +284,7 @@ def main() -> None:
     with open(os.path.join(args.output, "search_bench.json"), "w") as handle:
         json.dump(result, handle, indent=2)
     with open(os.path.join(args.output, "search_bench.md"), "w") as handle:
-        handle.write(f"{header}\n\n{table}\n")
+        handle.write(f"{header}\n\n" + "".join(f"{line}\n\n" for line in summary) + f"{table}\n")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ index's metadata table. Compressed kinds store the model's own compressed embedd
 128, the same bins): the scalar quantiser's trained ranges are the model's calibrated `int8_ranges`. `binary`
 searches the model's `compression="binary"` bits; the float vectors it re-ranks with can live on disk. `int8`
 re-ranks likewise (`int8_rescore_multiplier`, default 4; 0 stores no float vectors and scores with the codes alone):
-one int8 step of a dimension (its range / 255, ~0.002 for unit vectors) moves a cosine by ~1e-3, more than the gap
-between the 10th and 11th neighbours of a dense gallery (~1e-4), so the codes find the neighbourhood and the floats
-order it. An int8 index built without float vectors searches its codes alone whatever the multiplier. IVF-PQ
+int8 steps of a dimension's range / 255 (~0.002 for unit vectors) leave a cosine error of ~step / sqrt(12) (~6e-4),
+more than the gap between the 10th and 11th neighbours of a dense gallery (~1e-4), so the codes find the
+neighbourhood and the floats order it. An int8 index built without float vectors searches its codes alone whatever the multiplier. IVF-PQ
 trains its coarse quantiser and codebooks on the first `train_size` items of a build.
 """
 
