@@ -7,7 +7,7 @@ index's metadata table. Compressed kinds store the model's own compressed embedd
 |---|---|---|---|
 | `flat` | `IndexFlatIP` | float32 embedding | exact |
 | `hnsw` | `IndexHNSWFlat` (inner product) | float32 embedding + graph links | approximate (`ef_search`) |
-| `int8` | `IndexScalarQuantizer` (QT_8bit) + `IndexFlatIP` | the model's int8 codes, ranges from the compress stage (+ floats for re-ranking) | float query vs codes, top k x m re-scored in float |
+| `int8` | `IndexScalarQuantizer` (QT_8bit) + `IndexFlatIP` | the model's int8 codes (+ floats for re-ranking) | float query vs codes, top k x m re-scored in float |
 | `binary` | `IndexBinaryFlat` + `IndexFlatIP` | the model's packed sign bits (+ floats for re-ranking) | Hamming top k x m, re-scored in float |
 | `ivfpq` | `IndexIVFPQ` (inner product) | `dim / 4` bytes: 16x smaller than float32 | approximate (`nprobe`) |
 
@@ -15,10 +15,10 @@ index's metadata table. Compressed kinds store the model's own compressed embedd
 128, the same bins): the scalar quantiser's trained ranges are the model's calibrated `int8_ranges`. `binary`
 searches the model's `compression="binary"` bits; the float vectors it re-ranks with can live on disk. `int8`
 re-ranks likewise (`int8_rescore_multiplier`, default 4; 0 stores no float vectors and scores with the codes alone):
-int8 steps of a dimension's range / 255 (~0.002 for unit vectors) leave a cosine error of ~step / sqrt(12) (~6e-4),
-more than the gap between the 10th and 11th neighbours of a dense gallery (~1e-4), so the codes find the
-neighbourhood and the floats order it. An int8 index built without float vectors searches its codes alone whatever the multiplier. IVF-PQ
-trains its coarse quantiser and codebooks on the first `train_size` items of a build.
+steps of a dimension's range / 255 (~0.002 for a 64-d model's unit vectors) leave a cosine error of ~step / sqrt(12)
+(~6e-4), more than the gap between the 10th and 11th neighbours of a dense gallery (~1e-4), so the codes find the
+neighbourhood and the floats order it. An int8 index built without float vectors searches its codes alone whatever
+the multiplier. IVF-PQ trains its coarse quantiser and codebooks on the first `train_size` items of a build.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class KindParams:
         if out.rescore_multiplier < 1:
             raise ValueError(f"rescore_multiplier must be >= 1, got {out.rescore_multiplier}")
         if out.int8_rescore_multiplier < 0:
-            raise ValueError(f"int8_rescore_multiplier must be >= 0 (0: no re-ranking), got {out.int8_rescore_multiplier}")
+            raise ValueError("int8_rescore_multiplier must be >= 0 (0: no re-ranking), got "
+                             f"{out.int8_rescore_multiplier}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
