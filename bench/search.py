@@ -207,7 +207,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| kind | setting | recall@10 | queries/s (batch) | queries/s (one by one) | queries/s (k=1000) | "
              "build (s) | bytes/item: code | bytes/item: index |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        extra = f" (+{r['rerank_bytes']:.0f} float, on disk)" if r["rerank_bytes"] else ""
+        extra = f" (+{r['rerank_bytes']:.0f} float, for re-ranking)" if r["rerank_bytes"] else ""
         lines.append(f"| {r['kind']} | {r['setting']} | {r['recall@10']:.3f} | {r['qps_batch']:,.0f} | "
                      f"{r['qps_single']:,.0f} | {r['qps_k1000']:,.0f} | {r['build_s']:.2f} | {r['code_bytes']} | "
                      f"{r['index_bytes']:.1f}{extra} |")

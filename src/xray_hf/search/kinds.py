@@ -13,7 +13,7 @@ index's metadata table. Compressed kinds store the model's own compressed embedd
 
 `int8` writes the model's codes into faiss as they are (`add_sa_codes`; faiss' 8-bit code = the model's int8 code +
 128, the same bins): the scalar quantiser's trained ranges are the model's calibrated `int8_ranges`. `binary`
-searches the model's `compression="binary"` bits; the float vectors it re-ranks with can live on disk. `int8`
+searches the model's `compression="binary"` bits; the float vectors it re-ranks with are a file of their own. `int8`
 re-ranks likewise (`int8_rescore_multiplier`, default 4; 0 stores no float vectors and scores with the codes alone):
 steps of a dimension's range / 255 (~0.002 for a 64-d model's unit vectors) leave a cosine error of ~step / sqrt(12)
 (~6e-4), more than the gap between the 10th and 11th neighbours of a dense gallery (~1e-4), so the codes find the
