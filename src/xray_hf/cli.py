@@ -216,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
         from .search import build_index
 
         params = {key: value for key, value in (("hnsw_m", args.hnsw_m), ("ef_search", args.ef_search),
-                                                ("nlist", args.nlist), ("nprobe", args.nprobe))
+                                                ("nlist", args.nlist), ("nprobe", args.nprobe),
+                                                ("rescore_multiplier", args.rescore_multiplier),
+                                                ("int8_rescore_multiplier", args.int8_rescore_multiplier))
                   if value is not None}
         report = build_index(
             args.model, args.source, args.output, kind=args.kind, split=args.split, compression=args.compression,
@@ -256,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ef-search", type=int, default=None, help="HNSW candidates per search (default 128)")
     p.add_argument("--nlist", type=int, default=None, help="IVF-PQ cells (default: ~sqrt of the training items)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF-PQ cells searched (default: nlist / 8, >= 8)")
+    p.add_argument("--rescore-multiplier", type=int, default=None,
+                   help="binary: Hamming candidates per result re-scored in float (default 10; short codes need more)")
+    p.add_argument("--int8-rescore-multiplier", type=int, default=None,
+                   help="int8: candidates per result re-scored with float vectors kept beside the codes (default 4; "
+                        "0: codes only, no float vectors stored)")
     p.set_defaults(func=_index)
 
     def _search(args: argparse.Namespace) -> int:

@@ -196,6 +196,29 @@ def test_compressed_kinds_store_the_models_codes(clip_dir, image_folder, tmp_pat
         np.testing.assert_array_equal(stored, codes)
 
 
+def test_int8_keeps_float_vectors_for_re_ranking_unless_told_not_to(clip_dir, image_folder, tmp_path):
+    """`xray-hf index --kind int8` stores the float vectors beside the codes (re-ranking, default x4), the same as a
+    flat index holds; `--int8-rescore-multiplier 0` stores the codes alone; the settings are in the manifest."""
+    from xray_hf.cli import main
+
+    build_index(clip_dir, str(image_folder), tmp_path / "flat", progress=False)
+    assert main(["index", "--model", str(clip_dir), "--source", str(image_folder), "--output",
+                 str(tmp_path / "int8"), "--kind", "int8", "--no-thumbnails"]) == 0
+    assert main(["index", "--model", str(clip_dir), "--source", str(image_folder), "--output",
+                 str(tmp_path / "codes"), "--kind", "int8", "--int8-rescore-multiplier", "0",
+                 "--no-thumbnails"]) == 0
+    flat, int8, codes = (SearchIndex(tmp_path / name) for name in ("flat", "int8", "codes"))
+    assert len(int8.manifest["index_files"]) == 2 and int8.manifest["params"]["int8_rescore_multiplier"] == 4
+    assert len(codes.manifest["index_files"]) == 1 and codes.manifest["params"]["int8_rescore_multiplier"] == 0
+    assert codes.index.vectors is None
+    np.testing.assert_allclose(int8.index.vectors.reconstruct_n(0, len(int8)),
+                               flat.index.index.reconstruct_n(0, len(flat)), atol=1e-6)
+    queries = flat.index.index.reconstruct_n(0, 3)
+    scores, ids = int8.index.search(queries, 5)
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ flat.index.index.reconstruct_n(0, len(flat)).T,
+                                                          ids, 1), atol=1e-5)  # float scores after re-ranking
+
+
 def test_projection_compression_and_its_errors(clip_dir, image_folder, tmp_path):
     report = build_index(clip_dir, str(image_folder), tmp_path / "index", compression="projection",
                          progress=False)

@@ -11,11 +11,11 @@ from xray_hf.modeling.compression import int8_ranges, quantize_binary, quantize_
 from xray_hf.search.kinds import FaissIndex, KindParams
 
 
-def unit(n: int, d: int, seed: int = 0, clusters: int = 25) -> np.ndarray:
+def unit(n: int, d: int, seed: int = 0, clusters: int = 25, spread: float = 0.6) -> np.ndarray:
     """Unit vectors in clusters, as embeddings are (isotropic noise has no neighbours worth the name)."""
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).standard_normal((clusters, d))
-    x = (centres[rng.integers(0, clusters, n)] + 0.6 * rng.standard_normal((n, d))).astype(np.float32)
+    x = (centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, d))).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -74,6 +74,39 @@ def test_int8_index_stores_the_models_codes():
     stored = index.index.reconstruct_n(0, 300)  # bin centres of the stored codes
     step = (ranges[1] - ranges[0]).numpy() / 255
     np.testing.assert_allclose(stored, ranges[0].numpy() + (model_codes + 0.5) * step, atol=1e-5)
+
+
+def test_int8_reranks_its_candidates_in_float_on_a_dense_gallery():
+    """Tight clusters, as a trained model's Fashion-MNIST gallery (10th-11th neighbour gap ~1e-4 in cosine, below
+    one int8 step's effect): the codes alone miss neighbours; their top k x 4 re-scored in float do not."""
+    gallery, queries = unit(5000, 64, clusters=10, spread=0.15), unit(50, 64, seed=1, clusters=10, spread=0.15)
+    truth = exact(queries, gallery, 10)
+    codes_only = filled("int8", gallery, int8_rescore_multiplier=0)
+    assert codes_only.vectors is None and "rerank_vectors" not in codes_only.bytes_per_item()
+    assert recall(search(codes_only, queries, 10)[1], truth) < 0.9
+    index = filled("int8", gallery)  # default: int8_rescore_multiplier=4
+    scores, ids = search(index, queries, 10)
+    assert recall(ids, truth) >= 0.95
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ gallery.T, ids, 1), atol=1e-5)  # float scores
+    assert index.bytes_per_item()["rerank_vectors"] >= 4 * 64
+
+
+def test_int8_float_vectors_save_and_load(tmp_path):
+    gallery, queries = unit(600, 16), unit(5, 16, seed=4)
+    index = filled("int8", gallery)
+    files = index.save(tmp_path, "index-000001")
+    assert files == ["index-000001.faiss", "index-000001.vectors.faiss"]
+    loaded = FaissIndex.load(tmp_path, files, "int8", 16, index.params)
+    np.testing.assert_array_equal(search(loaded, queries, 5)[1], search(index, queries, 5)[1])
+    # an int8 index written without float vectors (multiplier 0, or before re-ranking existed) searches its codes
+    plain = filled("int8", gallery, int8_rescore_multiplier=0)
+    files = plain.save(tmp_path, "index-000002")
+    assert files == ["index-000002.faiss"]
+    loaded = FaissIndex.load(tmp_path, files, "int8", 16, KindParams())
+    assert loaded.vectors is None
+    np.testing.assert_array_equal(search(loaded, queries, 5)[1], search(plain, queries, 5)[1])
+    with pytest.raises(ValueError, match="int8_rescore_multiplier"):
+        KindParams.from_dict({"int8_rescore_multiplier": -1})
 
 
 def test_binary_reranks_hamming_candidates_with_float_scores():

@@ -190,6 +190,7 @@ def build_index(
     done = store.done_ids()
     todo = sum(len(set(source.ids) - done) for source in gallery)
     bar = tqdm(total=todo, desc=f"indexing ({kind})", unit="item", disable=not progress)
+    loop_start = time.perf_counter()
     try:
         for source in gallery:
             batch: list[tuple[dict[str, Any], torch.Tensor]] = []
@@ -206,6 +207,8 @@ def build_index(
             if batch:
                 builder.embed_batch(batch)
         builder.maybe_commit(final=True)
+        # the whole pass over the items (reading rows included), without loading the model or the done ids
+        builder.seconds["loop"] = time.perf_counter() - loop_start
     finally:
         bar.close()
     skipped = store.manifest["skipped"]

@@ -19,6 +19,7 @@ import io
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import datasets
@@ -46,6 +47,11 @@ class GallerySource:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @cached_property
+    def features(self) -> datasets.Features:
+        """The columns' features, read once: `Dataset.features` deep-copies them on every access (~0.5 ms a row)."""
+        return self.eval_set.dataset.features
 
 
 def _id_column(dataset: datasets.Dataset, media_column: str) -> list[str] | None:
@@ -122,7 +128,7 @@ def metadata(source: GallerySource, row: dict[str, Any], item_id: str) -> dict[s
     out: dict[str, Any] = {"id": item_id, "source": source.name, "modality": source.modality,
                            "file_path": path if path and os.path.isfile(path) else None,
                            "caption": None if caption is None else str(caption)}
-    features = eval_set.dataset.features
+    features = source.features
     for column, value in row.items():
         if column in RESERVED or column in (eval_set.media_column, eval_set.caption_column, "file_name"):
             continue

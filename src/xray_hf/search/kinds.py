@@ -7,14 +7,18 @@ index's metadata table. Compressed kinds store the model's own compressed embedd
 |---|---|---|---|
 | `flat` | `IndexFlatIP` | float32 embedding | exact |
 | `hnsw` | `IndexHNSWFlat` (inner product) | float32 embedding + graph links | approximate (`ef_search`) |
-| `int8` | `IndexScalarQuantizer` (QT_8bit) | the model's int8 codes, ranges from the compress stage | float query vs codes |
+| `int8` | `IndexScalarQuantizer` (QT_8bit) + `IndexFlatIP` | the model's int8 codes (+ floats for re-ranking) | float query vs codes, top k x m re-scored in float |
 | `binary` | `IndexBinaryFlat` + `IndexFlatIP` | the model's packed sign bits (+ floats for re-ranking) | Hamming top k x m, re-scored in float |
 | `ivfpq` | `IndexIVFPQ` (inner product) | `dim / 4` bytes: 16x smaller than float32 | approximate (`nprobe`) |
 
 `int8` writes the model's codes into faiss as they are (`add_sa_codes`; faiss' 8-bit code = the model's int8 code +
 128, the same bins): the scalar quantiser's trained ranges are the model's calibrated `int8_ranges`. `binary`
-searches the model's `compression="binary"` bits; the float vectors it re-ranks with can live on disk. IVF-PQ
-trains its coarse quantiser and codebooks on the first `train_size` items of a build.
+searches the model's `compression="binary"` bits; the float vectors it re-ranks with are a file of their own. `int8`
+re-ranks likewise (`int8_rescore_multiplier`, default 4; 0 stores no float vectors and scores with the codes alone):
+steps of a dimension's range / 255 (~0.002 for a 64-d model's unit vectors) leave a cosine error of ~step / sqrt(12)
+(~6e-4), more than the gap between the 10th and 11th neighbours of a dense gallery (~1e-4), so the codes find the
+neighbourhood and the floats order it. An int8 index built without float vectors searches its codes alone whatever
+the multiplier. IVF-PQ trains its coarse quantiser and codebooks on the first `train_size` items of a build.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import faiss
 import numpy as np
 
 KINDS = ("flat", "hnsw", "int8", "binary", "ivfpq")
+RERANK_CHUNK_FLOATS = 1 << 24  # float32 values of candidate vectors re-scored at once (64 MB)
 # the model compression a kind stores (None: float embeddings)
 KIND_COMPRESSION = {"flat": None, "hnsw": None, "int8": "int8", "binary": "binary", "ivfpq": None}
 
@@ -45,6 +50,7 @@ class KindParams:
     pq_nbits: int = 8
     train_size: int = 20000  # IVF-PQ: items its quantisers are trained on
     rescore_multiplier: int = 10  # binary: Hamming candidates per result re-scored in float
+    int8_rescore_multiplier: int = 4  # int8: code-scored candidates per result re-scored in float (0: codes only)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> KindParams:
@@ -53,7 +59,13 @@ class KindParams:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown index parameters {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**values)
+        out = cls(**values)
+        if out.rescore_multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be >= 1, got {out.rescore_multiplier}")
+        if out.int8_rescore_multiplier < 0:
+            raise ValueError("int8_rescore_multiplier must be >= 0 (0: no re-ranking), got "
+                             f"{out.int8_rescore_multiplier}")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,9 +86,11 @@ class FaissIndex:
         self.params = params or KindParams()
         if kind == "binary" and dim % 8:
             raise ValueError(f"a binary index needs an embedding size divisible by 8, got {dim}")
+        new = index is None
         self.index = index if index is not None else self._new()
-        # binary: the float vectors re-ranking reads
-        self.vectors = vectors if vectors is not None or kind != "binary" else faiss.IndexFlatIP(dim)
+        # binary, int8 (when re-ranking): the float vectors re-ranking reads; a loaded index keeps what it has
+        reranks = kind == "binary" or (kind == "int8" and self.params.int8_rescore_multiplier > 0)
+        self.vectors = vectors if vectors is not None or not (new and reranks) else faiss.IndexFlatIP(dim)
 
     def _new(self) -> Any:
         p = self.params
@@ -143,6 +157,8 @@ class FaissIndex:
             if not self.index.is_trained:
                 raise ValueError("the int8 index has no ranges: set_int8_ranges(model's int8_ranges) first")
             self.index.add_sa_codes((codes.astype(np.int16) + 128).astype(np.uint8))
+            if self.vectors is not None:
+                self.vectors.add(x)
         elif self.kind == "binary":
             self.index.add(np.ascontiguousarray(codes, dtype=np.uint8))
             self.vectors.add(x)
@@ -179,20 +195,31 @@ class FaissIndex:
                 params.sel = selector
         else:
             params = faiss.SearchParameters(sel=selector) if selector is not None else None
+        if self.kind == "int8" and self.vectors is not None and self.params.int8_rescore_multiplier > 0:
+            candidates = min(self.ntotal, k * self.params.int8_rescore_multiplier)
+            _, ids = self.index.search(q, candidates, params=params)
+            return self._rerank(q, ids, k)
         scores, ids = self.index.search(q, k, params=params)
         return scores, ids
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores = np.full((len(queries), k), -np.inf, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
-        for row, (query, found) in enumerate(zip(queries, candidates)):
-            found = found[found >= 0]
-            if not len(found):
-                continue
-            vectors = self.vectors.reconstruct_batch(found)
-            sims = vectors @ query
-            order = np.argsort(-sims, kind="stable")[:k]
-            scores[row, : len(order)], ids[row, : len(order)] = sims[order], found[order]
+        """The best `k` of each query's `candidates` (Q, C) (ids, -1 for none) by inner product with the stored
+        float vectors: `(scores, ids)` (Q, k), best first, ties in candidate order."""
+        q, c = candidates.shape
+        scores = np.full((q, k), -np.inf, np.float32)
+        ids = np.full((q, k), -1, np.int64)
+        rows = max(1, RERANK_CHUNK_FLOATS // max(1, c * self.dim))  # bounded memory for large k x multiplier
+        for start in range(0, q, rows):
+            found = candidates[start : start + rows]
+            valid = found >= 0
+            vectors = self.vectors.reconstruct_batch(np.where(valid, found, 0).ravel()).reshape(*found.shape, self.dim)
+            sims = np.einsum("qcd,qd->qc", vectors, queries[start : start + rows])
+            sims[~valid] = -np.inf
+            order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            best, chosen = np.take_along_axis(sims, order, 1), np.take_along_axis(found, order, 1)
+            chosen[~np.isfinite(best)] = -1
+            width = best.shape[1]
+            scores[start : start + rows, :width], ids[start : start + rows, :width] = best, chosen
         return scores, ids
 
     # ------------------------------------------------------------------------------------------------ files
@@ -204,20 +231,19 @@ class FaissIndex:
         if self.kind == "ivfpq":
             code = int(self.index.pq.code_size) if self.index is not None else None
         sizes = {"code": code, "index": _serialized_size(self.index, self.kind == "binary") / n if self.index else 0}
-        if self.kind == "binary":
+        if self.vectors is not None:
             sizes["rerank_vectors"] = _serialized_size(self.vectors, False) / n
         return sizes
 
     def save(self, directory: str | os.PathLike, stem: str) -> list[str]:
-        """Write the index with faiss' own writer (`<stem>.faiss`, and `<stem>.vectors.faiss` for `binary`)."""
+        """Write the index with faiss' own writer (`<stem>.faiss`, and `<stem>.vectors.faiss` with the float
+        vectors of `binary` and re-ranking `int8`)."""
         names = [f"{stem}.faiss"]
         path = os.path.join(os.fspath(directory), names[0])
-        if self.kind == "binary":
-            faiss.write_index_binary(self.index, path)
+        (faiss.write_index_binary if self.kind == "binary" else faiss.write_index)(self.index, path)
+        if self.vectors is not None:
             names.append(f"{stem}.vectors.faiss")
             faiss.write_index(self.vectors, os.path.join(os.fspath(directory), names[1]))
-        else:
-            faiss.write_index(self.index, path)
         return names
 
     @classmethod
@@ -226,7 +252,10 @@ class FaissIndex:
         paths = [os.path.join(os.fspath(directory), name) for name in files]
         if kind == "binary":
             return cls(kind, dim, params, faiss.read_index_binary(paths[0]), faiss.read_index(paths[1]))
-        return cls(kind, dim, params, faiss.read_index(paths[0]) if paths else None)
+        if not paths:  # ivfpq before its training
+            return cls(kind, dim, params, None)
+        vectors = faiss.read_index(paths[1]) if len(paths) > 1 else None
+        return cls(kind, dim, params, faiss.read_index(paths[0]), vectors)
 
 
 def _float32(x: np.ndarray, dim: int) -> np.ndarray:

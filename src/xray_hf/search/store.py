@@ -3,7 +3,8 @@
 Layout:
 - `index.json`: the manifest (kind, sizes, model fingerprint, settings, item count, the files below, skipped items);
 - `items-00000.parquet`, ...: one part per commit, rows in vector-id order (row i of the parts = faiss id i);
-- `index-<generation>.faiss` (and `index-<generation>.vectors.faiss` for `binary`): written by faiss' own writer.
+- `index-<generation>.faiss` (and `index-<generation>.vectors.faiss`, the float vectors `binary` and `int8`
+  re-rank with): written by faiss' own writer.
 
 A commit writes a new part and a new index generation, then replaces the manifest atomically: a build killed at any
 point leaves the last committed state, which the next build continues from. Files no manifest names (a commit that
