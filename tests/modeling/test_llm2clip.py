@@ -231,32 +231,6 @@ def test_from_llm_loads_the_llm_weights(tmp_path):
         XrayLLM2CLIPTextModel.from_llm(tmp_path / "ours")
 
 
-def _mean_cosine(x: torch.Tensor) -> float:
-    x = F.normalize(x.float(), dim=-1)
-    sims = x @ x.T
-    return ((sims.sum() - sims.diagonal().sum()) / (len(x) * (len(x) - 1))).item()
-
-
-@pytest.mark.parametrize("build_tower", ["config", "from_llm"])
-def test_new_adapter_starts_as_the_identity(tmp_path, build_tower):
-    # A new adapter must hand the frozen embedder's geometry to the CLIP loss: random residual branches added a
-    # shared component larger than the unit-norm pooled input at each block, so captions at cosine 0.63 left the
-    # tower at 0.94 and the text side collapsed at the start of training.
-    torch.manual_seed(0)
-    if build_tower == "config":
-        tower = build(64, adapter_depth=4)
-    else:
-        llama = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in tiny_llm(64).items() if k != "model_type"}))
-        llama.save_pretrained(tmp_path)
-        tower = XrayLLM2CLIPTextModel.from_llm(tmp_path, projection_dim=8, adapter_depth=4)
-    shared = torch.randn(tower.config.llm_hidden_size)  # real pooled outputs share a direction (cosine ~0.6)
-    pooled = F.normalize(torch.randn(6, tower.config.llm_hidden_size) + shared, dim=-1)
-    with torch.no_grad():
-        adapted = tower.adapter(pooled)
-    torch.testing.assert_close(adapted, tower.adapter.norm(pooled))  # every block is the identity
-    assert abs(_mean_cosine(adapted) - _mean_cosine(pooled)) < 0.05
-
-
 def test_mntp_from_untied_llm_keeps_its_lm_head(tmp_path):
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(**{**{k: v for k, v in tiny_llm(64).items() if k != "model_type"},

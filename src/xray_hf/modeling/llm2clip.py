@@ -45,8 +45,7 @@ BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 class XrayLLM2CLIPAdapterBlock(nn.Module):
-    """Pre-norm residual MLP block: `x + fc2(act(fc1(norm(x))))`. `fc2` starts at zero (the block starts as the
-    identity), so a new adapter hands the frozen embedder's geometry to the loss unchanged (see `_init_weights`)."""
+    """Pre-norm residual MLP block: `x + fc2(act(fc1(norm(x))))`."""
 
     def __init__(self, dim: int, mlp_ratio: float, dropout: float, eps: float):
         super().__init__()
@@ -55,7 +54,6 @@ class XrayLLM2CLIPAdapterBlock(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.fc2.zero_init = True  # read by `_init_weights`
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,11 +139,7 @@ class XrayLLM2CLIPTextPreTrainedModel(XrayTextTowerMixin, NonReentrantCheckpoint
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
-            # An adapter block's last layer starts at zero (Goyal et al. 2017's zero-init residual; timm's LayerScale
-            # idea): random ones add a shared component larger than the unit-norm frozen embedding at every block,
-            # and four of them map all-MiniLM-L6-v2 captions at cosine 0.63 to 0.94, so the CLIP loss starts by
-            # collapsing the text side ("a red circle moving left" / "... right" ended at 0.998; videos never learnt).
-            init.normal_(module.weight, mean=0.0, std=0.0 if getattr(module, "zero_init", False) else std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
