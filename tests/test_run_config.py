@@ -31,6 +31,13 @@ def test_every_shipped_stage_config_parses(stage):
     assert isinstance(config.data, STAGES[stage].data_class())
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*_tiny.yaml")
+                                        if not p.name.startswith("pipeline_")))
+def test_every_shipped_run_config_file_parses(name):  # variants too (clip_video_warmup_tiny.yaml), by their stage:
+    raw = load_run_config(CONFIGS / name)
+    assert RunConfig.from_dict(raw, raw["stage"]).stage == raw["stage"]
+
+
 def test_every_section_of_the_shipped_pipeline_parses():
     settings = load_pipeline_config(preset_path("tiny"))  # parses every section at load
     for name, section in settings["stages"].items():
