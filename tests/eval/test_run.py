@@ -66,8 +66,8 @@ def test_video_zero_shot_records_num_frames(tiny_clip_dir, tmp_path):
     flat = run_eval(str(tiny_clip_dir), "zero-shot", "moving-shapes", "test", max_samples=12, num_frames=2,
                     video_mode="frame-mean", plots=False)
     assert flat["num_frames"] == 2 and flat["metrics"] == result["metrics"]
-    with pytest.raises(TypeError, match="num_frame"):
-        run_eval(str(tiny_clip_dir), "zero-shot", "moving-shapes", "test", max_samples=12, num_frame=2)
+    with pytest.raises(TypeError, match="num_frame"):  # before any loading: the model path need not exist
+        run_eval(str(tiny_clip_dir / "missing"), "zero-shot", "moving-shapes", "test", max_samples=12, num_frame=2)
 
 
 def test_loaded_model_and_a_parquet_source(tiny_clip, tmp_path):

@@ -95,6 +95,7 @@ def run_eval(
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    embed = EmbedOptions.merged(embed, embed_options)  # a misspelled option fails before any loading
     if task == "caption-retrieval":  # a text model alone: no images, no processors
         found = run_caption_retrieval(model, dataset, split, tokenizer=tokenizer, caption_column=caption_column or
                                       "caption", max_samples=max_samples)
@@ -123,7 +124,6 @@ def run_eval(
         name = model_name or getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     if needs_text and tokenizer is None:
         raise ValueError(f"task {task!r} needs a tokenizer (or encode_text=)")
-    embed = EmbedOptions.merged(embed, embed_options)
     model = embed.place(model)
     transform = ProcessorTransform(image_processor, video_processor)
     num_frames = embed.frames(video_processor)
