@@ -84,10 +84,9 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown pipeline keys {sorted(unknown)}; known: {list(PIPELINE_KEYS)}")
     if not isinstance(raw.get("stages"), dict) or not raw["stages"]:
-        raise ValueError(f"{path}: 'stages:' must map stage names to run configs")
+        raise ValueError(f"{path}: 'stages:' must map step names to run configs")
     stages: dict[str, dict] = {}
     for name, section in raw["stages"].items():
-        get_stage(name)  # a clear error for an unknown stage
         section = dict(section or {})
         if "seed" in raw and "seed" not in section:  # the pipeline's seed beats its base config's, not the stage's own
             section["seed"] = raw["seed"]
@@ -95,7 +94,9 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
             base_path = path.parent / section.pop("base")
             with open(base_path, encoding="utf-8") as f:
                 section = _merge(yaml.safe_load(f), section)
+        # a section is named after its stage, or says `stage:` (two sections of one stage: clip_video, then clip)
         section.setdefault("stage", name)
+        get_stage(section["stage"])  # a clear error for an unknown stage
         section.setdefault("training", {})["output_dir"] = f"{OUTPUT}/{name}"
         for parent in references(section, name):
             if parent not in stages:
@@ -117,7 +118,7 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
                                  "remove one")
     for name, section in stages.items():  # every stage's keys now, so that a typo in the last one fails at once
         try:
-            RunConfig.from_dict(section, name)
+            RunConfig.from_dict(section, section["stage"])
         except ValueError as error:
             raise ValueError(f"{path}: stage {name!r}: {error}") from error
     return {"seed": raw.get("seed", 0), "stages": stages, "semantic_ids": raw.get("semantic_ids"),

@@ -51,7 +51,7 @@ class TrainStep:
         resume = pipeline.ranks.on_main(lambda: last_complete_checkpoint(output_dir), f"{self.name} (resume)")
         if resume:
             progress.write(f"[pipeline] {self.name}: resuming from {os.path.relpath(resume, pipeline.output)}")
-        results = run_stage(self.name, config, resume_from_checkpoint=resume)
+        results = run_stage(self.section["stage"], config, resume_from_checkpoint=resume)
         return self.entry(pipeline, results) if pipeline.is_main else None
 
     def entry(self, pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +74,7 @@ class TrainStep:
         if loss_plot:
             plots.insert(0, os.path.relpath(loss_plot, pipeline.output))
         return {
-            "stage": self.name, "checkpoint": self.name, "parents": pipeline_parents(pipeline, self.name),
+            "stage": self.section["stage"], "checkpoint": self.name, "parents": pipeline_parents(pipeline, self.name),
             "model_type": config.get("model_type"), "architectures": config.get("architectures", []),
             "data": sources, "metrics": metrics, "evaluation": [], "plots": plots,
         }

@@ -91,6 +91,11 @@ class CLIPModelSpec(Block):
     def validate(self, path: str) -> None:
         if not self.from_pretrained and (self.vision is None or self.text is None):
             raise ValueError(f"{path} needs vision: and text: blocks (or from_pretrained: a CLIP checkpoint)")
+        if self.from_pretrained and (self.vision is not None or self.text is not None):
+            towers = [name for name in ("vision", "text") if getattr(self, name) is not None]
+            raise ValueError(f"{path}.from_pretrained (a whole CLIP checkpoint) leaves no room for "
+                             f"{' and '.join(f'{path}.{name}' for name in towers)}: drop them (null over a base: file)"
+                             f" and set their config through {path}.config")
         self.config = check_config(self.config, (XrayCLIPConfig,), dotted(path, "config"))
 
 
