@@ -13,25 +13,39 @@ CONFIGS = preset_path("tiny").parent
 
 def test_shipped_pipeline_layers_each_stage_over_its_own_config():
     config = load_pipeline_config(preset_path("tiny"))
-    assert list(config["stages"]) == ["mae", "hashtag", "clip", "distill", "compress"]
+    assert list(config["stages"]) == ["mae", "hashtag", "clip_video", "clip", "distill", "compress"]
+    bases = {"clip_video": "clip_video_warmup_tiny.yaml"}
     for name, section in config["stages"].items():
-        RunConfig.from_dict(section, name)  # the schema `xray-hf train` reads
+        RunConfig.from_dict(section, section["stage"])  # the schema `xray-hf train` reads
         assert section["training"]["output_dir"] == f"{{output}}/{name}"
-        base = load_run_config(CONFIGS / f"{name}_tiny.yaml")
+        base = load_run_config(CONFIGS / bases.get(name, f"{name}_tiny.yaml"))
+        assert section["stage"] == base["stage"]
         assert section["data"] == base["data"]  # what the pipeline does not change comes from the stage config
         assert section["training"]["max_steps"] <= base["training"]["max_steps"]
-    assert config["stages"]["clip"]["model"]["vision"]["from_pretrained"] == "{output}/hashtag"
-    assert config["stages"]["clip"]["model"]["text"] == load_run_config(CONFIGS / "clip_tiny.yaml")["model"]["text"]
+    # the video warm-up trains from random init; the mixed CLIP stage continues its whole model
+    assert config["stages"]["clip_video"]["model"] == load_run_config(CONFIGS / bases["clip_video"])["model"]
+    assert config["stages"]["clip"]["model"]["from_pretrained"] == "{output}/clip_video"
+    assert config["stages"]["clip"]["model"]["vision"] is None and config["stages"]["clip"]["model"]["text"] is None
     steps = build_steps(config)
     assert [(s.name, s.parents) for s in steps] == [
-        ("mae", []), ("hashtag", ["mae"]), ("clip", ["hashtag"]), ("distill", ["clip"]), ("compress", ["clip"]),
-        ("semantic_ids", ["clip"]), ("eval", ["mae", "hashtag", "clip", "distill"]),
+        ("mae", []), ("hashtag", ["mae"]), ("clip_video", []), ("clip", ["clip_video"]), ("distill", ["clip"]),
+        ("compress", ["clip"]), ("semantic_ids", ["clip"]), ("eval", ["mae", "hashtag", "clip", "distill"]),
     ]
+
+
+def test_a_clip_model_from_a_checkpoint_refuses_tower_blocks_it_would_ignore():
+    clip = load_run_config(CONFIGS / "clip_tiny.yaml")
+    clip["model"]["from_pretrained"] = "runs/tiny/clip_video"
+    with pytest.raises(ValueError, match=r"model.from_pretrained .*model.vision and model.text: drop them"):
+        RunConfig.from_dict(clip, "clip")
+    clip["model"].update(vision=None, text=None)
+    assert RunConfig.from_dict(clip, "clip").model.from_pretrained == "runs/tiny/clip_video"
 
 
 @pytest.mark.parametrize("change, message", [
     ({"stagez": {}}, "unknown pipeline keys"),
     ({"stages": {"mea": {}}}, "stage must be one of"),
+    ({"stages": {"warmup": {"stage": "clipp"}}}, "stage must be one of"),
     ({"stages": {"hashtag": {"model": {"from_pretrained": "{output}/mae"}}}}, "no earlier stage writes"),
     ({"stages": {"mae": {}}, "evaluation": [{"model": "clip", "task": "zero-shot", "dataset": "mnist"}]},
      "must name a stage"),
@@ -53,20 +67,19 @@ def test_the_llm2vec_stages_slot_in_as_the_shipped_config_says(tmp_path):
         assert line in text
         text = text.replace(line, line.replace("# ", "", 1))
     config = yaml.safe_load(text)
-    config["stages"]["clip"]["model"]["text"] = {"from_llm": None, "from_pretrained": "{output}/simcse"}
-    for name in ("mntp", "simcse", "clip"):  # base: paths are relative to the pipeline file
-        config["stages"][name]["base"] = str(CONFIGS / config["stages"][name]["base"])
-    for name in ("mae", "hashtag", "distill", "compress"):
-        config["stages"][name]["base"] = str(CONFIGS / config["stages"][name]["base"])
+    config["stages"]["clip_video"]["model"] = {"text": {"from_llm": None, "from_pretrained": "{output}/simcse"}}
+    for section in config["stages"].values():  # base: paths are relative to the pipeline file
+        section["base"] = str(CONFIGS / section["base"])
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     resolved = load_pipeline_config(path)
     for name, section in resolved["stages"].items():
-        RunConfig.from_dict(section, name)
+        RunConfig.from_dict(section, section["stage"])
     steps = {step.name: step.parents for step in build_steps(resolved)}
-    assert list(steps)[:5] == ["mae", "hashtag", "mntp", "simcse", "clip"]
-    assert steps["simcse"] == ["mntp"] and steps["clip"] == ["hashtag", "simcse"]
-    assert resolved["stages"]["clip"]["model"]["text"]["config"]["adapter_depth"] == 4  # kept from clip_tiny.yaml
+    assert list(steps)[:6] == ["mae", "hashtag", "mntp", "simcse", "clip_video", "clip"]
+    assert steps["simcse"] == ["mntp"] and steps["clip_video"] == ["simcse"] and steps["clip"] == ["clip_video"]
+    text = resolved["stages"]["clip_video"]["model"]["text"]
+    assert text["from_pretrained"] == "{output}/simcse" and text["config"]["adapter_depth"] == 4  # from the base file
 
 
 def test_evaluation_entries_that_repeat_each_other_are_refused(tmp_path):
@@ -90,4 +103,4 @@ def test_the_pipeline_seed_reaches_every_stage_over_its_base_config(tmp_path):
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     seeds = {name: section["seed"] for name, section in load_pipeline_config(path)["stages"].items()}
     assert load_run_config(CONFIGS / "mae_tiny.yaml")["seed"] == 0
-    assert seeds == {"mae": 1, "hashtag": 1, "clip": 1, "distill": 7, "compress": 1}
+    assert seeds == {"mae": 1, "hashtag": 1, "clip_video": 1, "clip": 1, "distill": 7, "compress": 1}

@@ -474,3 +474,32 @@ def test_an_unreadable_state_file_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(ValueError, match="pipeline_state.json is not readable JSON.*move it aside"):
         run_pipeline(out, config=config_path)
     assert (out / STATE_FILE).read_text() == '{"steps": {"mae": {"status": "do'  # left as it was
+
+
+def test_one_stage_runs_twice_under_two_names_and_the_second_continues_the_first(tmp_path):
+    """The shipped pipeline's shape: `clip_video:` (stage: clip) warms CLIP up on clips, `clip:` continues its whole
+    checkpoint. Each trains as the clip stage into its own folder, is reported as a clip stage (model card
+    included), and the second starts from the first's weights (failed before: a section had to be named after its
+    stage)."""
+    clip = small_pipeline()["stages"]["clip"]
+    warmup = json.loads(json.dumps(clip))
+    warmup["model"]["vision"] = {"preset": "tiny", "config": VISION}
+    warmup["data"].pop("image")
+    warmup["training"].update(max_steps=2, save_steps=2, eval_steps=2, resolution_schedule=[[0, 16]])
+    warmup["model"]["config"].update(hashtag_loss_weight=0.0, slip_weight=0.0)
+    continued = json.loads(json.dumps(clip))
+    continued["model"] = {"from_pretrained": "{output}/clip_video", "config": {"slip_weight": 1.0}}
+    continued["training"].update(max_steps=2, save_steps=2, eval_steps=2, learning_rate=0.0, warmup_steps=0)
+    config_path = tmp_path / "pipeline.yaml"
+    config_path.write_text(yaml.safe_dump({"seed": 0, "stages": {"clip_video": {"stage": "clip", **warmup},
+                                                                 "clip": continued}}, sort_keys=False))
+    out = tmp_path / "run"
+    report = run_pipeline(out, config=config_path)
+
+    assert {name: (entry["stage"], entry["parents"]) for name, entry in report.items()} == {
+        "clip_video": ("clip", []), "clip": ("clip", ["clip_video"])}
+    first, second = load_file(out / "clip_video" / "model.safetensors"), load_file(out / "clip" / "model.safetensors")
+    vision = [key for key in first if key.startswith(("xray_visual.", "visual_projection."))]
+    assert vision and all(torch.equal(first[key], second[key]) for key in vision)  # learning rate 0: unchanged
+    assert json.loads((out / "clip" / "config.json").read_text())["slip_weight"] == 1.0
+    assert ModelCard.load(out / "clip_video" / "README.md").data.pipeline_tag == "zero-shot-image-classification"
