@@ -1,15 +1,27 @@
 """Suite-wide settings."""
 
+import os
+
 import pytest
 import torch
+
+
+def _worker_threads() -> int:
+    """Under pytest-xdist (`-n N`) each of the N workers gets its share of the cores, so that `slow` tests running
+    side by side do not oversubscribe the machine; the whole machine without xdist."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 @pytest.fixture(autouse=True)
 def one_thread(request):
     """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP barriers make them 10-40x
-    slower. Tests marked `slow` (real models) keep the machine's thread count."""
+    slower. Tests marked `slow` (real models) keep the worker's share of the machine's threads."""
     if request.node.get_closest_marker("slow"):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(min(threads, _worker_threads()))
         yield
+        torch.set_num_threads(threads)
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -207,8 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", default=None, help="a shipped pipeline config: tiny (default)")
     group.add_argument("--config", default=None, help="a pipeline YAML (see configs/pipeline_tiny.yaml)")
-    p.add_argument("--restart", nargs="*", default=None, metavar="STAGE",
-                   help="redo these stages (and everything after them) instead of keeping their results")
+    p.add_argument("--restart", nargs="*", default=None, metavar="STEP",
+                   help="redo these steps (sections of stages:, semantic_ids, eval; and every step after them) "
+                   "instead of keeping their results")
     p.set_defaults(func=_pipeline)
 
     # -- index / search / demo: a faiss index over a gallery, queried by text, image or video (xray_hf.search) --

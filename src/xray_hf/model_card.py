@@ -282,8 +282,9 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
         while previous:
             parents.append(previous)
             previous = STAGES[previous].previous
-    parent_rows = [{"name": p, "help": STAGES[p].help if p in STAGES else "a checkpoint outside the stage table"}
-                   for p in reversed(list(parents))]
+    kinds = entry.get("parent_stages") or {}  # a pipeline section's stage, where its name is not the stage's
+    parent_rows = [{"name": p, "help": STAGES[kinds.get(p, p)].help if kinds.get(p, p) in STAGES
+                    else "a checkpoint outside the stage table"} for p in reversed(list(parents))]
 
     text_config = config.get("text_config") if family_name == "clip" else config
     data, licence_notes = _data_rows(entry.get("data") or [], _is_smollm2(text_config or {}))

@@ -45,7 +45,10 @@ def test_a_clip_model_from_a_checkpoint_refuses_tower_blocks_it_would_ignore():
 @pytest.mark.parametrize("change, message", [
     ({"stagez": {}}, "unknown pipeline keys"),
     ({"stages": {"mea": {}}}, "stage must be one of"),
-    ({"stages": {"warmup": {"stage": "clipp"}}}, "stage must be one of"),
+    ({"stages": {"warmup": {"stage": "clipp"}}}, "section 'warmup': .*got 'clipp'"),
+    ({"stages": {"distill": {"stage": "clip"}}}, "named after the distill stage but trains stage 'clip'"),
+    ({"stages": {"eval": {"stage": "clip"}}}, "section name 'eval' must be"),
+    ({"stages": {"clip.v2": {"stage": "clip"}}}, "section name 'clip.v2' must be"),
     ({"stages": {"hashtag": {"model": {"from_pretrained": "{output}/mae"}}}}, "no earlier stage writes"),
     ({"stages": {"mae": {}}, "evaluation": [{"model": "clip", "task": "zero-shot", "dataset": "mnist"}]},
      "must name a stage"),

@@ -503,3 +503,13 @@ def test_one_stage_runs_twice_under_two_names_and_the_second_continues_the_first
     assert vision and all(torch.equal(first[key], second[key]) for key in vision)  # learning rate 0: unchanged
     assert json.loads((out / "clip" / "config.json").read_text())["slip_weight"] == 1.0
     assert ModelCard.load(out / "clip_video" / "README.md").data.pipeline_tag == "zero-shot-image-classification"
+    card = (out / "clip" / "README.md").read_text()  # its parent is described as the clip stage it is
+    assert "clip_video" in card and "outside the stage table" not in card
+
+    # --restart of the renamed section moves its folder aside and trains it again (it resumed its finished
+    # checkpoint, training nothing, when only sections named after a stage were moved)
+    weights = (out / "clip_video" / "model.safetensors").stat().st_mtime_ns
+    restarted = run_pipeline(out, config=config_path, restart=["clip_video"])
+    assert (out / "clip_video.previous" / "model.safetensors").stat().st_mtime_ns == weights
+    assert (out / "clip_video" / "model.safetensors").stat().st_mtime_ns != weights
+    assert restarted["clip_video"]["metrics"]["global_step"] == 2

@@ -2,13 +2,14 @@
 
 A pipeline config (`configs/pipeline_tiny.yaml`) has
 
-- `stages:` an ordered mapping of stage name (an entry of `xray_hf.stages.STAGES`) to its run config, in exactly
-  the schema `xray-hf train <stage> --config` reads. `base: <file>` layers the section over a stage config file
+- `stages:` an ordered mapping of section name to its run config, in exactly the schema `xray-hf train <stage>
+  --config` reads. A section is named after its stage (an entry of `xray_hf.stages.STAGES`) or says `stage:`, so one
+  stage can run twice (`clip_video`, then `clip`). `base: <file>` layers the section over a stage config file
   (relative to the pipeline file), so the settings a pipeline changes are all that it holds. `{output}` in any
-  string is the run directory: `from_pretrained: "{output}/hashtag"` chains a stage to the one before it, and
-  `training.output_dir` is always `{output}/<stage>`;
-- `semantic_ids:` (optional) the `xray-hf semantic-ids` settings, with `model:` a stage name;
-- `evaluation:` (optional) a list of `xray-hf eval` runs, each with `model:` a stage name; each result is named
+  string is the run directory: `from_pretrained: "{output}/hashtag"` chains a section to an earlier one, and
+  `training.output_dir` is always `{output}/<section>`;
+- `semantic_ids:` (optional) the `xray-hf semantic-ids` settings, with `model:` a section name;
+- `evaluation:` (optional) a list of `xray-hf eval` runs, each with `model:` a section name; each result is named
   by its settings (`evaluation_names`), so entries of one dataset that differ in options are all run and reported.
 
 The run directory gets one checkpoint directory per stage (loadable with `AutoModel.from_pretrained`), `eval/`

@@ -16,10 +16,11 @@ from typing import Any
 import yaml
 
 from ..run_config import RunConfig
-from ..stages import get_stage
+from ..stages import STAGES, get_stage
 
 
 PIPELINE_KEYS = ("seed", "stages", "semantic_ids", "evaluation")
+RESERVED_NAMES = ("eval", "semantic_ids", "plots")  # the other steps' names and folders of a run directory
 
 
 OUTPUT = "{output}"
@@ -72,6 +73,23 @@ def eval_settings(run: dict[str, Any]) -> dict[str, Any]:
     return {"split": "test", **run}
 
 
+def check_section_name(path: Path, name: str, section: dict[str, Any]) -> None:
+    """A section is named after its stage, or says `stage:` (one stage run twice: `clip_video`, then `clip`); its name
+    is its folder and step name, so it is one safe word that no other step uses. Sets `section["stage"]`."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or name in RESERVED_NAMES:
+        raise ValueError(f"{path}: section name {name!r} must be letters, digits, '_' or '-' and none of "
+                         f"{list(RESERVED_NAMES)} (it names the section's folder)")
+    section.setdefault("stage", name)
+    if name in STAGES and section["stage"] != name:
+        raise ValueError(f"{path}: section {name!r} is named after the {name} stage but trains stage "
+                         f"{section['stage']!r} (from its base: file?); give it another name")
+    try:
+        get_stage(section["stage"])
+    except ValueError as error:
+        raise ValueError(f"{path}: section {name!r}: {error} (name a section after its stage, or give it "
+                         "stage:)") from error
+
+
 def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a pipeline YAML, resolve each stage's `base:` file and parse every stage section (a misspelled key of the
     last stage fails here, before the first stage trains); `{output}` is kept."""
@@ -94,9 +112,7 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
             base_path = path.parent / section.pop("base")
             with open(base_path, encoding="utf-8") as f:
                 section = _merge(yaml.safe_load(f), section)
-        # a section is named after its stage, or says `stage:` (two sections of one stage: clip_video, then clip)
-        section.setdefault("stage", name)
-        get_stage(section["stage"])  # a clear error for an unknown stage
+        check_section_name(path, name, section)
         section.setdefault("training", {})["output_dir"] = f"{OUTPUT}/{name}"
         for parent in references(section, name):
             if parent not in stages:
@@ -126,5 +142,5 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = [
-    "PIPELINE_KEYS", "digest", "eval_settings", "load_pipeline_config", "preset_path", "references", "substitute",
+    "PIPELINE_KEYS", "RESERVED_NAMES", "check_section_name", "digest", "eval_settings", "load_pipeline_config", "preset_path", "references", "substitute",
 ]

@@ -13,7 +13,6 @@ from datetime import timedelta
 from typing import Any
 
 from ..atomic_io import write_json_atomic
-from ..stages import STAGES
 from .config import digest, substitute
 
 logger = logging.getLogger(__name__)
@@ -129,7 +128,7 @@ def apply_restart(pipeline: Pipeline, names: list[str], restart: list[str]) -> N
     for name in names[first:]:
         pipeline.state["steps"].pop(name, None)
         folder = pipeline.path(name)
-        if pipeline.is_main and os.path.isdir(folder) and name in STAGES:
+        if pipeline.is_main and os.path.isdir(folder) and name in pipeline.config["stages"]:
             aside = folder + ".previous"
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(folder, aside)

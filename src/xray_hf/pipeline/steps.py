@@ -73,8 +73,10 @@ class TrainStep:
                                      title=f"{self.name} training")
         if loss_plot:
             plots.insert(0, os.path.relpath(loss_plot, pipeline.output))
+        parents = pipeline_parents(pipeline, self.name)
         return {
-            "stage": self.section["stage"], "checkpoint": self.name, "parents": pipeline_parents(pipeline, self.name),
+            "stage": self.section["stage"], "checkpoint": self.name, "parents": parents,
+            "parent_stages": {parent: pipeline.config["stages"][parent]["stage"] for parent in parents},
             "model_type": config.get("model_type"), "architectures": config.get("architectures", []),
             "data": sources, "metrics": metrics, "evaluation": [], "plots": plots,
         }

@@ -93,9 +93,9 @@ class CLIPModelSpec(Block):
             raise ValueError(f"{path} needs vision: and text: blocks (or from_pretrained: a CLIP checkpoint)")
         if self.from_pretrained and (self.vision is not None or self.text is not None):
             towers = [name for name in ("vision", "text") if getattr(self, name) is not None]
-            raise ValueError(f"{path}.from_pretrained (a whole CLIP checkpoint) leaves no room for "
-                             f"{' and '.join(f'{path}.{name}' for name in towers)}: drop them (null over a base: file)"
-                             f" and set their config through {path}.config")
+            raise ValueError(f"{path}.from_pretrained (a whole CLIP checkpoint, towers included) leaves no room for "
+                             f"{' and '.join(f'{path}.{name}' for name in towers)}: drop them (null over a base: "
+                             f"file); {path}.config still sets XrayCLIPConfig settings (slip_weight, ...)")
         self.config = check_config(self.config, (XrayCLIPConfig,), dotted(path, "config"))
 
 
