@@ -342,7 +342,7 @@ def two_rank_results():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    context = multiprocessing.get_context("fork")  # the children reuse this process's imports
+    context = multiprocessing.get_context("spawn")  # not fork: a pytest-xdist worker that ran autograd cannot fork
     results = context.Queue()
     processes = [context.Process(target=_rank_losses, args=(r, port, results)) for r in range(2)]
     for process in processes:

@@ -2,6 +2,7 @@ import math
 import multiprocessing
 import random
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -208,11 +209,13 @@ def _rank_step(rank, port, results):
         dist.destroy_process_group()
 
 
-def test_two_ranks_under_ddp_equal_one_process_on_the_concatenated_batch():
+def test_two_ranks_under_ddp_equal_one_process_on_the_concatenated_batch(monkeypatch):
+    # spawned children import this module by its name (`trainers.test_grad_cache`): from tests/, as pytest did
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")  # not fork: a pytest-xdist worker that ran autograd cannot fork
     results = context.Queue()
     processes = [context.Process(target=_rank_step, args=(r, port, results)) for r in range(2)]
     for process in processes:
