@@ -113,8 +113,9 @@ STAGE_CARDS: dict[str, StageCard] = {
     ),
     "clip": StageCard(
         "clip",
-        "the third stage: the hashtag backbone is aligned with a text tower by contrastive, SLIP, denoising and "
-        "siamese-caption losses; its embeddings are the ones deployed for search and recommendation.",
+        "the third stage: a backbone (the paper's hashtag one, or the tiny pipeline's video warm-up, itself a CLIP "
+        "run) is aligned with a text tower by contrastive, SLIP, denoising and siamese-caption losses; its "
+        "embeddings are the ones deployed for search and recommendation.",
     ),
     "distill": StageCard(
         "backbone",
