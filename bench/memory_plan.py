@@ -2,7 +2,7 @@
 
     python bench/memory_plan.py                    # vit-l16, vit-h14, evit-2b; DDP, FSDP2 on 8 and 64 GPUs
     python bench/memory_plan.py --markdown         # the tables and assumptions only, for the README
-    python bench/memory_plan.py --quick            # smaller shapes, 4-frame clips: ~20 s (the test runs it)
+    python bench/memory_plan.py --quick            # smaller shapes, 4-frame clips (the test runs it: ~4.5 min on 2 cores)
     python bench/memory_plan.py --json plan.json   # every number, for tools and tests
 
 Where each number comes from:
