@@ -96,6 +96,25 @@ def test_int8_features_stay_close_to_float(exported):
     assert image_cos.min() > 0.99 and text_cos.min() > 0.95
 
 
+@pytest.mark.slow  # the module's export
+def test_int8_for_some_encoders_only(exported):
+    """`int8=("image", "video")`: the int8 image graph beside the float text graph (an int8 index, float queries)."""
+    _, output, _ = exported
+    mixed, floats, ints = (XrayOnnxModel(output, int8=("image", "video")), XrayOnnxModel(output),
+                           XrayOnnxModel(output, int8=True))
+    assert mixed.int8_encoders == {"image", "video"} and ints.int8_encoders == {"image", "video", "text"}
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    input_ids, attention_mask = tokens(4, 10, 5)
+    torch.testing.assert_close(mixed.get_image_features(images).pooler_output,
+                               ints.get_image_features(images).pooler_output, atol=0, rtol=0)
+    torch.testing.assert_close(mixed.get_text_features(input_ids, attention_mask).pooler_output,
+                               floats.get_text_features(input_ids, attention_mask).pooler_output, atol=0, rtol=0)
+    assert not torch.equal(mixed.get_image_features(images).pooler_output,
+                           floats.get_image_features(images).pooler_output)
+    with pytest.raises(ValueError, match=r"int8=\['audio'\]: .* has no \['audio'\] encoder"):
+        XrayOnnxModel(output, int8=("audio",))
+
+
 def test_backbone_exports_pooled_output_at_a_chosen_resolution_without_int8(tmp_path):
     """A backbone (no text tower) at 48 px: the position tables are interpolated inside the graph."""
     torch.manual_seed(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,12 @@ from .onnx import MANIFEST
 
 
 class XrayOnnxModel(nn.Module):
-    """The encoders of an export folder as onnxruntime sessions (fp32, or the int8 copies with `int8=True`)."""
+    """The encoders of an export folder as onnxruntime sessions: fp32, the int8 copies with `int8=True`, or the int8
+    copies of some encoders only (`int8=("image", "video")`: an int8 image index queried by fp32 text, which keeps
+    retrieval closer to float than both towers in int8; README, Deployment)."""
 
-    def __init__(self, directory: str | os.PathLike, int8: bool = False, providers: list[str] | None = None,
-                 threads: int | None = None):
+    def __init__(self, directory: str | os.PathLike, int8: bool | Collection[str] = False,
+                 providers: list[str] | None = None, threads: int | None = None):
         super().__init__()
         import onnxruntime as ort
 
@@ -37,14 +40,23 @@ class XrayOnnxModel(nn.Module):
             raise FileNotFoundError(f"{self.directory} has no {MANIFEST}: not a folder written by xray-hf export")
         self.manifest = json.loads(manifest_path.read_text())
         self.config = AutoConfig.from_pretrained(self.directory)
-        self.int8 = int8
+        encoders = self.manifest["encoders"]
+        if isinstance(int8, bool):
+            self.int8_encoders = set(encoders) if int8 else set()
+        else:
+            self.int8_encoders = set(int8)
+            unknown = sorted(self.int8_encoders - set(encoders))
+            if unknown:
+                raise ValueError(f"int8={sorted(int8)}: {self.directory} has no {unknown} encoder (exported: "
+                                 f"{sorted(encoders)})")
+        self.int8 = bool(self.int8_encoders)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         self.sessions = {}
-        for name, entry in self.manifest["encoders"].items():
-            file = entry.get("int8_file") if int8 else entry["file"]
+        for name, entry in encoders.items():
+            file = entry.get("int8_file") if name in self.int8_encoders else entry["file"]
             if file is None:
                 raise ValueError(f"{self.directory} has no int8 {name} encoder: export it with --int8")
             self.sessions[name] = ort.InferenceSession(
