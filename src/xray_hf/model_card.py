@@ -283,8 +283,11 @@ def build_model_card(checkpoint_dir: str, entry: dict | None = None, repo_id: st
             parents.append(previous)
             previous = STAGES[previous].previous
     kinds = entry.get("parent_stages") or {}  # a pipeline section's stage, where its name is not the stage's
-    parent_rows = [{"name": p, "help": STAGES[kinds.get(p, p)].help if kinds.get(p, p) in STAGES
-                    else "a checkpoint outside the stage table"} for p in reversed(list(parents))]
+    parent_rows = []
+    for parent in reversed(list(parents)):
+        kind = kinds.get(parent, parent)
+        parent_rows.append({"name": parent, "help": STAGES[kind].help if kind in STAGES
+                            else "a checkpoint outside the stage table"})
 
     text_config = config.get("text_config") if family_name == "clip" else config
     data, licence_notes = _data_rows(entry.get("data") or [], _is_smollm2(text_config or {}))

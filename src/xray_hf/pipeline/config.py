@@ -73,21 +73,22 @@ def eval_settings(run: dict[str, Any]) -> dict[str, Any]:
     return {"split": "test", **run}
 
 
-def check_section_name(path: Path, name: str, section: dict[str, Any]) -> None:
-    """A section is named after its stage, or says `stage:` (one stage run twice: `clip_video`, then `clip`); its name
-    is its folder and step name, so it is one safe word that no other step uses. Sets `section["stage"]`."""
+def section_stage(path: Path, name: str, section: dict[str, Any]) -> str:
+    """The stage a section trains: its `stage:`, else its name (one stage run twice: `clip_video` says `stage: clip`).
+    The name is the section's folder and step name, so it must be one safe word that no other step uses."""
     if not re.fullmatch(r"[A-Za-z0-9_-]+", str(name)) or name in RESERVED_NAMES:
         raise ValueError(f"{path}: section name {name!r} must be letters, digits, '_' or '-' and none of "
                          f"{list(RESERVED_NAMES)} (it names the section's folder)")
-    section.setdefault("stage", name)
-    if name in STAGES and section["stage"] != name:
-        raise ValueError(f"{path}: section {name!r} is named after the {name} stage but trains stage "
-                         f"{section['stage']!r} (from its base: file?); give it another name")
+    stage = section.get("stage", name)
+    if name in STAGES and stage != name:
+        raise ValueError(f"{path}: section {name!r} is named after the {name} stage but trains stage {stage!r} "
+                         "(from its base: file?); give it another name")
     try:
-        get_stage(section["stage"])
+        get_stage(stage)
     except ValueError as error:
         raise ValueError(f"{path}: section {name!r}: {error} (name a section after its stage, or give it "
                          "stage:)") from error
+    return stage
 
 
 def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
             base_path = path.parent / section.pop("base")
             with open(base_path, encoding="utf-8") as f:
                 section = _merge(yaml.safe_load(f), section)
-        check_section_name(path, name, section)
+        section["stage"] = section_stage(path, name, section)
         section.setdefault("training", {})["output_dir"] = f"{OUTPUT}/{name}"
         for parent in references(section, name):
             if parent not in stages:
@@ -142,5 +143,6 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 __all__ = [
-    "PIPELINE_KEYS", "RESERVED_NAMES", "check_section_name", "digest", "eval_settings", "load_pipeline_config", "preset_path", "references", "substitute",
+    "PIPELINE_KEYS", "RESERVED_NAMES", "digest", "eval_settings", "load_pipeline_config", "preset_path", "references",
+    "section_stage", "substitute",
 ]
