@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from xray_hf.pipeline import build_steps, load_pipeline_config, preset_path
+from xray_hf.pipeline.config import substitute
 from xray_hf.run_config import RunConfig
-from xray_hf.trainers.run import load_run_config
+from xray_hf.trainers.run import load_run_config, run_stage
 
 CONFIGS = preset_path("tiny").parent
 
@@ -31,6 +32,28 @@ def test_shipped_pipeline_layers_each_stage_over_its_own_config():
         ("mae", []), ("hashtag", ["mae"]), ("clip_video", []), ("clip", ["clip_video"]), ("distill", ["clip"]),
         ("compress", ["clip"]), ("semantic_ids", ["clip"]), ("eval", ["mae", "hashtag", "clip", "distill"]),
     ]
+
+
+def test_the_run_directory_is_substituted_into_the_parsed_run_configs():
+    """The pipeline parses each section once at load, `{output}` kept; the run puts its directory into a copy of the
+    parsed blocks (nested blocks, lists of blocks and `training:` included) and leaves the loaded config as it was."""
+    config = load_pipeline_config(preset_path("tiny"))
+    loaded = config["run_configs"]["distill"]
+    assert loaded.extras.teacher.from_pretrained == "{output}/clip"
+    resolved = substitute(loaded, "/runs/a")
+    assert type(resolved) is RunConfig and type(resolved.extras.teacher) is type(loaded.extras.teacher)
+    assert resolved.extras.teacher.from_pretrained == "/runs/a/clip"
+    assert resolved.output_dir == "/runs/a/distill" and resolved.training["max_steps"] == loaded.training["max_steps"]
+    assert resolved.data.eval_sets == loaded.data.eval_sets
+    assert loaded.extras.teacher.from_pretrained == "{output}/clip" and loaded.output_dir == "{output}/distill"
+    clip = substitute(config["run_configs"]["clip"], "/runs/a")
+    assert clip.model.from_pretrained == "/runs/a/clip_video" and clip.model.vision is None
+
+
+def test_run_stage_refuses_a_run_config_of_another_stage():
+    config = load_pipeline_config(preset_path("tiny"))["run_configs"]["mae"]
+    with pytest.raises(ValueError, match=r"run_stage\('clip'\) got a run config of stage 'mae'"):
+        run_stage("clip", config)
 
 
 def test_a_clip_model_from_a_checkpoint_refuses_tower_blocks_it_would_ignore():

@@ -19,6 +19,7 @@ from transformers import AutoModel
 
 from xray_hf.pipeline import load_pipeline_config, preset_path, render_report_md, run_pipeline
 from xray_hf.pipeline.state import STATE_FILE
+from xray_hf.run_config import RunConfig
 from xray_hf.stages import STAGES
 from xray_hf.trainers.run import run_stage
 
@@ -476,11 +477,11 @@ def test_an_unreadable_state_file_is_an_error_not_a_fresh_start(tmp_path):
     assert (out / STATE_FILE).read_text() == '{"steps": {"mae": {"status": "do'  # left as it was
 
 
-def test_one_stage_runs_twice_under_two_names_and_the_second_continues_the_first(tmp_path):
+def test_one_stage_runs_twice_under_two_names_and_the_second_continues_the_first(tmp_path, monkeypatch):
     """The shipped pipeline's shape: `clip_video:` (stage: clip) warms CLIP up on clips, `clip:` continues its whole
     checkpoint. Each trains as the clip stage into its own folder, is reported as a clip stage (model card
     included), and the second starts from the first's weights (failed before: a section had to be named after its
-    stage)."""
+    stage). Each section is parsed once, at load: the stages run the parsed run configs (they were parsed again)."""
     clip = small_pipeline()["stages"]["clip"]
     warmup = json.loads(json.dumps(clip))
     warmup["model"]["vision"] = {"preset": "tiny", "config": VISION}
@@ -494,7 +495,12 @@ def test_one_stage_runs_twice_under_two_names_and_the_second_continues_the_first
     config_path.write_text(yaml.safe_dump({"seed": 0, "stages": {"clip_video": {"stage": "clip", **warmup},
                                                                  "clip": continued}}, sort_keys=False))
     out = tmp_path / "run"
+    parsed = []
+    parse = RunConfig.from_dict.__func__
+    monkeypatch.setattr(RunConfig, "from_dict", classmethod(lambda cls, *a, **k: parsed.append(a[1]) or parse(cls, *a, **k)))
     report = run_pipeline(out, config=config_path)
+    assert parsed == ["clip", "clip"]
+    monkeypatch.undo()
 
     assert {name: (entry["stage"], entry["parents"]) for name, entry in report.items()} == {
         "clip_video": ("clip", []), "clip": ("clip", ["clip_video"])}

@@ -13,6 +13,8 @@ from transformers import AutoModel, pipeline
 from xray_hf import XrayCLIPModel, XrayVisualConfig, XrayVisualForDistillation, XrayVisualModel
 from xray_hf.run_config.data import DataSpec
 from xray_hf.data.inputs import modality_counts
+from xray_hf.run_config.model import StudentModelSpec
+from xray_hf.trainers.distill_run import build_student
 from xray_hf.trainers.run import run_stage
 
 STUDENT = {"preset": "tiny", "config": {**VISION["config"], "hidden_size": 16, "num_hidden_layers": 1,
@@ -148,6 +150,19 @@ def test_bad_distill_configs_are_refused(clip_teacher, tmp_path):
     wrong_dim["model"]["config"] = {"projection_dim": 8}
     with pytest.raises(ValueError, match="projection_dim"):
         run_stage("distill", wrong_dim)
+    # model.config names settings of the student's own config class (both were accepted: a CLIP student silently
+    # carried an XrayVisual setting, an image-only teacher's student ignored model.config)
+    vision_setting = distill_config(tmp_path / "x", clip_teacher)
+    vision_setting["model"]["config"] = {"num_hidden_layers": 2}
+    with pytest.raises(ValueError, match=r"unknown key 'model.config.num_hidden_layers'.*XrayCLIPModel .*"
+                                         r"model.vision.config"):
+        run_stage("distill", vision_setting)
+    visual_teacher = XrayVisualModel.from_pretrained(teacher_dir)
+    clip_setting = StudentModelSpec.from_dict({"vision": STUDENT, "config": {"logit_scale_init_value": 2.0}}, "model")
+    with pytest.raises(ValueError, match=r"model.config.logit_scale_init_value.*XrayVisualForDistillation"):
+        build_student(clip_setting, visual_teacher)
+    narrower = StudentModelSpec.from_dict({"vision": STUDENT, "config": {"intermediate_size": 24}}, "model")
+    assert build_student(narrower, visual_teacher).config.intermediate_size == 24
     with pytest.raises(ValueError, match="not all 0"):
         run_stage("distill", distill_config(tmp_path / "x", clip_teacher, feature_distill_weight=0.0,
                                             relational_distill_weight=0.0, contrastive_weight=0.0))

@@ -1,10 +1,11 @@
 """Pipeline configs: a pipeline YAML read into its stages' run configs (each stage's `base:` file layered under its
-section), every stage's keys parsed at load (`xray_hf.run_config`), with `{output}` standing for the run directory
-until the run substitutes it."""
+section), every section parsed once at load into a `RunConfig` (`xray_hf.run_config`), with `{output}` standing for
+the run directory until the run substitutes it (in the parsed blocks too: `substitute`)."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -47,6 +48,11 @@ def _merge(base: Any, update: Any) -> Any:
 
 
 def substitute(value: Any, output: str) -> Any:
+    """`value` with `{output}` replaced by `output` in every string: of mappings, lists and parsed run-config blocks
+    (a copy; `value` is left as it is)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(value, **{f.name: substitute(getattr(value, f.name), output)
+                                             for f in dataclasses.fields(value) if f.init})
     if isinstance(value, str):
         return value.replace(OUTPUT, output)
     if isinstance(value, dict):
@@ -92,8 +98,11 @@ def section_stage(path: Path, name: str, section: dict[str, Any]) -> str:
 
 
 def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a pipeline YAML, resolve each stage's `base:` file and parse every stage section (a misspelled key of the
-    last stage fails here, before the first stage trains); `{output}` is kept."""
+    """Read a pipeline YAML, resolve each stage's `base:` file and parse every stage section into a `RunConfig` (a
+    misspelled key of the last stage fails here, before the first stage trains); `{output}` is kept.
+
+    Returns the sections as written (`stages`: what a step's fingerprint and the report read), their parsed
+    `run_configs` (what the stages run), `seed`, `semantic_ids`, `evaluation` and `path`."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f)
@@ -133,13 +142,14 @@ def load_pipeline_config(path: str | os.PathLike) -> dict[str, Any]:
             if eval_settings(evaluation[other]) == eval_settings(spec):
                 raise ValueError(f"evaluation entries {other + 1} and {index + 1} are the same evaluation ({spec}); "
                                  "remove one")
+    run_configs: dict[str, RunConfig] = {}
     for name, section in stages.items():  # every stage's keys now, so that a typo in the last one fails at once
         try:
-            RunConfig.from_dict(section, section["stage"])
+            run_configs[name] = RunConfig.from_dict(section, section["stage"])
         except ValueError as error:
             raise ValueError(f"{path}: stage {name!r}: {error}") from error
-    return {"seed": raw.get("seed", 0), "stages": stages, "semantic_ids": raw.get("semantic_ids"),
-            "evaluation": evaluation, "path": str(path)}
+    return {"seed": raw.get("seed", 0), "stages": stages, "run_configs": run_configs,
+            "semantic_ids": raw.get("semantic_ids"), "evaluation": evaluation, "path": str(path)}
 
 
 __all__ = [

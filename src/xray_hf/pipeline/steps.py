@@ -9,6 +9,7 @@ import os
 import re
 from typing import Any, Protocol
 
+from ..run_config import RunConfig
 from ..trainers.resume import last_complete_checkpoint
 from .config import digest, references
 from .report import flatten, is_number, plot_loss_curves
@@ -30,13 +31,14 @@ class PipelineStep(Protocol):
 
 
 class TrainStep:
-    """One training stage (`xray-hf train <stage>`), resumed from its last complete checkpoint."""
+    """One training stage (`xray-hf train <stage>`), resumed from its last complete checkpoint: `section` is the
+    pipeline's section as written (fingerprinted and reported), `run_config` the same parsed at load (trained)."""
 
     kind = "train"
     every_rank = True  # a Trainer runs on every process of a distributed launch
 
-    def __init__(self, name: str, section: dict[str, Any]):
-        self.name, self.section = name, section
+    def __init__(self, name: str, section: dict[str, Any], run_config: RunConfig):
+        self.name, self.section, self.run_config = name, section, run_config
         self.parents = references(section, name)
 
     def settings(self) -> Any:
@@ -45,13 +47,12 @@ class TrainStep:
     def run(self, pipeline: Pipeline, progress: Progress) -> dict[str, Any] | None:
         from ..trainers.run import run_stage
 
-        config = pipeline.resolve(self.section)
-        output_dir = config["training"]["output_dir"]
-        config["training"].setdefault("disable_tqdm", False)
-        resume = pipeline.ranks.on_main(lambda: last_complete_checkpoint(output_dir), f"{self.name} (resume)")
+        config: RunConfig = pipeline.resolve(self.run_config)
+        config.training.setdefault("disable_tqdm", False)
+        resume = pipeline.ranks.on_main(lambda: last_complete_checkpoint(config.output_dir), f"{self.name} (resume)")
         if resume:
             progress.write(f"[pipeline] {self.name}: resuming from {os.path.relpath(resume, pipeline.output)}")
-        results = run_stage(self.section["stage"], config, resume_from_checkpoint=resume)
+        results = run_stage(config.stage, config, resume_from_checkpoint=resume)
         return self.entry(pipeline, results) if pipeline.is_main else None
 
     def entry(self, pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Any]:
@@ -199,7 +200,8 @@ def pipeline_parents(pipeline: Pipeline, name: str) -> list[str]:
 
 def build_steps(config: dict[str, Any]) -> list[PipelineStep]:
     """The pipeline's steps in order: every stage, then semantic IDs, then the evaluations."""
-    steps: list[PipelineStep] = [TrainStep(name, section) for name, section in config["stages"].items()]
+    steps: list[PipelineStep] = [TrainStep(name, section, config["run_configs"][name])
+                                 for name, section in config["stages"].items()]
     if config.get("semantic_ids"):
         steps.append(SemanticIdsStep(config["semantic_ids"]))
     if config.get("evaluation"):

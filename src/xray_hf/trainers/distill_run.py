@@ -6,7 +6,8 @@ teacher: {from_pretrained: runs/tiny/clip}       # an XrayCLIPModel, or any Xray
 model:
   vision: {preset: tiny, config: {hidden_size: 32, num_hidden_layers: 2}}   # the student's backbone
   # or vision: {from_pretrained: DIR}; or from_pretrained: DIR (continue a student)
-  config: {}                                      # overrides of the student's config
+  config: {}                                      # the student's config: XrayCLIPConfig settings for a CLIP teacher,
+                                                  # XrayVisualConfig ones for an image-only teacher
 captions: {column: caption}                      # CLIP teachers: the texts of the relational term
 text_cache: {enabled: true}                      # the teacher's frozen LLM, cached as in the clip stage
 teacher_cache: {enabled: false}                  # precompute the teacher's image embeddings once (by sample id)
@@ -34,9 +35,12 @@ from ..caches.teacher import TeacherEmbeddingCache, teacher_cache_key
 from ..data import SampleCollator
 from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader
 from ..data.transforms import Resolution
+from ..configuration.clip import XrayCLIPConfig
+from ..configuration.visual import XrayVisualConfig
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.distillation import XrayVisualForDistillation
 from ..modeling.visual import XrayVisualModel
+from ..run_config.block import check_config
 from ..run_config.extras import CaptionSpec, DistillRunExtras, TeacherCacheSpec, TextCacheSpec
 from ..run_config.model import StudentModelSpec, TeacherSpec
 from .build import (
@@ -68,17 +72,29 @@ def load_teacher(spec: TeacherSpec) -> tuple[Any, Any]:
     return teacher, (load_tokenizer(path) if isinstance(teacher, XrayCLIPModel) else None)
 
 
+def student_overrides(spec: StudentModelSpec, clip_teacher: bool) -> dict[str, Any]:
+    """`model.config`, checked against the student's own config class now that the teacher says which it is (the
+    run-config parse accepts the settings of either)."""
+    config_class = XrayCLIPConfig if clip_teacher else XrayVisualConfig
+    try:
+        return check_config(spec.config, (config_class,), "model.config")
+    except ValueError as error:
+        student = "an XrayCLIPModel (its backbone's settings go in model.vision.config)" if clip_teacher else \
+            "an XrayVisualForDistillation"
+        raise ValueError(f"{error} (the student of this teacher is {student})") from error
+
+
 def build_student(spec: StudentModelSpec, teacher: Any) -> Any:
     """The student of `model:` for `teacher` (see the module docstring)."""
-    overrides = dict(spec.config)
     clip_teacher = isinstance(teacher, XrayCLIPModel)
+    overrides = student_overrides(spec, clip_teacher)
     if spec.from_pretrained:  # continue a student
         path = existing_path(spec.from_pretrained, "model.from_pretrained")
         student_class = XrayCLIPModel if clip_teacher else XrayVisualForDistillation
         return student_class.from_pretrained(path, **overrides)
     if not clip_teacher:
         return build_visual_model(XrayVisualForDistillation, spec.vision,
-                                  distill_target_size=teacher.config.hidden_size)
+                                  **{**overrides, "distill_target_size": teacher.config.hidden_size})
     settings = {"projection_dim": teacher.config.projection_dim, "slip_weight": 0.0, "lambda_den": 0.0,
                 "hashtag_loss_weight": 0.0, "logit_scale_init_value": float(teacher.logit_scale.detach()),
                 "label_smoothing": teacher.config.label_smoothing, **overrides}
@@ -150,4 +166,6 @@ def prepare_distill(run: RunContext) -> StageRun:
     return StageRun(trainer, results=results, after_training=evaluate_after_training, save_artifacts=save_artifacts)
 
 
-__all__ = ["TEACHER_CLASSES", "build_student", "load_teacher", "prepare_distill", "prepare_teacher_cache"]
+__all__ = [
+    "TEACHER_CLASSES", "build_student", "load_teacher", "prepare_distill", "prepare_teacher_cache", "student_overrides",
+]

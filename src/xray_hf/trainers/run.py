@@ -14,7 +14,7 @@ import copy
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,11 +90,17 @@ class StageRun:
 
 
 def run_stage(
-    stage: str | Stage, config: dict[str, Any], resume_from_checkpoint: str | bool | None = None
+    stage: str | Stage, config: Mapping[str, Any] | RunConfig, resume_from_checkpoint: str | bool | None = None
 ) -> dict[str, Any]:
-    """Train one stage as the run config says; returns (and saves as results.json) its numbers."""
+    """Train one stage as the run config says (a YAML mapping, parsed here, or a `RunConfig` parsed already, e.g. by
+    `xray-hf pipeline` at load); returns (and saves as results.json) its numbers."""
     entry = stage if isinstance(stage, Stage) else get_stage(stage)
-    context = RunContext(entry, RunConfig.from_dict(copy.deepcopy(config), entry))
+    if isinstance(config, RunConfig):
+        if config.stage != entry.name:
+            raise ValueError(f"run_stage({entry.name!r}) got a run config of stage {config.stage!r}")
+    else:
+        config = RunConfig.from_dict(copy.deepcopy(config), entry)
+    context = RunContext(entry, config)
     set_seed(context.seed)
     run = entry.prepare_fn()(context)
     trainer, output_dir = run.trainer, context.output_dir
