@@ -82,6 +82,39 @@ def test_a_misspelled_key_of_every_block_is_refused_by_its_path(stage, path):
         RunConfig.from_dict(config, stage)
 
 
+@pytest.mark.parametrize("stage, path, value, message", [
+    # YAML 1.1 reads 1e-3 (no dot) as text; TrainingArguments kept it and the optimizer failed many steps later
+    ("clip", "training.learning_rate", "1e-3", r"training.learning_rate must be float, got str '1e-3' \(YAML reads "
+                                               r"a number like 1e-3 as text: write 1.0e-3\)"),
+    ("mae", "training.max_steps", 10.5, r"training.max_steps must be int, got float 10.5"),
+    ("mae", "training.bf16", "yes", r"training.bf16 must be bool, got str 'yes'"),
+    ("mae", "data.image.batch_size", "32", r"data.image.batch_size must be int, got str '32'"),  # failed in validate
+    ("mae", "data.resolution", 32.5, r"data.resolution must be int or a list of int, got float 32.5"),
+    ("mae", "data.augment.crop_scale", [0.5, "1"], r"data.augment.crop_scale must be a list of float or null"),
+    ("clip", "captions.sentence_p", "0.3", r"captions.sentence_p must be float, got str '0.3'"),
+    ("clip", "model.config", ["slip_weight"], r"model.config must be a mapping, got list"),
+])
+def test_a_value_of_the_wrong_type_is_refused_by_its_path(stage, path, value, message):
+    config = stage_config(stage)
+    *parents, key = path.split(".")
+    block = config
+    for parent in parents:
+        block = block.setdefault(parent, {})
+    block[key] = value
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_dict(config, stage)
+
+
+def test_values_that_fit_their_types_pass_as_written():
+    config = stage_config("mae")
+    config["training"].update(learning_rate=1, warmup_steps=0, bf16=False, report_to="none")  # an int is a float
+    config["data"]["augment"]["crop_scale"] = [1, 1.0]
+    config["data"]["resolution"] = [32, 48]
+    parsed = RunConfig.from_dict(config, "mae")
+    assert parsed.training["learning_rate"] == 1 and parsed.data.augment.crop_scale == [1, 1.0]
+    assert parsed.data.resolution == [32, 48]
+
+
 def test_config_overrides_name_settings_of_their_config_class():
     config = stage_config("clip")
     config["model"]["text"]["config"]["freeze_lm"] = True  # the example

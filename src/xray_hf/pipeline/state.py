@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 from ..atomic_io import write_json_atomic
-from .config import digest, substitute
+from .config import digest
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,6 @@ class Pipeline:
 
     def path(self, *parts: str) -> str:
         return os.path.join(self.output, *parts)
-
-    def resolve(self, value: Any) -> Any:
-        return substitute(value, self.output)
 
     def save_state(self) -> None:
         if self.is_main:

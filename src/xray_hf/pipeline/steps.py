@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from ..run_config import RunConfig
 from ..trainers.resume import last_complete_checkpoint
-from .config import digest, references
+from .config import digest, references, substitute
 from .report import flatten, is_number, plot_loss_curves
 from .state import Pipeline, Progress, read_json
 
@@ -47,7 +47,7 @@ class TrainStep:
     def run(self, pipeline: Pipeline, progress: Progress) -> dict[str, Any] | None:
         from ..trainers.run import run_stage
 
-        config: RunConfig = pipeline.resolve(self.run_config)
+        config: RunConfig = substitute(self.run_config, pipeline.output)  # a copy, the run directory put in
         config.training.setdefault("disable_tqdm", False)
         resume = pipeline.ranks.on_main(lambda: last_complete_checkpoint(config.output_dir), f"{self.name} (resume)")
         if resume:

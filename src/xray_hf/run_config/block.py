@@ -1,6 +1,7 @@
 """The reading of a run-config block: a dataclass filled from a YAML mapping by `Block.from_dict`, which refuses an
-unknown key by its dotted path (`model.text.config.freeze_lm`), parses the nested blocks its fields' types name, and
-leaves the defaults to the dataclass."""
+unknown key by its dotted path (`model.text.config.freeze_lm`) and a value that does not fit its field's type
+(`data.image.batch_size must be int, got str '32'`), parses the nested blocks its fields' types name, and leaves the
+defaults to the dataclass."""
 
 from __future__ import annotations
 
@@ -83,6 +84,73 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _union_args(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a field's type: scalars (an int is a float; a bool is no number), lists of them,
+    mappings, `None` and literals are checked; other classes (enums, configs) are left to the code that takes them."""
+    if len(_union_args(hint)) > 1:
+        return any(fits(value, arg) for arg in _union_args(hint))
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is list or origin is list:
+        inner = typing.get_args(hint)
+        return isinstance(value, list) and (not inner or all(fits(item, inner[0]) for item in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, Mapping)
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    return True
+
+
+def describe(hint: Any) -> str:
+    """A type as a run config's reader says it: `float`, `int or null`, `a list of float`."""
+    if len(_union_args(hint)) > 1:
+        return " or ".join(dict.fromkeys(describe(arg) for arg in _union_args(hint)))
+    if hint is type(None):
+        return "null"
+    if typing.get_origin(hint) is list and typing.get_args(hint):
+        return f"a list of {describe(typing.get_args(hint)[0])}"
+    if typing.get_origin(hint) is typing.Literal:
+        return " or ".join(repr(arg) for arg in typing.get_args(hint))
+    origin = typing.get_origin(hint) or hint
+    return {dict: "a mapping", list: "a list"}.get(origin, getattr(origin, "__name__", str(hint)))
+
+
+def check_value(value: Any, hint: Any, path: str) -> None:
+    """A `ValueError` naming `path` when `value` does not fit the field's type (`fits`)."""
+    if fits(value, hint):
+        return
+    message = f"{path} must be {describe(hint)}, got {type(value).__name__} {value!r}"
+    if isinstance(value, str) and fits(1.0, hint):
+        try:
+            float(value)
+            message += " (YAML reads a number like 1e-3 as text: write 1.0e-3)"
+        except ValueError:
+            pass
+    raise ValueError(message)
+
+
+def check_values(values: Mapping[str, Any], cls: type, path: str) -> None:
+    """Every value of `values` against the type of the dataclass field of `cls` it names."""
+    hints = _hints(cls)
+    for key, value in values.items():
+        check_value(value, hints[key], dotted(path, key))
+
+
 def _block_types(hint: Any) -> tuple[type | None, type | None]:
     """(a Block class the hint names, a Block class it names as `list[...]`) of a field's type."""
     args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
@@ -119,6 +187,8 @@ class Block:
                 value = single.from_dict(value, where)
             elif listed is not None:
                 raise ValueError(f"{where} must be a list, got {type(value).__name__}: {value!r}")
+            else:
+                check_value(value, _hints(cls)[key], where)
             kwargs[key] = value
         out = cls(**kwargs)
         out.validate(path)
@@ -128,4 +198,7 @@ class Block:
         """Checks across the fields, once parsed; `path` names the block in messages."""
 
 
-__all__ = ["Block", "check_config", "check_keys", "config_keys", "dotted", "mapping"]
+__all__ = [
+    "Block", "check_config", "check_keys", "check_value", "check_values", "config_keys", "describe", "dotted", "fits",
+    "mapping",
+]

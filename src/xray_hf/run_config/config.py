@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..stages import Stage, get_stage
-from .block import check_keys, mapping
+from .block import check_keys, check_values, mapping
 
 COMMON_KEYS = ("stage", "seed", "model", "data", "training")
 
@@ -16,8 +16,9 @@ COMMON_KEYS = ("stage", "seed", "model", "data", "training")
 @dataclass
 class RunConfig:
     """A parsed run config: the stage's name, its seed, its `model:` and `data:` blocks, the `training:` arguments
-    (keyword arguments of the stage's `TrainingArguments` subclass, checked by name) and its own blocks (`extras`,
-    an instance of the stage's `extras` dataclass, or None)."""
+    (keyword arguments of the stage's `TrainingArguments` subclass, checked by name and type; the arguments object
+    itself is built when the stage starts, as building it sets up the devices) and its own blocks (`extras`, an
+    instance of the stage's `extras` dataclass, or None)."""
 
     stage: str
     model: Any
@@ -44,8 +45,9 @@ class RunConfig:
             if not isinstance(config.get(key), Mapping):
                 raise ValueError(f"the run config needs a '{key}:' mapping")
         training = dict(config["training"])
-        check_keys(training, [f.name for f in fields(entry.arguments_class()) if f.init], "training",
-                   what=entry.arguments_class().__name__)
+        arguments = entry.arguments_class()
+        check_keys(training, [f.name for f in fields(arguments) if f.init], "training", what=arguments.__name__)
+        check_values(training, arguments, "training")  # its types too: TrainingArguments keeps '1e-3' as text
         if "output_dir" not in training:
             raise ValueError("training.output_dir is required")
         extras = extras_class.from_dict({k: config[k] for k in extra_keys if k in config}) if extras_class else None
