@@ -108,6 +108,7 @@ def test_a_value_of_the_wrong_type_is_refused_by_its_path(stage, path, value, me
 def test_values_that_fit_their_types_pass_as_written():
     config = stage_config("mae")
     config["training"].update(learning_rate=1, warmup_steps=0, bf16=False, report_to="none")  # an int is a float
+    config["training"]["fsdp"] = True  # typed str | None by transformers, which takes a bool: left to it
     config["data"]["augment"]["crop_scale"] = [1, 1.0]
     config["data"]["resolution"] = [32, 48]
     parsed = RunConfig.from_dict(config, "mae")

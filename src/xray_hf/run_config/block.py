@@ -144,11 +144,17 @@ def check_value(value: Any, hint: Any, path: str) -> None:
     raise ValueError(message)
 
 
-def check_values(values: Mapping[str, Any], cls: type, path: str) -> None:
-    """Every value of `values` against the type of the dataclass field of `cls` it names."""
+NUMBERS = (bool, int, float, type(None))
+
+
+def check_values(values: Mapping[str, Any], cls: type, path: str, numbers_only: bool = False) -> None:
+    """Every value of `values` against the type of the dataclass field of `cls` it names; `numbers_only`: only the
+    fields typed as numbers and flags (a class whose other hints are narrower than what it takes: transformers'
+    `TrainingArguments` types `fsdp` as `str | None` and takes `True`)."""
     hints = _hints(cls)
     for key, value in values.items():
-        check_value(value, hints[key], dotted(path, key))
+        if not numbers_only or all(arg in NUMBERS for arg in _union_args(hints[key])):
+            check_value(value, hints[key], dotted(path, key))
 
 
 def _block_types(hint: Any) -> tuple[type | None, type | None]:

@@ -47,7 +47,7 @@ class RunConfig:
         training = dict(config["training"])
         arguments = entry.arguments_class()
         check_keys(training, [f.name for f in fields(arguments) if f.init], "training", what=arguments.__name__)
-        check_values(training, arguments, "training")  # its types too: TrainingArguments keeps '1e-3' as text
+        check_values(training, arguments, "training", numbers_only=True)  # TrainingArguments keeps '1e-3' as text
         if "output_dir" not in training:
             raise ValueError("training.output_dir is required")
         extras = extras_class.from_dict({k: config[k] for k in extra_keys if k in config}) if extras_class else None
