@@ -87,6 +87,7 @@ def test_a_misspelled_key_of_every_block_is_refused_by_its_path(stage, path):
     ("clip", "training.learning_rate", "1e-3", r"training.learning_rate must be float, got str '1e-3' \(YAML reads "
                                                r"a number like 1e-3 as text: write 1.0e-3\)"),
     ("mae", "training.max_steps", 10.5, r"training.max_steps must be int, got float 10.5"),
+    ("mae", "seed", 0.5, r"seed must be int, got float 0.5"),  # was truncated to 0
     ("mae", "training.bf16", "yes", r"training.bf16 must be bool, got str 'yes'"),
     ("mae", "data.image.batch_size", "32", r"data.image.batch_size must be int, got str '32'"),  # failed in validate
     ("mae", "data.resolution", 32.5, r"data.resolution must be int or a list of int, got float 32.5"),

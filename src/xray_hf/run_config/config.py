@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..stages import Stage, get_stage
-from .block import check_keys, check_values, mapping
+from .block import check_keys, check_value, check_values, mapping
 
 COMMON_KEYS = ("stage", "seed", "model", "data", "training")
 
@@ -41,6 +41,7 @@ class RunConfig:
         check_keys(config, [*COMMON_KEYS, *extra_keys], "", what=f"a {entry.name} run config")
         if config.get("stage", entry.name) != entry.name:
             raise ValueError(f"the run config is for stage {config['stage']!r}, not {entry.name!r}")
+        check_value(config.get("seed", 0), int, "seed")
         for key in ("model", "data", "training"):
             if not isinstance(config.get(key), Mapping):
                 raise ValueError(f"the run config needs a '{key}:' mapping")
@@ -53,7 +54,7 @@ class RunConfig:
         extras = extras_class.from_dict({k: config[k] for k in extra_keys if k in config}) if extras_class else None
         return cls(stage=entry.name, model=entry.model_class().from_dict(config["model"], "model"),
                    data=entry.data_class().from_dict(config["data"], "data"), training=training,
-                   seed=int(config.get("seed", 0)), extras=extras)
+                   seed=config.get("seed", 0), extras=extras)
 
 
 __all__ = ["COMMON_KEYS", "RunConfig"]
