@@ -85,14 +85,15 @@ def test_a_misspelled_key_of_every_block_is_refused_by_its_path(stage, path):
 @pytest.mark.parametrize("stage, path, value, message", [
     # YAML 1.1 reads 1e-3 (no dot) as text; TrainingArguments kept it and the optimizer failed many steps later
     ("clip", "training.learning_rate", "1e-3", r"training.learning_rate must be float, got str '1e-3' \(YAML reads "
-                                               r"a number like 1e-3 as text: write 1.0e-3\)"),
+                                               r"1e-3 as text, having no dot: write 1.0e-3\)"),
     ("mae", "training.max_steps", 10.5, r"training.max_steps must be int, got float 10.5"),
     ("mae", "seed", 0.5, r"seed must be int, got float 0.5"),  # was truncated to 0
     ("mae", "training.bf16", "yes", r"training.bf16 must be bool, got str 'yes'"),
     ("mae", "data.image.batch_size", "32", r"data.image.batch_size must be int, got str '32'"),  # failed in validate
     ("mae", "data.resolution", 32.5, r"data.resolution must be int or a list of int, got float 32.5"),
     ("mae", "data.augment.crop_scale", [0.5, "1"], r"data.augment.crop_scale must be a list of float or null"),
-    ("clip", "captions.sentence_p", "0.3", r"captions.sentence_p must be float, got str '0.3'"),
+    ("clip", "captions.sentence_p", "0.3", r"captions.sentence_p must be float, got str '0.3' \(a number in quotes "
+                                           r"is text: unquote it\)"),
     ("clip", "model.config", ["slip_weight"], r"model.config must be a mapping, got list"),
 ])
 def test_a_value_of_the_wrong_type_is_refused_by_its_path(stage, path, value, message):

@@ -1,7 +1,7 @@
 """The run-config schema: every key a run config (`xray-hf train <stage> --config X.yaml`, or a stage section of a
 pipeline YAML) may hold, as typed dataclasses that hold the defaults. `RunConfig.from_dict(config, stage)` parses a
 whole config once; an unknown key is refused by its path (`unknown key 'model.text.config.freeze_lm'`), so is a
-value of the wrong type (`training.learning_rate must be float, got str '1e-3'`: YAML reads 1e-3 as text), and a
+value of the wrong type (`training.learning_rate must be float, got str '1e-3'`: YAML reads 1e-3, having no dot, as text), and a
 `config:` block may only name settings of the config class it overrides. Stage code receives these objects.
 
 ```yaml

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -136,12 +137,19 @@ def check_value(value: Any, hint: Any, path: str) -> None:
         return
     message = f"{path} must be {describe(hint)}, got {type(value).__name__} {value!r}"
     if isinstance(value, str) and fits(1.0, hint):
-        try:
-            float(value)
-            message += " (YAML reads a number like 1e-3 as text: write 1.0e-3)"
-        except ValueError:
-            pass
+        if re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()):
+            message += f" (YAML reads {value} as text, having no dot: write {value.lower().replace('e', '.0e', 1)})"
+        elif _is_float(value):
+            message += " (a number in quotes is text: unquote it)"
     raise ValueError(message)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 NUMBERS = (bool, int, float, type(None))

@@ -32,11 +32,11 @@ from transformers import AutoConfig
 
 from ..caches.common import load_or_build
 from ..caches.teacher import TeacherEmbeddingCache, teacher_cache_key
+from ..configuration.clip import XrayCLIPConfig
+from ..configuration.visual import XrayVisualConfig
 from ..data import SampleCollator
 from ..data.inputs import build_eval_dataset, build_eval_datasets, build_train_loader
 from ..data.transforms import Resolution
-from ..configuration.clip import XrayCLIPConfig
-from ..configuration.visual import XrayVisualConfig
 from ..modeling.clip import XrayCLIPModel
 from ..modeling.distillation import XrayVisualForDistillation
 from ..modeling.visual import XrayVisualModel
