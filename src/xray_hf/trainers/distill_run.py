@@ -11,7 +11,8 @@ model:
 captions: {column: caption}                      # CLIP teachers: the texts of the relational term
 text_cache: {enabled: true}                      # the teacher's frozen LLM, cached as in the clip stage
 teacher_cache: {enabled: false}                  # precompute the teacher's image embeddings once (by sample id)
-data: {...}                                      # video_fraction: 0.25 for a video teacher (images:videos 75:25)
+data: {...}                                      # video_fraction: a video teacher's share of clip batches (0.5 in
+                                                 # distill_tiny.yaml; the paper's 75:25 is 0.25)
 training: {...}                                  # DistillationTrainingArguments
 ```
 
