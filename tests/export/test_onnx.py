@@ -57,6 +57,8 @@ def test_export_folder_describes_each_encoder(exported):
     for entry in manifest["encoders"].values():
         assert (output / entry["file"]).is_file() and (output / entry["int8_file"]).is_file()
         assert entry["check"]["min_cosine"] >= 0.9999
+        assert 0.9 < entry["int8_check"]["min_cosine"] < 1.0  # measured and recorded, not exact
+    assert "7 bits" in manifest["int8"] and "per output channel" in manifest["int8"]
     assert "config.json" in manifest["files"]
 
 

@@ -37,6 +37,9 @@ FORMAT_VERSION = 1
 OPSET = 18
 MIN_COSINE = 0.9999
 MAX_DIFFERENCE = 1e-4
+# what `quantize_int8` does, written into the manifest beside the int8 files
+INT8_SCHEME = ("onnxruntime dynamic quantisation: MatMul/Gemm weights int8 per output channel in 7 bits (reduce_range, "
+               "no overflow on CPUs without VNNI), activations uint8 per tensor at run time")
 # files of a checkpoint folder a deployment needs beside the graphs (never weights or training state)
 _SIDE_FILES = ("config.json", "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json",
                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "vocab.txt",
@@ -92,10 +95,11 @@ def check_export_request(config: Any, image_size: tuple[int, int], num_frames: i
         )
 
 
-def _check_against_torch(
+def _compare_with_torch(
     path: Path, module: nn.Module, inputs: dict[str, torch.Tensor]
 ) -> dict[str, float]:
-    """Run the file in onnxruntime and the module in PyTorch on `inputs`; raise if the features differ."""
+    """Run the file in onnxruntime and the module in PyTorch on `inputs`: the smallest cosine between their features
+    and the largest difference relative to the feature scale."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -103,14 +107,21 @@ def _check_against_torch(
     with torch.inference_mode():
         reference = module(**inputs).numpy()
     scale = max(float(np.abs(reference).max()), 1.0)
-    difference = float(np.abs(ours - reference).max()) / scale
-    cosine = float((_unit(ours) * _unit(reference)).sum(-1).min())
-    if cosine < MIN_COSINE or difference > MAX_DIFFERENCE:
+    return {"min_cosine": float((_unit(ours) * _unit(reference)).sum(-1).min()),
+            "max_difference": float(np.abs(ours - reference).max()) / scale}
+
+
+def _check_against_torch(
+    path: Path, module: nn.Module, inputs: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """`_compare_with_torch`, raising if the features differ beyond float rounding."""
+    check = _compare_with_torch(path, module, inputs)
+    if check["min_cosine"] < MIN_COSINE or check["max_difference"] > MAX_DIFFERENCE:
         raise RuntimeError(
-            f"{path.name} differs from PyTorch: min cosine {cosine:.6f} (needs >= {MIN_COSINE}), max difference "
-            f"{difference:.2e} relative to the feature scale (needs <= {MAX_DIFFERENCE})"
+            f"{path.name} differs from PyTorch: min cosine {check['min_cosine']:.6f} (needs >= {MIN_COSINE}), max "
+            f"difference {check['max_difference']:.2e} relative to the feature scale (needs <= {MAX_DIFFERENCE})"
         )
-    return {"min_cosine": cosine, "max_difference": difference}
+    return check
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -217,6 +228,7 @@ def export_onnx(
             int8_path = output / f"{name}.int8.onnx"
             quantize_int8(path, int8_path)
             entry["int8_file"] = int8_path.name
+            entry["int8_check"] = _compare_with_torch(int8_path, module, fresh)  # recorded, not a gate: random inputs
         encoders[name] = entry
 
     manifest = {
@@ -229,6 +241,7 @@ def export_onnx(
         "image_size": list(size),
         "num_frames": frames,
         "encoders": encoders,
+        "int8": INT8_SCHEME if int8 else None,
         "files": _copy_side_files(source, output, model),
     }
     (output / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
