@@ -8,6 +8,7 @@ import sys
 from typing import Sequence
 
 from .eval.options import EmbedOptions
+from .export.onnx import ENCODERS
 from .stages import STAGES
 
 
@@ -327,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         size = None if size is None else tuple(size * (3 - len(size)))  # SIZE -> (SIZE, SIZE)
         manifest = export_onnx(args.model, args.output, image_size=size,
                                num_frames=args.num_frames, video=not args.no_video, text=not args.no_text,
-                               int8=args.int8)
+                               int8=False if args.int8 is None else (args.int8 or True))
         for name, entry in manifest["encoders"].items():
             files = entry["file"] + (f" + {entry['int8_file']}" if "int8_file" in entry else "")
             print(f"{name}: {files}, inputs {entry['inputs']}, min cosine to PyTorch {entry['check']['min_cosine']:.6f}")
@@ -337,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export the image, video and text encoders to ONNX (optionally int8)")
     p.add_argument("--model", required=True, help="a checkpoint directory (CLIP or backbone)")
     p.add_argument("--output", required=True, help="output directory")
-    p.add_argument("--int8", action="store_true", help="also write dynamically int8-quantised copies")
+    p.add_argument("--int8", nargs="*", choices=ENCODERS, default=None, metavar="ENCODER",
+                   help="also write dynamically int8-quantised copies: of the image and video encoders, or of those "
+                        "named (image video text; the text tower loses more to int8: README, Deployment)")
     p.add_argument("--image-size", type=int, nargs="+", default=None, metavar="PX",
                    help="resolution fixed in the image and video files: SIZE or HEIGHT WIDTH (default: the config's)")
     p.add_argument("--num-frames", type=int, default=None, help="frames fixed in the video file (default: the config's)")

@@ -38,12 +38,13 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")  # three torch.export traces: 20-90 s on 2 shared cores
 def exported(tmp_path_factory):
-    """A tiny CLIP with EViT and ToMe (images, videos, plain text tower) saved, then exported with --int8."""
+    """A tiny CLIP with EViT and ToMe (images, videos, plain text tower) saved, then exported with int8 copies of all
+    three encoders (`--int8 image video text`)."""
     model = tiny_clip(evit_layers=[1], keep_rate=0.7, tome_r=2)
     checkpoint = tmp_path_factory.mktemp("clip")
     model.save_pretrained(checkpoint)
     output = tmp_path_factory.mktemp("export")
-    manifest = export_onnx(checkpoint, output, int8=True)
+    manifest = export_onnx(checkpoint, output, int8=("image", "video", "text"))
     return model, output, manifest
 
 
@@ -128,8 +129,10 @@ def test_backbone_exports_pooled_output_at_a_chosen_resolution_without_int8(tmp_
         reference = model(images).pooler_output
     torch.testing.assert_close(XrayOnnxModel(tmp_path).get_image_features(images).pooler_output, reference,
                                atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="no int8 image encoder: export it with --int8"):
+    with pytest.raises(ValueError, match="has no int8 encoder: export it with --int8"):
         XrayOnnxModel(tmp_path, int8=True)
+    with pytest.raises(ValueError, match="has no int8 image encoder: export it with --int8$"):
+        XrayOnnxModel(tmp_path, int8=("image",))
     with pytest.raises(ValueError, match="has no text encoder"):
         XrayOnnxModel(tmp_path).get_text_features(torch.ones(1, 3, dtype=torch.long))
 
@@ -186,3 +189,30 @@ def test_cli_export_and_a_refused_resolution(tmp_path, capsys):
         reference = model(images).pooler_output
     torch.testing.assert_close(XrayOnnxModel(tmp_path / "out").get_image_features(images).pooler_output, reference,
                                atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow  # two exports
+def test_int8_by_default_quantises_the_vision_encoders_and_text_only_when_named(tmp_path, capsys):
+    """`--int8` alone: int8 image and video files, the text file float (its int8 copy moves short queries: README,
+    Deployment); `XrayOnnxModel(int8=True)` then runs int8 vision with float text. Naming text adds its copy."""
+    from xray_hf.cli import main
+
+    tiny_clip().save_pretrained(tmp_path / "clip")
+    assert main(["export", "--model", str(tmp_path / "clip"), "--output", str(tmp_path / "out"), "--int8"]) == 0
+    printed = capsys.readouterr().out
+    assert "image: image.onnx + image.int8.onnx" in printed and "video: video.onnx + video.int8.onnx" in printed
+    assert "text: text.onnx," in printed
+    manifest = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert "int8_file" not in manifest["encoders"]["text"] and "7 bits" in manifest["int8"]
+    assert XrayOnnxModel(tmp_path / "out", int8=True).int8_encoders == {"image", "video"}
+    with pytest.raises(ValueError, match="no int8 text encoder: export it with --int8 image video text"):
+        XrayOnnxModel(tmp_path / "out", int8=("text",))
+    with pytest.raises(ValueError, match=r"int8=\['audio', 'image'\]: no encoder named \['audio'\]"):
+        export_onnx(tmp_path / "clip", tmp_path / "bad", int8=("image", "audio"))
+    with pytest.raises(ValueError, match=r"int8=\['text'\]: \['text'\] not exported"):
+        export_onnx(tmp_path / "clip", tmp_path / "bad", text=False, int8=("text",))
+    assert not (tmp_path / "bad" / "image.onnx").exists()  # refused before any export work
+    assert main(["export", "--model", str(tmp_path / "clip"), "--output", str(tmp_path / "all"), "--no-video",
+                 "--int8", "image", "text"]) == 0
+    manifest = json.loads((tmp_path / "all" / MANIFEST).read_text())
+    assert {name for name, entry in manifest["encoders"].items() if "int8_file" in entry} == {"image", "text"}

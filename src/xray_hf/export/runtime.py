@@ -21,13 +21,13 @@ from torch import nn
 from transformers import AutoConfig
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from .onnx import MANIFEST
+from .onnx import INT8_DEFAULT, MANIFEST
 
 
 class XrayOnnxModel(nn.Module):
-    """The encoders of an export folder as onnxruntime sessions: fp32, the int8 copies with `int8=True`, or the int8
-    copies of some encoders only (`int8=("image", "video")`: an int8 image index queried by fp32 text, which keeps
-    retrieval closer to float than both towers in int8; README, Deployment)."""
+    """The encoders of an export folder as onnxruntime sessions: fp32, every int8 copy the folder has with
+    `int8=True` (`--int8` writes the image and video ones: an int8 index queried by fp32 text; README, Deployment),
+    or the int8 copies of the encoders named (`int8=("image", "video", "text")`)."""
 
     def __init__(self, directory: str | os.PathLike, int8: bool | Collection[str] = False,
                  providers: list[str] | None = None, threads: int | None = None):
@@ -42,7 +42,9 @@ class XrayOnnxModel(nn.Module):
         self.config = AutoConfig.from_pretrained(self.directory)
         encoders = self.manifest["encoders"]
         if isinstance(int8, bool):
-            self.int8_encoders = set(encoders) if int8 else set()
+            self.int8_encoders = {name for name, entry in encoders.items() if "int8_file" in entry} if int8 else set()
+            if int8 and not self.int8_encoders:
+                raise ValueError(f"{self.directory} has no int8 encoder: export it with --int8")
         else:
             self.int8_encoders = set(int8)
             unknown = sorted(self.int8_encoders - set(encoders))
@@ -58,7 +60,8 @@ class XrayOnnxModel(nn.Module):
         for name, entry in encoders.items():
             file = entry.get("int8_file") if name in self.int8_encoders else entry["file"]
             if file is None:
-                raise ValueError(f"{self.directory} has no int8 {name} encoder: export it with --int8")
+                hint = "--int8" if name in INT8_DEFAULT else f"--int8 {' '.join(INT8_DEFAULT)} {name}"
+                raise ValueError(f"{self.directory} has no int8 {name} encoder: export it with {hint}")
             self.sessions[name] = ort.InferenceSession(
                 str(self.directory / file), options, providers=providers or ["CPUExecutionProvider"]
             )
