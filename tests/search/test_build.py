@@ -270,3 +270,34 @@ def test_cli_index_compile_compiles_the_vision_tower_and_prints_items_per_second
         torch._dynamo.reset()
     assert counter.frame_count >= 1
     assert "items/s)" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # an ONNX export
+def test_an_export_folder_indexes_and_searches_as_its_checkpoint(clip_dir, image_folder, tmp_path, capsys):
+    """`xray-hf index --model ONNX_DIR`: the int8 image encoder in onnxruntime fills the index; its vectors are the
+    checkpoint's to int8 noise, queries agree with the float index, and the compressed kinds say what is missing."""
+    from xray_hf.cli import main
+    from xray_hf.export.onnx import export_onnx
+    from xray_hf.export.runtime import XrayOnnxModel
+    from xray_hf.search import Searcher
+
+    export_onnx(clip_dir, tmp_path / "onnx", int8=True)
+    assert main(["index", "--model", str(tmp_path / "onnx"), "--source", str(image_folder), "--output",
+                 str(tmp_path / "onnx_index")]) == 0
+    assert "items/s" in capsys.readouterr().out
+    build_index(clip_dir, str(image_folder), tmp_path / "float_index", progress=False)
+    ours, floats = SearchIndex(tmp_path / "onnx_index"), SearchIndex(tmp_path / "float_index")
+    assert ours.table.column("id").to_pylist() == floats.table.column("id").to_pylist()
+    cosine = (ours.index.index.reconstruct_n(0, 16) * floats.index.index.reconstruct_n(0, 16)).sum(-1)
+    assert cosine.min() > 0.99 and cosine.max() < 1 - 1e-7  # int8 products: near, not equal
+
+    searcher = Searcher(tmp_path / "onnx_index")
+    assert isinstance(searcher.embedder.model, XrayOnnxModel) and searcher.embedder.model.int8_encoders == {
+        "image", "video"}
+    rows = searcher.search(image=str(image_folder / "blue_circle_3.png"), k=1).rows
+    assert rows[0]["id"] == "blue_circle_3.png" and rows[0]["score"] == pytest.approx(1, abs=1e-4)
+    text = searcher.search("a red square", k=3).rows
+    assert [row["id"] for row in text][:1] == [row["id"] for row in Searcher(tmp_path / "float_index").search(
+        "a red square", k=3).rows][:1]
+    with pytest.raises(ValueError, match="ONNX export folder, which holds the encoders only"):
+        build_index(str(tmp_path / "onnx"), str(image_folder), tmp_path / "int8_kind", kind="int8", progress=False)

@@ -38,7 +38,9 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where `model`'s inputs go: its parameters' device and floating dtype (CPU float32 for a model without
+    parameters, e.g. onnxruntime sessions)."""
     parameter = next(model.parameters(), None)
     if parameter is None:
         return torch.device("cpu"), torch.float32
@@ -163,7 +165,7 @@ def embed_images(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device, dtype = _device_dtype(model)
+    device, dtype = device_and_dtype(model)
     chunks: list[torch.Tensor] = []
     gathered: dict[str, list] = {column: [] for column in columns}
     with frozen(model):
@@ -205,7 +207,7 @@ def text_encoder(model: nn.Module, tokenizer: Any) -> TextEncoder:
             tokens = text_config.tokenize(tokenizer, texts)
         else:  # another library's model (e.g. transformers' CLIPModel): the tokenizer's own limit
             tokens = tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt")
-        device, _ = _device_dtype(model)
+        device, _ = device_and_dtype(model)
         inputs = {key: tokens[key].to(device) for key in ("input_ids", "attention_mask") if key in tokens}
         return _pooled(model.get_text_features(**inputs), "get_text_features")
 
@@ -247,6 +249,7 @@ __all__ = [
     "VIDEO_MODES",
     "TextEncoder",
     "collate_samples",
+    "device_and_dtype",
     "embed_images",
     "encode_images",
     "encode_texts",

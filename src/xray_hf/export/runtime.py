@@ -24,6 +24,11 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from .onnx import INT8_DEFAULT, MANIFEST
 
 
+def is_export_folder(directory: str | os.PathLike) -> bool:
+    """Whether `directory` was written by `xray-hf export` (it has the manifest)."""
+    return (Path(directory) / MANIFEST).is_file()
+
+
 class XrayOnnxModel(nn.Module):
     """The encoders of an export folder as onnxruntime sessions: fp32, every int8 copy the folder has with
     `int8=True` (`--int8` writes the image and video ones: an int8 index queried by fp32 text; README, Deployment),
@@ -69,6 +74,12 @@ class XrayOnnxModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> "XrayOnnxModel":
         return cls(directory, **kwargs)
+
+    @staticmethod
+    def int8_files_in(directory: str | os.PathLike) -> tuple[str, ...]:
+        """The encoders of an export folder that have an int8 copy (what `--int8` wrote)."""
+        manifest = json.loads((Path(directory) / MANIFEST).read_text())
+        return tuple(name for name, entry in manifest["encoders"].items() if "int8_file" in entry)
 
     def _session(self, name: str):
         if name not in self.sessions:
@@ -131,4 +142,4 @@ def _numpy(value: torch.Tensor | np.ndarray, dtype: type) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=dtype)
 
 
-__all__ = ["XrayOnnxModel"]
+__all__ = ["XrayOnnxModel", "is_export_folder"]

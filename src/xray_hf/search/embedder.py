@@ -1,6 +1,7 @@
 """The model side of search: one checkpoint embeds gallery items and queries into the index's space.
 
-`SearchEmbedder` loads an `XrayCLIPModel` checkpoint with its processors (`xray_hf.checkpoint.load_checkpoint`) and embeds
+`SearchEmbedder` loads an `XrayCLIPModel` checkpoint, or an `xray-hf export` folder run in onnxruntime (int8 image
+encoder: faster indexing), with its processors (`xray_hf.checkpoint.load_checkpoint`) and embeds
 decoded images (C, H, W), video clips (T, C, H, W) and texts exactly as `xray-hf eval` does
 (`eval.features.image_features` / `encode_texts`: videos through `get_video_features`). Embeddings are then brought
 into the index's space: L2-normalised, or the model's learned low-dimensional projection
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 
 from ..data import decode_image, decode_video_clip
 from ..eval.data import ProcessorTransform
-from ..eval.features import encode_texts, frozen, image_features
+from ..eval.features import device_and_dtype, encode_texts, frozen, image_features
 from ..eval.options import EmbedOptions
+from ..export.runtime import is_export_folder
 from ..modeling.compression import quantize_binary
 
 PROBE_TEXT = "xray-hf search index probe: a red heart"
@@ -78,6 +80,9 @@ class SearchEmbedder:
 
     def _check_compression(self, what: str) -> Any:
         module = getattr(self.model, "embedding_compression", None)
+        if module is None and is_export_folder(self.model_dir):
+            raise ValueError(f"{what} needs the model's compressed embeddings, and {self.model_dir} is an ONNX export "
+                             "folder, which holds the encoders only: index with the checkpoint it was exported from")
         if module is None:
             raise ValueError(f"{what} needs the model's compressed embeddings, and {self.model_dir} has none: train "
                              "the compress stage (xray-hf train compress) and index with its checkpoint")
@@ -116,9 +121,9 @@ class SearchEmbedder:
     # ------------------------------------------------------------------------------------------------ embeddings
     def embed_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Raw float32 embeddings (B, projection_dim) of processed images (B, C, H, W) or clips (B, T, C, H, W)."""
-        parameter = next(self.model.parameters())
+        device, dtype = device_and_dtype(self.model)
         with frozen(self.model):
-            return image_features(self.model, pixel_values.to(parameter.device, parameter.dtype)).cpu()
+            return image_features(self.model, pixel_values.to(device, dtype)).cpu()
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """Raw float32 embeddings (B, projection_dim) of texts."""
