@@ -29,6 +29,10 @@ def is_export_folder(directory: str | os.PathLike) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
+def _with_int8(manifest: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(name for name, entry in manifest["encoders"].items() if "int8_file" in entry)
+
+
 class XrayOnnxModel(nn.Module):
     """The encoders of an export folder as onnxruntime sessions: fp32, every int8 copy the folder has with
     `int8=True` (`--int8` writes the image and video ones: an int8 index queried by fp32 text; README, Deployment),
@@ -47,7 +51,7 @@ class XrayOnnxModel(nn.Module):
         self.config = AutoConfig.from_pretrained(self.directory)
         encoders = self.manifest["encoders"]
         if isinstance(int8, bool):
-            self.int8_encoders = {name for name, entry in encoders.items() if "int8_file" in entry} if int8 else set()
+            self.int8_encoders = set(_with_int8(self.manifest)) if int8 else set()
             if int8 and not self.int8_encoders:
                 raise ValueError(f"{self.directory} has no int8 encoder: export it with --int8")
         else:
@@ -78,8 +82,7 @@ class XrayOnnxModel(nn.Module):
     @staticmethod
     def int8_files_in(directory: str | os.PathLike) -> tuple[str, ...]:
         """The encoders of an export folder that have an int8 copy (what `--int8` wrote)."""
-        manifest = json.loads((Path(directory) / MANIFEST).read_text())
-        return tuple(name for name, entry in manifest["encoders"].items() if "int8_file" in entry)
+        return _with_int8(json.loads((Path(directory) / MANIFEST).read_text()))
 
     def _session(self, name: str):
         if name not in self.sessions:
