@@ -64,11 +64,9 @@ def load_checkpoint(model_dir: str | os.PathLike, need_text: bool = True, video:
 
 def _load_model(path: str) -> Any:
     """`AutoModel.from_pretrained(path)`, or an `XrayOnnxModel` for an export folder."""
-    from .export.runtime import is_export_folder
+    from .export.runtime import XrayOnnxModel, is_export_folder
 
     if is_export_folder(path):
-        from .export.runtime import XrayOnnxModel
-
         return XrayOnnxModel(path, int8=XrayOnnxModel.int8_files_in(path))
     from transformers import AutoModel
 

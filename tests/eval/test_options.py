@@ -36,3 +36,17 @@ def test_frames_split_and_checks():
     assert options == EmbedOptions(num_frames=4) and rest == {"max_train_samples": 10}
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         EmbedOptions(batch_size=0)
+
+
+def test_place_refuses_to_compile_or_move_a_model_without_weights():
+    """An ONNX export's sessions have no parameters: `.to("cuda")` and compile were silent no-ops."""
+    import torch
+
+    class Sessions(torch.nn.Module):  # what XrayOnnxModel is to torch: a module without parameters
+        pass
+
+    model = Sessions()
+    assert EmbedOptions().place(model) is model and EmbedOptions(device="cpu").place(model) is model
+    for options in (EmbedOptions(device="cuda"), EmbedOptions(compile=True)):
+        with pytest.raises(ValueError, match="Sessions has no PyTorch weights to move to .* or compile"):
+            options.place(model)

@@ -43,7 +43,13 @@ class EmbedOptions:
         return int(self.num_frames or getattr(video_processor, "num_frames", None) or DEFAULT_NUM_FRAMES)
 
     def place(self, model: Any) -> Any:
-        """`model` on `device`, its vision tower compiled in place when `compile` is set."""
+        """`model` on `device`, its vision tower compiled in place when `compile` is set. A model without parameters
+        (an ONNX export folder's onnxruntime sessions) runs where it is: asking to compile it or move it off the CPU
+        is an error, not a silent no-op."""
+        if next(model.parameters(), None) is None and (self.compile or self.device not in (None, "cpu")):
+            raise ValueError(f"{type(model).__name__} has no PyTorch weights to move to {self.device!r} or compile "
+                             "(an ONNX export runs in onnxruntime on the CPU): drop --device / --compile, or use the "
+                             "checkpoint it was exported from")
         if self.device is not None:
             model = model.to(self.device)
         if self.compile:
